@@ -1,0 +1,125 @@
+"""Aff-Wild2 annotation files: the two tasks, their headers, and the per-frame label reader.
+
+Line k after the header is frame k (``{k:05d}.jpg``). VA marks an unannotated frame with -5,
+EXPR with -1; both become ``valid == False`` here and are never scored or trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from abaw_ray.errors import InputFormatError
+
+Task = Literal["va", "expr"]
+TASKS: tuple[Task, ...] = ("va", "expr")
+
+VA_COLUMNS = ("valence", "arousal")
+EXPR_CLASSES = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Other")
+NUM_EXPR_CLASSES = len(EXPR_CLASSES)
+HEADERS: dict[Task, tuple[str, ...]] = {"va": VA_COLUMNS, "expr": EXPR_CLASSES}
+
+VA_INVALID = -5.0
+EXPR_INVALID = -1
+
+
+@dataclass(frozen=True, eq=False)
+class FrameLabels:
+    """One video's labels for one task on the label timeline (index 0 is frame 00001.jpg).
+
+    ``values`` is float32 [T, 2] (valence, arousal) for VA and int64 [T] for EXPR;
+    ``valid`` is bool [T].
+    """
+
+    task: Task
+    video: str
+    path: Path
+    values: np.ndarray
+    valid: np.ndarray
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.valid.shape[0])
+
+
+def _parse_header(path: Path, first_line: str, task: Task) -> None:
+    got = tuple(c.strip() for c in first_line.strip().split(","))
+    expected = HEADERS[task]
+    if tuple(c.lower() for c in got) != tuple(c.lower() for c in expected):
+        raise InputFormatError(
+            path, 1, f"header {','.join(got)!r}; expected {','.join(expected)!r}"
+        )
+
+
+def _rows(path: Path) -> tuple[str, list[str]]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise InputFormatError(path, None, f"not UTF-8 text ({err})") from err
+    lines = text.splitlines()
+    if not lines:
+        raise InputFormatError(path, 1, "empty file; expected a header line")
+    body = lines[1:]
+    # A trailing blank line is common; a blank line in the middle is not a frame.
+    while body and not body[-1].strip():
+        body.pop()
+    for i, line in enumerate(body):
+        if not line.strip():
+            raise InputFormatError(path, i + 2, "blank line inside the frame labels")
+    return lines[0], body
+
+
+def read_va_labels(path: str | Path, video: str | None = None) -> FrameLabels:
+    """Read a VA_Estimation_Challenge file; -5 marks an unannotated frame."""
+    path = Path(path)
+    header, body = _rows(path)
+    _parse_header(path, header, "va")
+    values = np.empty((len(body), 2), dtype=np.float64)
+    for i, line in enumerate(body):
+        parts = line.split(",")
+        if len(parts) != 2:
+            raise InputFormatError(path, i + 2, f"{line!r}: expected 2 values 'valence,arousal'")
+        try:
+            values[i] = (float(parts[0]), float(parts[1]))
+        except ValueError:
+            raise InputFormatError(path, i + 2, f"{line!r}: not a number") from None
+    invalid = values == VA_INVALID
+    finite = np.isfinite(values)
+    in_range = finite & (values >= -1.0) & (values <= 1.0)
+    bad = ~(in_range | invalid)
+    if bad.any():
+        i = int(np.argmax(bad.any(axis=1)))
+        raise InputFormatError(
+            path, i + 2, f"{body[i]!r}: VA values must lie in [-1, 1] (or be -5 for unannotated)"
+        )
+    valid = ~invalid.any(axis=1)
+    return FrameLabels("va", video or path.stem, path, values.astype(np.float32), valid)
+
+
+def read_expr_labels(path: str | Path, video: str | None = None) -> FrameLabels:
+    """Read an EXPR challenge file: one class 0..7 per line, -1 for an invalid frame."""
+    path = Path(path)
+    header, body = _rows(path)
+    _parse_header(path, header, "expr")
+    values = np.empty(len(body), dtype=np.int64)
+    for i, line in enumerate(body):
+        s = line.strip()
+        try:
+            v = int(s)
+        except ValueError:
+            raise InputFormatError(path, i + 2, f"{line!r}: expected an integer class") from None
+        if v != EXPR_INVALID and not 0 <= v < NUM_EXPR_CLASSES:
+            raise InputFormatError(
+                path,
+                i + 2,
+                f"{line!r}: class must be 0..{NUM_EXPR_CLASSES - 1} (or -1 for invalid)",
+            )
+        values[i] = v
+    return FrameLabels("expr", video or path.stem, path, values, values != EXPR_INVALID)
+
+
+def read_labels(task: Task, path: str | Path, video: str | None = None) -> FrameLabels:
+    return read_va_labels(path, video) if task == "va" else read_expr_labels(path, video)

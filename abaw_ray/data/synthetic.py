@@ -1,0 +1,482 @@
+"""The embedded corpus: a small, seeded Aff-Wild2 look-alike with a learnable signal.
+
+Writes exactly the distributed layout (``cropped_aligned/``, raw videos in ``batch1/``,
+``batch2/``, ``new_vids/``, ``6th ABAW Annotations/``, test lists, templates) with its quirks:
+several frame rates, a ``_left``/``_right`` pair sharing one raw video, missing face frames,
+-5 / -1 stretches, label files a line longer or shorter than the video.
+
+The signal: faces are drawn from facial action parameters (mouth curve and opening, eye
+opening, brow height and tilt, nose wrinkle) driven by smooth valence/arousal trajectories and
+by the expression class; each raw video's audio is a voiced tone whose pitch follows valence
+and whose energy and syllable rate follow arousal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image
+
+from abaw_ray.data.labels import EXPR_CLASSES, HEADERS
+
+FACE_SIZE = 112
+RAW_SIZE = 64
+ANNOTATIONS = "6th ABAW Annotations"
+VA_DIR = "VA_Estimation_Challenge"
+EXPR_DIR = "EXPR_Recognition_Challenge"
+VA_TEMPLATE = "prediction_files_format/CVPR_6th_ABAW_VA_test_set_sample.txt"
+EXPR_TEMPLATE = "prediction_files_format/CVPR_6th_ABAW_Expr_test_set_sample.txt"
+VA_TEST_LIST = "test_set/Valence_Arousal_Estimation_Challenge_test_set_release.txt"
+EXPR_TEST_LIST = "test_set/Expression_Recognition_Challenge_test_set_release.txt"
+FRAME_RATES = (Fraction(30), Fraction(25), Fraction(30000, 1001), Fraction(15))
+AUDIO_RATES = (44100, 48000, 16000)
+GENERATOR_VERSION = 1
+
+# Facial action offsets per expression class:
+# (smile, mouth_open, eye_open, brow_raise, brow_tilt, nose_wrinkle, asymmetry)
+_CLASS_ACTIONS = np.array(
+    [
+        [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],  # Neutral
+        [-0.3, 0.1, -0.2, -0.5, 0.8, 0.2, 0.0],  # Anger
+        [-0.5, 0.0, -0.3, -0.3, 0.4, 1.0, 0.2],  # Disgust
+        [-0.2, 0.4, 0.6, 0.6, -0.5, 0.0, 0.0],  # Fear
+        [0.9, 0.2, -0.2, 0.1, 0.0, 0.0, 0.0],  # Happiness
+        [-0.7, -0.1, -0.3, 0.3, -0.8, 0.0, 0.0],  # Sadness
+        [0.0, 0.9, 0.8, 0.9, 0.0, 0.0, 0.0],  # Surprise
+        [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.9],  # Other
+    ],
+    dtype=np.float64,
+)
+
+
+@dataclass(frozen=True)
+class SyntheticVideo:
+    """What the generator wrote for one video: the truth that ``check`` must find."""
+
+    name: str
+    split: str  # train | val | test
+    raw_file: str  # path relative to the root
+    fps: float
+    num_frames: int  # frames in the raw video
+    va_label_lines: int | None  # None when the video has no VA file
+    expr_label_lines: int | None
+    va_invalid: int
+    expr_invalid: int
+    missing_faces: int  # frames of the label timeline (or the video) without a face image
+    audio_rate: int
+
+
+@dataclass(frozen=True)
+class SyntheticCorpus:
+    root: Path
+    seed: int
+    videos: tuple[SyntheticVideo, ...] = field(default_factory=tuple)
+
+    def by_name(self) -> dict[str, SyntheticVideo]:
+        return {v.name: v for v in self.videos}
+
+
+def _smooth_trajectory(rng: np.random.Generator, t: np.ndarray, scale: float) -> np.ndarray:
+    freqs = rng.uniform(0.03, 0.35, size=4)
+    phases = rng.uniform(0, 2 * np.pi, size=4)
+    amps = rng.uniform(0.4, 1.0, size=4) / np.arange(1, 5)
+    x = sum(a * np.sin(2 * np.pi * f * t + p) for a, f, p in zip(amps, freqs, phases))
+    x = x / (np.abs(x).max() + 1e-9)
+    return np.tanh(scale * x + rng.uniform(-0.3, 0.3)).astype(np.float64) * 0.95
+
+
+def _expression_classes(
+    rng: np.random.Generator, valence: np.ndarray, arousal: np.ndarray, fps: float
+) -> np.ndarray:
+    """Piecewise-constant classes, each segment drawn from what its valence/arousal suggest."""
+    n = len(valence)
+    out = np.zeros(n, dtype=np.int64)
+    k = 0
+    while k < n:
+        length = int(rng.uniform(0.8, 2.5) * fps)
+        v, a = valence[k], arousal[k]
+        logits = np.array(
+            [
+                1.2 - 2 * (abs(v) + abs(a)),  # Neutral
+                2.5 * (-v) + 2 * a - 1.5,  # Anger
+                2 * (-v) - 1.2,  # Disgust
+                2 * (-v) + 2.5 * a - 2,  # Fear
+                3 * v - 0.6,  # Happiness
+                2.5 * (-v) - 2 * a - 1,  # Sadness
+                3 * a - abs(v) - 1.2,  # Surprise
+                -1.0,  # Other
+            ]
+        )
+        p = np.exp(logits - logits.max())
+        out[k : k + length] = rng.choice(len(EXPR_CLASSES), p=p / p.sum())
+        k += length
+    return out
+
+
+def _actions(
+    valence: np.ndarray,
+    arousal: np.ndarray,
+    classes: np.ndarray,
+    fps: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Per-frame facial action parameters [T, 7] (see ``_CLASS_ACTIONS``)."""
+    cls = _CLASS_ACTIONS[classes]
+    # Expressions set in over ~0.15 s rather than jumping.
+    alpha = 1.0 - np.exp(-1.0 / (0.15 * fps))
+    smooth = np.empty_like(cls)
+    acc = cls[0]
+    for i in range(len(cls)):
+        acc = acc + alpha * (cls[i] - acc)
+        smooth[i] = acc
+    act = smooth.copy()
+    act[:, 0] += 0.8 * valence
+    act[:, 1] += 0.35 * np.clip(arousal, 0, None) + 0.1
+    act[:, 2] += 0.45 * arousal
+    act[:, 3] += 0.35 * arousal
+    blink = rng.random(len(valence)) < 0.02
+    act[blink, 2] = -1.0
+    return act
+
+
+_GRID_Y, _GRID_X = np.mgrid[0:FACE_SIZE, 0:FACE_SIZE].astype(np.float32) / (FACE_SIZE / 2) - 1
+
+
+def draw_face(action: np.ndarray, identity: dict, rng: np.random.Generator) -> np.ndarray:
+    """One 112x112 RGB face; ``action`` is (smile, mouth_open, eye_open, brow_raise,
+    brow_tilt, nose_wrinkle, asymmetry)."""
+    smile, mouth_open, eye_open, brow_raise, brow_tilt, wrinkle, asym = action
+    x = _GRID_X - identity["cx"] - rng.normal(0, 0.01)
+    y = _GRID_Y - identity["cy"] - rng.normal(0, 0.01)
+    img = np.empty((FACE_SIZE, FACE_SIZE, 3), np.float32)
+    img[:] = identity["background"]
+    img += _GRID_Y[..., None] * 20
+    face = (x / identity["rx"]) ** 2 + (y / identity["ry"]) ** 2 <= 1
+    img[face] = identity["skin"]
+    dark = np.array([40, 25, 20], np.float32)
+
+    for side in (-1, 1):
+        ex, ey = side * 0.3, -0.12
+        ry = max(0.015, 0.06 + 0.045 * eye_open)
+        eye = ((x - ex) / 0.13) ** 2 + ((y - ey) / ry) ** 2 <= 1
+        img[eye] = (235, 235, 235)
+        pupil = ((x - ex) ** 2 + (y - ey) ** 2 <= 0.045**2) & eye
+        img[pupil] = dark
+        # Brow: a thick segment whose inner end moves with tilt (anger: inner end down).
+        by = ey - 0.16 - 0.1 * brow_raise
+        inner_drop = 0.08 * brow_tilt
+        u = (x - ex) * side  # 0 at eye center, negative toward the nose
+        brow_y = by + inner_drop * np.clip(-u / 0.16, 0, 1) - 0.02 * np.clip(u / 0.16, 0, 1)
+        brow = (np.abs(y - brow_y) < 0.028) & (np.abs(x - ex) < 0.17)
+        img[brow] = identity["hair"]
+
+    # Nose wrinkle: short dark strokes that appear with disgust.
+    if wrinkle > 0.2:
+        for dy in (0.02, 0.07):
+            stroke = (np.abs(y - dy) < 0.012 * wrinkle + 0.004) & (np.abs(x) < 0.09)
+            img[stroke] = img[stroke] * 0.5
+
+    my = 0.42
+    half_width = 0.3 - 0.05 * max(mouth_open, 0)
+    # Smile lowers the lip's middle against its corners (a U); a frown raises it.
+    curve = 0.14 * np.tanh(smile)
+    tilt = 0.12 * asym
+    inside = np.abs(x) < half_width
+    lip_y = my + curve * (1 - (x / half_width) ** 2) - curve / 2 + tilt * x
+    opening = float(np.clip(0.02 + 0.09 * mouth_open, 0.0, 0.14))
+    mouth_hole = inside & (y > lip_y - opening) & (y < lip_y + opening)
+    img[mouth_hole] = (70, 20, 30)
+    lips = inside & (np.abs(np.abs(y - lip_y) - opening) < 0.02)
+    img[lips] = (170, 60, 70)
+
+    img *= identity["light"]
+    img += rng.normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _voice(
+    rng: np.random.Generator,
+    t_audio: np.ndarray,
+    valence: np.ndarray,
+    arousal: np.ndarray,
+    base_f0: float,
+) -> np.ndarray:
+    f0 = base_f0 * 2.0 ** (0.4 * valence)
+    sr = 1.0 / (t_audio[1] - t_audio[0])
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    tone = sum(np.sin(h * phase) / h for h in range(1, 6))
+    energy = 0.03 + 0.3 * ((arousal + 1) / 2) ** 1.5
+    syllable_rate = 3.0 + 2.0 * (arousal + 1) / 2
+    syl_phase = 2 * np.pi * np.cumsum(syllable_rate) / sr + rng.uniform(0, 2 * np.pi)
+    envelope = np.clip(0.55 + 0.45 * np.sin(syl_phase), 0, 1) ** 2
+    return energy * envelope * tone * 0.4
+
+
+def _write_raw_video(
+    path: Path, frames: np.ndarray, fps: Fraction, audio: np.ndarray, audio_rate: int
+) -> None:
+    """Frames [T, H, W, 3] uint8 and mono float audio into an .mp4 (AAC) or .avi (PCM)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    acodec = "aac" if path.suffix == ".mp4" else "pcm_s16le"
+    with av.open(str(tmp), "w", format=path.suffix.lstrip(".")) as c:
+        vs = c.add_stream("mpeg4", rate=fps)
+        vs.width, vs.height, vs.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        ast = c.add_stream(acodec, rate=audio_rate)
+        ast.layout = "mono"
+        for frame in frames:
+            for packet in vs.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                c.mux(packet)
+        for packet in vs.encode():
+            c.mux(packet)
+        block = 1024
+        for start in range(0, len(audio), block):
+            chunk = np.clip(audio[start : start + block], -1, 1).astype(np.float32)
+            if acodec == "aac":
+                af = av.AudioFrame.from_ndarray(chunk[None], format="fltp", layout="mono")
+            else:
+                pcm = (chunk * 32767).astype(np.int16)[None]
+                af = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+            af.sample_rate = audio_rate
+            af.pts = start
+            for packet in ast.encode(af):
+                c.mux(packet)
+        for packet in ast.encode():
+            c.mux(packet)
+    os.replace(tmp, path)
+
+
+def _identity(rng: np.random.Generator) -> dict:
+    return {
+        "cx": rng.uniform(-0.05, 0.05),
+        "cy": rng.uniform(-0.03, 0.05),
+        "rx": rng.uniform(0.62, 0.75),
+        "ry": rng.uniform(0.8, 0.92),
+        "skin": rng.uniform([150, 100, 80], [240, 200, 170]).astype(np.float32),
+        "hair": rng.uniform([20, 10, 5], [110, 80, 60]).astype(np.float32),
+        "background": rng.uniform(30, 200, size=3).astype(np.float32),
+        "light": rng.uniform(0.75, 1.1),
+    }
+
+
+def _write_text(path: Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def generate(
+    out: str | Path, videos: int = 12, seed: int = 0, seconds: tuple[float, float] = (9.0, 15.0)
+) -> SyntheticCorpus:
+    """Write the corpus under ``out`` (created; must not hold a corpus already).
+
+    ``videos`` counts people: one ``_left``/``_right`` pair shares a raw video. Half the
+    videos train, a quarter validate, a quarter are the test set.
+    """
+    if videos < 6:
+        raise ValueError("the embedded corpus needs at least 6 videos (train, val, test, a pair)")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    n_test = max(2, videos // 4)
+    n_val = max(2, videos // 4)
+    splits = ["train"] * (videos - n_val - n_test) + ["val"] * n_val + ["test"] * n_test
+    # The pair sits in train (indices 0, 1): both people share one raw video and its audio.
+    names = []
+    for i in range(videos):
+        if i < 2:
+            names.append(f"{100 + seed}-30-1280x720_{'left' if i == 0 else 'right'}")
+        elif i % 3 == 0:
+            names.append(f"video{i + 10 * seed}")
+        else:
+            names.append(f"{i}-{int(FRAME_RATES[i % len(FRAME_RATES)])}-640x360")
+
+    truths: list[SyntheticVideo] = []
+    pair_faces: list[np.ndarray] = []
+    pair_voices: list[np.ndarray] = []
+    pair_fps = FRAME_RATES[0]
+    pair_duration = rng.uniform(*seconds)
+    pair_audio_rate = AUDIO_RATES[0]
+    template_lines: dict[str, list[str]] = {"va": [], "expr": []}
+    test_names = [n for n, s in zip(names, splits) if s == "test"]
+    va_test = test_names[1:] if len(test_names) > 2 else test_names
+    expr_test = test_names[:-1] if len(test_names) > 2 else test_names
+
+    for i, (name, split) in enumerate(zip(names, splits)):
+        vrng = np.random.default_rng([seed, i])
+        in_pair = i < 2
+        fps = pair_fps if in_pair else FRAME_RATES[i % len(FRAME_RATES)]
+        duration = pair_duration if in_pair else vrng.uniform(*seconds)
+        n = int(duration * float(fps))
+        t = np.arange(n) / float(fps)
+        valence = _smooth_trajectory(vrng, t, scale=1.6)
+        arousal = _smooth_trajectory(vrng, t, scale=1.4)
+        classes = _expression_classes(vrng, valence, arousal, float(fps))
+        actions = _actions(valence, arousal, classes, float(fps), vrng)
+        identity = _identity(vrng)
+        faces = np.stack([draw_face(a, identity, vrng) for a in actions])
+
+        # Missing faces: scattered drops plus one longer gap (face turned away).
+        present = vrng.random(n) > 0.03
+        if i % 2 == 0:
+            g0 = int(vrng.integers(n // 4, n // 2))
+            present[g0 : g0 + int(0.6 * float(fps))] = False
+        face_dir = out / "cropped_aligned" / name
+        face_dir.mkdir(parents=True, exist_ok=True)
+        for k in np.flatnonzero(present):
+            Image.fromarray(faces[k]).save(face_dir / f"{k + 1:05d}.jpg", quality=90)
+
+        audio_rate = pair_audio_rate if in_pair else AUDIO_RATES[i % len(AUDIO_RATES)]
+        t_audio = np.arange(int(duration * audio_rate)) / audio_rate
+        va_audio_v = np.interp(t_audio, t, valence)
+        va_audio_a = np.interp(t_audio, t, arousal)
+        voice = _voice(vrng, t_audio, va_audio_v, va_audio_a, vrng.uniform(110, 220))
+        voice += vrng.normal(0, 0.004, len(voice))
+        small = np.stack(
+            [np.asarray(Image.fromarray(f).resize((RAW_SIZE, RAW_SIZE))) for f in faces]
+        )
+
+        raw_dir = {"train": "batch1", "val": "batch2", "test": "new_vids"}[split]
+        suffix = ".avi" if i % 4 == 3 else ".mp4"
+        if in_pair:
+            base = name.rsplit("_", 1)[0]
+            raw_rel = f"batch1/{base}.mp4"
+            pair_faces.append(small)
+            pair_voices.append(voice)
+            if len(pair_faces) == 2:
+                both = np.concatenate(pair_faces, axis=2)
+                _write_raw_video(
+                    out / raw_rel, both, fps, pair_voices[0] + pair_voices[1], audio_rate
+                )
+        else:
+            raw_rel = f"{raw_dir}/{name}{suffix}"
+            _write_raw_video(out / raw_rel, small, fps, voice, audio_rate)
+
+        va_lines = expr_lines = None
+        va_invalid = expr_invalid = 0
+        label_len = n
+        if split in ("train", "val"):
+            # Label files a line off the video: one longer (i == 2), one shorter (i == 3).
+            label_len = n + 1 if i == 2 else n - 1 if i == 3 else n
+            va = np.stack([valence, arousal], axis=1)
+            if label_len > n:
+                va = np.concatenate([va, va[-1:]])
+                cls = np.concatenate([classes, classes[-1:]])
+            else:
+                va, cls = va[:label_len], classes[:label_len]
+            va = np.round(va, 3)
+            cls = cls.copy()
+            if i % 3 != 1:  # -5 stretch
+                s0 = int(vrng.integers(0, label_len // 2))
+                va[s0 : s0 + int(0.8 * float(fps))] = -5
+            if i % 3 != 2:  # -1 stretch
+                s0 = int(vrng.integers(label_len // 2, label_len - 5))
+                cls[s0 : s0 + int(0.5 * float(fps))] = -1
+            split_dir = "Train_Set" if split == "train" else "Validation_Set"
+            has_va = i % 5 != 4
+            has_expr = i % 5 != 1 or not has_va
+            if has_va:
+                va_lines = label_len
+                va_invalid = int((va[:, 0] == -5).sum())
+                _write_text(
+                    out / ANNOTATIONS / VA_DIR / split_dir / f"{name}.txt",
+                    [",".join(HEADERS["va"])] + [f"{a:g},{b:g}" for a, b in va],
+                )
+            if has_expr:
+                expr_lines = label_len
+                expr_invalid = int((cls == -1).sum())
+                _write_text(
+                    out / ANNOTATIONS / EXPR_DIR / split_dir / f"{name}.txt",
+                    [",".join(HEADERS["expr"])] + [str(c) for c in cls],
+                )
+        else:
+            for task, members in (("va", va_test), ("expr", expr_test)):
+                if name in members:
+                    template_lines[task] += [
+                        f"{name}/{k:05d}.jpg," + (",".join(["0"] * 2) if task == "va" else "0")
+                        for k in range(1, n + 1)
+                    ]
+        timeline_present = np.zeros(label_len, bool)
+        m = min(label_len, n)
+        timeline_present[:m] = present[:m]
+        truths.append(
+            SyntheticVideo(
+                name=name,
+                split=split,
+                raw_file=raw_rel,
+                fps=float(fps),
+                num_frames=n,
+                va_label_lines=va_lines,
+                expr_label_lines=expr_lines,
+                va_invalid=va_invalid,
+                expr_invalid=expr_invalid,
+                missing_faces=int((~timeline_present).sum()),
+                audio_rate=audio_rate,
+            )
+        )
+
+    _write_text(out / VA_TEST_LIST, va_test)
+    _write_text(out / EXPR_TEST_LIST, expr_test)
+    _write_text(out / VA_TEMPLATE, ["image_location,valence,arousal"] + template_lines["va"])
+    _write_text(
+        out / EXPR_TEMPLATE,
+        ["image_location," + ",".join(EXPR_CLASSES)] + template_lines["expr"],
+    )
+    corpus = SyntheticCorpus(root=out, seed=seed, videos=tuple(truths))
+    return corpus
+
+
+def default_cache_dir() -> Path:
+    """Where the embedded corpus lives: $ABAW_RAY_CACHE, else $XDG_CACHE_HOME/abaw_ray."""
+    if os.environ.get("ABAW_RAY_CACHE"):
+        return Path(os.environ["ABAW_RAY_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "abaw_ray"
+
+
+def truth_path(root: Path) -> Path:
+    """The generator's record of what it wrote, kept beside (not inside) the corpus."""
+    return root.with_name(root.name + ".truth.json")
+
+
+def ensure_default_corpus(
+    videos: int = 12, seed: int = 0, cache_dir: str | Path | None = None
+) -> Path:
+    """The embedded corpus, written once to the cache directory and reused afterwards.
+
+    Written into a temporary folder and renamed into place, so a crash never leaves half a
+    corpus where a later run would trust it.
+    """
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    root = cache / f"affwild2-synthetic-v{GENERATOR_VERSION}-n{videos}-s{seed}"
+    if truth_path(root).is_file() and root.is_dir():
+        return root
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=cache))
+    try:
+        corpus = generate(tmp / root.name, videos=videos, seed=seed)
+        record = [asdict(v) for v in corpus.videos]
+        try:
+            os.replace(tmp / root.name, root)
+        except OSError:
+            if not root.is_dir():  # a concurrent writer finished first otherwise
+                raise
+        tmp_truth = truth_path(tmp / root.name)
+        tmp_truth.write_text(json.dumps({"seed": seed, "videos": record}, indent=1))
+        os.replace(tmp_truth, truth_path(root))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def load_truth(root: str | Path) -> SyntheticCorpus:
+    root = Path(root)
+    data = json.loads(truth_path(root).read_text())
+    return SyntheticCorpus(root, data["seed"], tuple(SyntheticVideo(**v) for v in data["videos"]))

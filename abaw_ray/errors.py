@@ -1,0 +1,16 @@
+"""Errors for malformed input: every one names the file and, where it has one, the line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class InputFormatError(ValueError):
+    """A corpus, template or submission file that does not follow its format."""
+
+    def __init__(self, path: str | Path, line: int | None, message: str) -> None:
+        self.path = Path(path)
+        self.line = line
+        self.message = message
+        where = f"{self.path}:{line}" if line is not None else f"{self.path}"
+        super().__init__(f"{where}: {message}")

@@ -1,0 +1,99 @@
+"""The official ABAW metrics, computed globally over every valid frame they are given.
+
+CCC is never averaged over windows or videos: a split's score is the CCC of all its valid
+frames concatenated, as the challenge computes it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from abaw_ray.data.labels import NUM_EXPR_CLASSES
+
+
+def ccc(pred: np.ndarray, target: np.ndarray) -> float:
+    """Concordance correlation coefficient with population (1/N) statistics.
+
+    ``2 cov(x, y) / (var(x) + var(y) + (mean(x) - mean(y))^2)``. When both inputs are the same
+    constant the denominator is 0 and agreement is perfect: 1.0; a constant against a different
+    constant gives 0.0.
+    """
+    x = np.asarray(pred, dtype=np.float64).ravel()
+    y = np.asarray(target, dtype=np.float64).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"ccc: prediction has {x.size} values, target {y.size}")
+    if x.size == 0:
+        raise ValueError("ccc: no values to score")
+    mx, my = x.mean(), y.mean()
+    vx, vy = x.var(), y.var()
+    cov = ((x - mx) * (y - my)).mean()
+    denom = vx + vy + (mx - my) ** 2
+    if denom == 0.0:
+        return 1.0 if np.array_equal(x, y) else 0.0
+    return float(2.0 * cov / denom)
+
+
+def _valid_rows(mask: np.ndarray | None, n: int, what: str) -> np.ndarray:
+    if mask is None:
+        return np.ones(n, dtype=bool)
+    m = np.asarray(mask, dtype=bool)
+    if m.ndim == 2:
+        m = m.all(axis=1)
+    if m.shape != (n,):
+        raise ValueError(f"{what}: mask has shape {m.shape}, expected ({n},)")
+    if not m.any():
+        raise ValueError(f"{what}: the mask leaves no valid frame to score")
+    return m
+
+
+def va_scores(
+    pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None
+) -> dict[str, float]:
+    """Valence, arousal and mean CCC over the valid frames. ``pred``, ``target``: [N, 2]."""
+    p = np.asarray(pred, dtype=np.float64).reshape(-1, 2)
+    t = np.asarray(target, dtype=np.float64).reshape(-1, 2)
+    if p.shape != t.shape:
+        raise ValueError(f"va_scores: prediction shape {p.shape} != target shape {t.shape}")
+    m = _valid_rows(mask, len(t), "va_scores")
+    v = ccc(p[m, 0], t[m, 0])
+    a = ccc(p[m, 1], t[m, 1])
+    return {"valence": v, "arousal": a, "mean": (v + a) / 2}
+
+
+def f1_per_class(
+    pred: np.ndarray,
+    target: np.ndarray,
+    num_classes: int = NUM_EXPR_CLASSES,
+    mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """F1 of each class; NaN for a class absent from both prediction and target."""
+    p = np.asarray(pred).ravel().astype(np.int64)
+    t = np.asarray(target).ravel().astype(np.int64)
+    if p.shape != t.shape:
+        raise ValueError(f"macro_f1: prediction has {p.size} values, target {t.size}")
+    m = _valid_rows(mask, t.size, "macro_f1")
+    p, t = p[m], t[m]
+    for name, arr in (("prediction", p), ("target", t)):
+        if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
+            raise ValueError(f"macro_f1: {name} holds a class outside 0..{num_classes - 1}")
+    confusion = np.bincount(t * num_classes + p, minlength=num_classes**2).reshape(
+        num_classes, num_classes
+    )
+    tp = np.diag(confusion).astype(np.float64)
+    support = confusion.sum(axis=1)
+    predicted = confusion.sum(axis=0)
+    denom = support + predicted
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(denom > 0, 2 * tp / denom, np.nan)
+    return f1
+
+
+def macro_f1(
+    pred: np.ndarray,
+    target: np.ndarray,
+    num_classes: int = NUM_EXPR_CLASSES,
+    mask: np.ndarray | None = None,
+) -> float:
+    """Macro F1 over the classes that occur in target or prediction (sklearn's convention;
+    on the official test set all 8 occur, so it equals the mean over the 8 classes)."""
+    return float(np.nanmean(f1_per_class(pred, target, num_classes, mask)))

@@ -1,0 +1,228 @@
+"""The data layer against what the generator wrote, and against malformed copies of it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from abaw_ray.data import load_corpus
+from abaw_ray.data.__main__ import main as data_main
+from abaw_ray.data.check import summarize
+from abaw_ray.data.labels import read_expr_labels, read_va_labels
+from abaw_ray.data.synthetic import ANNOTATIONS, EXPR_DIR, VA_DIR, VA_TEMPLATE, VA_TEST_LIST
+from abaw_ray.errors import InputFormatError
+
+
+@pytest.fixture(scope="module")
+def corpus(corpus_root):
+    return load_corpus(corpus_root)
+
+
+def test_splits_and_labels_match_the_generator(corpus, synthetic):
+    truth = synthetic.by_name()
+    for task, lines_attr in (("va", "va_label_lines"), ("expr", "expr_label_lines")):
+        for split in ("train", "val"):
+            expected = sorted(
+                v.name for v in synthetic.videos
+                if v.split == split and getattr(v, lines_attr) is not None
+            )
+            assert sorted(corpus.split_videos(task, split)) == expected
+            for name in expected:
+                assert corpus.labels[task][name].num_frames == getattr(truth[name], lines_attr)
+    for v in synthetic.videos:
+        video = corpus.videos[v.name]
+        assert video.fps == pytest.approx(v.fps, rel=1e-6)
+        assert video.media.num_frames == v.num_frames
+        assert video.has_audio
+        assert str(video.audio_source).endswith(v.raw_file)
+
+
+def test_left_right_share_one_audio_track(corpus):
+    pairs = [n for n in corpus.videos if n.endswith("_left")]
+    assert pairs
+    for left in pairs:
+        right = left[: -len("_left")] + "_right"
+        assert corpus.videos[left].audio_source == corpus.videos[right].audio_source
+        assert corpus.videos[left].face_dir != corpus.videos[right].face_dir
+
+
+def test_check_summary_counts_what_the_generator_wrote(corpus, synthetic):
+    summary = summarize(corpus)
+    for task, lines_attr, invalid_attr in (
+        ("va", "va_label_lines", "va_invalid"),
+        ("expr", "expr_label_lines", "expr_invalid"),
+    ):
+        for split in ("train", "val"):
+            members = [v for v in synthetic.videos
+                       if v.split == split and getattr(v, lines_attr) is not None]
+            row = summary["splits"][task][split]
+            assert row["videos"] == len(members)
+            assert row["label_lines"] == sum(getattr(v, lines_attr) for v in members)
+            assert row["invalid_frames"] == sum(getattr(v, invalid_attr) for v in members)
+            assert row["valid_frames"] == row["label_lines"] - row["invalid_frames"]
+            assert row["missing_face_frames"] == sum(v.missing_faces for v in members)
+    test = [v for v in synthetic.videos if v.split == "test"]
+    va_tmpl = summary["templates"]["va"]
+    assert va_tmpl["lines"] == sum(v.num_frames for v in test if v.name in
+                                   corpus.templates["va"].videos)
+    mismatched = {
+        v.name: v.va_label_lines or v.expr_label_lines
+        for v in synthetic.videos
+        if v.split != "test" and (v.va_label_lines or v.expr_label_lines) != v.num_frames
+    }
+    got = {m["video"]: m["timeline_frames"] for m in summary["length_mismatches"]}
+    assert got == mismatched and len(got) == 2
+    actions = sorted(m["action"] for m in summary["length_mismatches"])
+    assert actions == ["cut 1", "padded 1"]
+    assert summary["videos_without_audio"] == {}
+
+
+def test_check_cli_json(corpus_root, capsys):
+    assert data_main(["check", "--data", str(corpus_root), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["videos"] == 8
+    assert len(out["frame_rates"]) >= 3
+
+
+def test_timeline_trusts_label_length_and_pads_as_invalid(corpus, synthetic):
+    longer = next(v for v in synthetic.videos if (v.va_label_lines or 0) > v.num_frames)
+    assert corpus.num_frames(longer.name) == longer.va_label_lines
+    lab = corpus.labels_on_timeline("va", longer.name)
+    assert lab.num_frames == longer.va_label_lines
+    mask = corpus.videos[longer.name].face_mask(corpus.num_frames(longer.name))
+    assert not mask[-1]  # the padded frame has no face image
+    times = corpus.frame_times(longer.name)
+    assert times[1] == pytest.approx(1 / longer.fps)
+
+
+def test_va_minus_five_is_invalid(tmp_path):
+    f = tmp_path / "v.txt"
+    f.write_text("valence,arousal\n0.5,-0.2\n-5,-5\n1,-1\n")
+    lab = read_va_labels(f)
+    assert lab.valid.tolist() == [True, False, True]
+    np.testing.assert_allclose(lab.values[0], [0.5, -0.2])
+    g = tmp_path / "e.txt"
+    g.write_text("Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other\n7\n-1\n0\n")
+    assert read_expr_labels(g).valid.tolist() == [True, False, True]
+
+
+# --- malformed copies: each one fails with the file and line named -----------------------
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    """A writable copy whose bulky media folders are symlinks to the original."""
+    dst.mkdir()
+    for item in src.iterdir():
+        if item.name.startswith(("cropped_aligned", "batch", "new_vids")):
+            (dst / item.name).symlink_to(item, target_is_directory=True)
+        elif item.is_dir():
+            shutil.copytree(item, dst / item.name)
+        else:
+            shutil.copy2(item, dst / item.name)
+    return dst
+
+
+def _first_label(root: Path, challenge: str, split: str = "Train_Set") -> Path:
+    return sorted((root / ANNOTATIONS / challenge / split).glob("*.txt"))[0]
+
+
+def _set_line(path: Path, lineno: int, text: str) -> None:
+    lines = path.read_text().splitlines()
+    lines[lineno - 1] = text
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _break_va_header(root):
+    f = _first_label(root, VA_DIR)
+    _set_line(f, 1, "arousal,valence")
+    return f, 1
+
+
+def _break_va_number(root):
+    f = _first_label(root, VA_DIR)
+    _set_line(f, 7, "0.1,abc")
+    return f, 7
+
+
+def _break_va_range(root):
+    f = _first_label(root, VA_DIR)
+    _set_line(f, 9, "1.5,0.2")
+    return f, 9
+
+
+def _break_expr_range(root):
+    f = _first_label(root, EXPR_DIR)
+    _set_line(f, 4, "8")
+    return f, 4
+
+
+def _break_expr_number(root):
+    f = _first_label(root, EXPR_DIR)
+    _set_line(f, 5, "happy")
+    return f, 5
+
+
+def _break_listed_twice(root):
+    f = _first_label(root, VA_DIR)
+    dup = root / ANNOTATIONS / VA_DIR / "Validation_Set" / f.name
+    shutil.copy2(f, dup)
+    return dup, None
+
+
+def _break_test_list_twice(root):
+    f = root / VA_TEST_LIST
+    names = f.read_text().splitlines()
+    f.write_text("\n".join(names + [names[0]]) + "\n")
+    return f, len(names) + 1
+
+
+def _break_template_unknown(root):
+    f = root / VA_TEMPLATE
+    _set_line(f, 3, "no_such_video/00002.jpg,0,0")
+    return f, 3
+
+
+def _break_template_outside(root):
+    f = root / VA_TEMPLATE
+    _set_line(f, 4, "../../etc/00003.jpg,0,0")
+    return f, 4
+
+
+@pytest.mark.parametrize(
+    "breaker",
+    [
+        _break_va_header,
+        _break_va_number,
+        _break_va_range,
+        _break_expr_range,
+        _break_expr_number,
+        _break_listed_twice,
+        _break_test_list_twice,
+        _break_template_unknown,
+        _break_template_outside,
+    ],
+)
+def test_malformed_input_names_file_and_line(breaker, corpus_root, tmp_path, capsys):
+    root = _copy(corpus_root, tmp_path / "copy")
+    path, line = breaker(root)
+    with pytest.raises(InputFormatError) as err:
+        load_corpus(root)
+    assert err.value.path.name == path.name
+    assert err.value.line == line
+    assert data_main(["check", "--data", str(root)]) != 0
+    message = capsys.readouterr().err
+    where = f"{path.name}:{line}" if line is not None else path.name
+    assert where in message
+
+
+def test_missing_faces_and_off_by_one_labels_are_not_fatal(corpus_root, tmp_path):
+    root = _copy(corpus_root, tmp_path / "copy")
+    f = _first_label(root, VA_DIR)
+    lines = f.read_text().splitlines()
+    f.write_text("\n".join(lines + [lines[-1], lines[-1]]) + "\n")  # two lines longer
+    summary = summarize(load_corpus(root))
+    assert any(m["video"] == f.stem for m in summary["length_mismatches"])
