@@ -27,7 +27,8 @@ def test_splits_and_labels_match_the_generator(corpus, synthetic):
     for task, lines_attr in (("va", "va_label_lines"), ("expr", "expr_label_lines")):
         for split in ("train", "val"):
             expected = sorted(
-                v.name for v in synthetic.videos
+                v.name
+                for v in synthetic.videos
                 if v.split == split and getattr(v, lines_attr) is not None
             )
             assert sorted(corpus.split_videos(task, split)) == expected
@@ -57,8 +58,11 @@ def test_check_summary_counts_what_the_generator_wrote(corpus, synthetic):
         ("expr", "expr_label_lines", "expr_invalid"),
     ):
         for split in ("train", "val"):
-            members = [v for v in synthetic.videos
-                       if v.split == split and getattr(v, lines_attr) is not None]
+            members = [
+                v
+                for v in synthetic.videos
+                if v.split == split and getattr(v, lines_attr) is not None
+            ]
             row = summary["splits"][task][split]
             assert row["videos"] == len(members)
             assert row["label_lines"] == sum(getattr(v, lines_attr) for v in members)
@@ -67,8 +71,9 @@ def test_check_summary_counts_what_the_generator_wrote(corpus, synthetic):
             assert row["missing_face_frames"] == sum(v.missing_faces for v in members)
     test = [v for v in synthetic.videos if v.split == "test"]
     va_tmpl = summary["templates"]["va"]
-    assert va_tmpl["lines"] == sum(v.num_frames for v in test if v.name in
-                                   corpus.templates["va"].videos)
+    assert va_tmpl["lines"] == sum(
+        v.num_frames for v in test if v.name in corpus.templates["va"].videos
+    )
     mismatched = {
         v.name: v.va_label_lines or v.expr_label_lines
         for v in synthetic.videos

@@ -51,6 +51,7 @@ def test_smoothed_cross_entropy_matches_torch_and_skips_invalid():
     target[0, 0] = -1
     got = smoothed_cross_entropy(logits, target, smoothing=0.1)
     keep = target.reshape(-1) >= 0
-    expected = F.cross_entropy(logits.reshape(-1, 8)[keep], target.reshape(-1)[keep],
-                               label_smoothing=0.1)
+    expected = F.cross_entropy(
+        logits.reshape(-1, 8)[keep], target.reshape(-1)[keep], label_smoothing=0.1
+    )
     assert got.item() == pytest.approx(expected.item(), abs=1e-6)

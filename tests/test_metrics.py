@@ -33,8 +33,11 @@ def test_va_scores_use_only_valid_frames():
     pred = np.array([[0.1, 0.2], [0.4, -0.3], [0.7, 0.7], [0.9, 0.5]])
     mask = (target != -5).all(axis=1)
     s = va_scores(pred, target, mask)
-    assert s == {"valence": pytest.approx(1.0), "arousal": pytest.approx(1.0),
-                 "mean": pytest.approx(1.0)}
+    assert s == {
+        "valence": pytest.approx(1.0),
+        "arousal": pytest.approx(1.0),
+        "mean": pytest.approx(1.0),
+    }
     unmasked = va_scores(pred, target)
     assert unmasked["mean"] < 0.5
 

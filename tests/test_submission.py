@@ -12,13 +12,15 @@ from abaw_ray.data.corpus import read_template
 from abaw_ray.errors import InputFormatError
 from abaw_ray.submission import (
     format_submission,
-    main as submission_main,
     nearest_available,
     read_submission,
     score_submission,
     template_for_videos,
     validate_submission,
     write_submission,
+)
+from abaw_ray.submission import (
+    main as submission_main,
 )
 
 
@@ -31,8 +33,10 @@ def test_nearest_available_prefers_earlier_on_tie():
     available = np.array([True, False, False, False, True, False])
     got = nearest_available(np.arange(6), available)
     assert got.tolist() == [0, 0, 0, 4, 4, 4]  # index 2 lies 2 from both: the earlier wins
-    assert nearest_available(np.array([0, 5]), np.array([0, 0, 1, 0, 0, 0], bool)).tolist() \
-        == [2, 2]
+    assert nearest_available(np.array([0, 5]), np.array([0, 0, 1, 0, 0, 0], bool)).tolist() == [
+        2,
+        2,
+    ]
 
 
 def test_va_submission_follows_template_and_fills_faceless_frames(corpus, tmp_path):
@@ -77,8 +81,11 @@ def test_round_trip_on_validation_labels_scores_perfectly(corpus, tmp_path, task
     preds = {}
     for v in videos:
         lab = corpus.labels_on_timeline(task, v)
-        preds[v] = np.where(lab.valid[:, None], lab.values, 0.0) if task == "va" \
+        preds[v] = (
+            np.where(lab.valid[:, None], lab.values, 0.0)
+            if task == "va"
             else np.where(lab.valid, lab.values, 0)
+        )
     path = write_submission(tmp_path / f"{task}.txt", template, preds)
     scores = score_submission(path, template, corpus)
     if task == "va":
