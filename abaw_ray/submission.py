@@ -18,6 +18,7 @@ import numpy as np
 
 from abaw_ray.data.corpus import Corpus, SubmissionTemplate, read_template
 from abaw_ray.data.labels import EXPR_CLASSES, NUM_EXPR_CLASSES, Task
+from abaw_ray.data.timeline import nearest_available
 from abaw_ray.errors import InputFormatError
 from abaw_ray.fsutil import atomic_write_text
 from abaw_ray.metrics import macro_f1, va_scores
@@ -26,19 +27,6 @@ HEADER: dict[Task, str] = {
     "va": "image_location,valence,arousal",
     "expr": "image_location," + ",".join(EXPR_CLASSES),
 }
-
-
-def nearest_available(needed: np.ndarray, available: np.ndarray) -> np.ndarray:
-    """For each needed 0-based frame, the nearest index where ``available`` is True
-    (the earlier one on a tie)."""
-    idx = np.flatnonzero(available)
-    if idx.size == 0:
-        raise ValueError("no frame is available to fill from")
-    pos = np.clip(np.searchsorted(idx, needed), 1, max(idx.size - 1, 1))
-    if idx.size == 1:
-        return np.full(needed.shape, idx[0])
-    left, right = idx[pos - 1], idx[pos]
-    return np.where(np.abs(needed - left) <= np.abs(right - needed), left, right)
 
 
 def _video_rows(

@@ -9,10 +9,10 @@ import pytest
 
 from abaw_ray.data import load_corpus
 from abaw_ray.data.corpus import read_template
+from abaw_ray.data.timeline import nearest_available
 from abaw_ray.errors import InputFormatError
 from abaw_ray.submission import (
     format_submission,
-    nearest_available,
     read_submission,
     score_submission,
     template_for_videos,

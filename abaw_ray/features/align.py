@@ -1,0 +1,78 @@
+"""Alignment of native-rate audio features to the video's frame timeline.
+
+Which alignment works best is a search choice, not a baked-in step: ``interp`` and ``pool``
+here, a learned strided convolution in the models.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+AlignMethod = Literal["interp", "pool"]
+
+
+def align_to_frames(
+    features: np.ndarray, times: np.ndarray, frame_times: np.ndarray, method: AlignMethod = "interp"
+) -> np.ndarray:
+    """Resample ``features`` [N, D] stamped at ``times`` [N] onto video frames.
+
+    ``frame_times`` [T] are the frames' start times (``k / fps``); frame k spans
+    ``[frame_times[k], frame_times[k + 1])``. ``interp`` linearly interpolates at each frame's
+    centre (holding the edge values outside the audio); ``pool`` averages the audio frames
+    inside each frame's span, and interpolates where a span holds none.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    t = np.asarray(times, dtype=np.float64)
+    ft = np.asarray(frame_times, dtype=np.float64)
+    if x.ndim != 2 or t.shape != (x.shape[0],):
+        raise ValueError(f"features {x.shape} and times {t.shape} do not match")
+    if len(ft) == 0:
+        return np.zeros((0, x.shape[1]), np.float32)
+    if x.shape[0] == 0:
+        return np.zeros((len(ft), x.shape[1]), np.float32)
+    step = np.diff(ft).mean() if len(ft) > 1 else 1.0
+    ends = np.append(ft[1:], ft[-1] + step)
+    centres = (ft + ends) / 2
+    interp = np.stack([np.interp(centres, t, x[:, d]) for d in range(x.shape[1])], axis=1)
+    if method == "interp":
+        return interp.astype(np.float32)
+    if method != "pool":
+        raise ValueError(f"unknown alignment {method!r}; expected 'interp' or 'pool'")
+    lo = np.searchsorted(t, ft, side="left")
+    hi = np.searchsorted(t, ends, side="left")
+    csum = np.vstack([np.zeros((1, x.shape[1])), np.cumsum(x, axis=0)])
+    count = (hi - lo)[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pooled = (csum[hi] - csum[lo]) / count
+    return np.where(count > 0, pooled, interp).astype(np.float32)
+
+
+def frame_features(
+    store, key: str, corpus, video: str, method: AlignMethod = "interp"
+) -> tuple[np.ndarray, np.ndarray]:
+    """A video's stored features on its frame timeline: (float32 [T, D], bool mask [T]).
+
+    Visual arrays already have one row per frame (mask: the frame had a face). Audio arrays are
+    aligned with ``method`` (mask: the frame lies within the audio). A video the store lacks
+    gives zeros and an all-False mask, so a missing modality never drops a frame.
+    """
+    n = corpus.num_frames(video)
+    dim = store.manifest(key)["dim"]
+    try:
+        stored = store.load(key, video)
+    except FileNotFoundError:
+        return np.zeros((n, dim), np.float32), np.zeros(n, bool)
+    if stored.times is None:
+        values = np.asarray(stored.values[:n], dtype=np.float32)
+        mask = stored.mask[:n] if stored.mask is not None else np.ones(len(values), bool)
+        if len(values) < n:  # the timeline grew (labels longer than when extracted)
+            pad = n - len(values)
+            values = np.concatenate([values, np.repeat(values[-1:], pad, 0)])
+            mask = np.concatenate([mask, np.zeros(pad, bool)])
+        return values, mask
+    frame_times = corpus.frame_times(video)
+    values = align_to_frames(stored.values, stored.times, frame_times, method)
+    end = stored.times[-1] + (1.0 / stored.rate_hz if stored.rate_hz else 0.0)
+    return values, frame_times < end

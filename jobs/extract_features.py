@@ -1,0 +1,90 @@
+"""Extract pre-trained features of an Aff-Wild2 corpus into the feature store, on Ray Data.
+
+    python jobs/extract_features.py [--data ROOT] [--store DIR] [--extractors a,b] [--tiny]
+    ray job submit --working-dir . -- python jobs/extract_features.py \
+        --data /data/affwild2 --store /shared/features --extractors clip_large,wavlm_large
+
+Without --data it runs on the embedded synthetic corpus (tiny extractors). A rerun skips the
+videos already in the store; --force redoes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import ray
+
+from abaw_ray.data import load_corpus
+from abaw_ray.data.synthetic import ensure_default_corpus
+from abaw_ray.features.pipeline import ExtractionConfig, extract_features
+from abaw_ray.features.registry import list_extractors
+from abaw_ray.features.store import FeatureStore
+from abaw_ray.features.weights import WeightsNotFoundError
+
+EMBEDDED_EXTRACTORS = "face_hog,logmel"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--data", type=Path, help="Aff-Wild2 root (default: the embedded corpus)")
+    p.add_argument(
+        "--store",
+        type=Path,
+        default=Path("outputs/features"),
+        help="feature store folder (shared storage on a cluster)",
+    )
+    p.add_argument(
+        "--extractors",
+        default=None,
+        help=f"comma-separated names from: {', '.join(list_extractors())} "
+        f"(default on the embedded corpus: {EMBEDDED_EXTRACTORS})",
+    )
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="tiny random-weight variants (tests, dry runs); default on the embedded corpus",
+    )
+    p.add_argument("--weights-dir", type=Path, help="folder with <extractor>/ weight folders")
+    p.add_argument("--force", action="store_true", help="redo videos already in the store")
+    p.add_argument("--no-denoise", action="store_true", help="skip spectral-gating denoising")
+    p.add_argument(
+        "--isolate-vocals",
+        action="store_true",
+        help="Hybrid Demucs vocal isolation before the audio models",
+    )
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--actors", type=int, help="extraction actors (default: one per GPU, else 1)")
+    p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray instance")
+    args = p.parse_args(argv)
+
+    embedded = args.data is None
+    root = ensure_default_corpus() if embedded else args.data
+    names = tuple((args.extractors or EMBEDDED_EXTRACTORS).split(","))
+    if not embedded and args.extractors is None:
+        p.error("--extractors is required with --data (e.g. clip_large,wavlm_large)")
+    config = ExtractionConfig(
+        extractors=names,
+        tiny=args.tiny or embedded,
+        weights_dir=args.weights_dir,
+        force=args.force,
+        denoise=not args.no_denoise,
+        isolate_vocals=args.isolate_vocals,
+        batch_size=args.batch_size,
+        num_actors=args.actors,
+    )
+    corpus = load_corpus(root)
+    ray.init(num_cpus=args.num_cpus, ignore_reinit_error=True)
+    try:
+        report = extract_features(corpus, FeatureStore(args.store), config)
+    except WeightsNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"feature store {args.store.resolve()} for {root}")
+    print(report.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
