@@ -159,3 +159,20 @@ def test_store_writes_atomically_and_refuses_other_weights(tmp_path, monkeypatch
     assert k2 == "clip_large.tiny"
     with pytest.raises(StoreMismatchError, match="weights"):
         store.open(clip, tiny=True, weights="tiny-random(seed=1)")
+
+
+def test_real_timm_loading_reads_a_local_checkpoint(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    model = timm.create_model("mobilenetv3_small_100", pretrained=False)
+    (tmp_path / "mobilenetv3").mkdir()
+    save_file(model.state_dict(), tmp_path / "mobilenetv3" / "model.safetensors")
+    ex = create_extractor("mobilenetv3", weights_dir=tmp_path)
+    assert ex.weights == f"file:{tmp_path / 'mobilenetv3' / 'model.safetensors'}"
+    assert ex.input_size == 224 and ex.dim == get_spec("mobilenetv3").dim
+    images = np.random.default_rng(0).integers(0, 255, (2, 112, 112, 3), dtype=np.uint8)
+    x = ex.preprocess(images)
+    model.eval()
+    expected = model.forward_head(model.forward_features(x), pre_logits=True)
+    np.testing.assert_allclose(ex(images), expected.detach().numpy(), atol=1e-4)

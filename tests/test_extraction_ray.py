@@ -1,0 +1,134 @@
+"""Ray Data extraction end to end on the embedded corpus: resume after a kill, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from abaw_ray.data import load_corpus
+from abaw_ray.features.pipeline import ExtractionConfig, extract_features
+from abaw_ray.features.store import FeatureStore
+from tests.raytools import kill_session
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+JOB = [sys.executable, str(REPO / "jobs" / "extract_features.py")]
+
+
+def _run_job(args: list[str], **kw) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    return subprocess.Popen(JOB + args, cwd=REPO, env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_killed_extraction_resumes_without_recomputing(corpus_root, tmp_path):
+    store_dir = tmp_path / "store"
+    args = ["--data", str(corpus_root), "--store", str(store_dir), "--extractors",
+            "mobilenetv3,logmel", "--tiny", "--num-cpus", "2", "--batch-size", "8"]
+    manifest = store_dir / "mobilenetv3.tiny" / "manifest.json"
+    total = len(load_corpus(corpus_root).videos)
+    proc = _run_job(args)
+    try:
+        deadline = time.time() + 240
+        done: dict = {}
+        while time.time() < deadline and proc.poll() is None:
+            if manifest.is_file():
+                done = json.loads(manifest.read_text())["videos"]
+                if done:
+                    break
+            time.sleep(0.05)
+        assert done, "no video finished before the deadline"
+    finally:
+        kill_session(proc.pid)
+        proc.communicate()
+    assert 0 < len(done) < total, "the kill should land half-way"
+    mtimes = {v: (store_dir / "mobilenetv3.tiny" / f"{v}.npy").stat().st_mtime_ns for v in done}
+    # Nothing half-written: every array present loads whole.
+    for f in store_dir.rglob("*.npy"):
+        np.load(f)
+
+    rerun = _run_job(args)
+    out, _ = rerun.communicate(timeout=300)
+    kill_session(rerun.pid)
+    assert rerun.returncode == 0, out
+    line = next(ln for ln in out.splitlines() if ln.strip().startswith("mobilenetv3.tiny"))
+    written, skipped = int(line.split()[2]), int(line.split()[5])
+    assert skipped == len(done) and written == total - len(done), line
+    store = FeatureStore(store_dir)
+    final = store.manifest("mobilenetv3.tiny")["videos"]
+    assert len(final) == total
+    for v, t in mtimes.items():  # finished videos were not recomputed
+        assert (store_dir / "mobilenetv3.tiny" / f"{v}.npy").stat().st_mtime_ns == t
+    corpus = load_corpus(corpus_root)
+    for v in final:
+        assert store.is_complete("mobilenetv3.tiny", v, corpus.num_frames(v))
+        assert store.is_complete("logmel", v)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield ray
+    ray.shutdown()
+
+
+def _copy_with_bad_inputs(src: Path, dst: Path) -> tuple[str, str, str]:
+    shutil.copytree(src, dst, symlinks=True)
+    faces = sorted((dst / "cropped_aligned").iterdir())
+    corrupt = sorted(faces[0].glob("*.jpg"))[5]
+    corrupt.write_bytes(corrupt.read_bytes()[:200])  # truncated JPEG
+    empty = sorted(faces[1].glob("*.jpg"))[7]
+    empty.write_bytes(b"")
+    # Replace one raw video with a video-only file (no audio stream).
+    raw = sorted((dst / "batch2").glob("*.mp4"))[0]
+    raw.unlink()
+    with av.open(str(raw), "w") as c:
+        s = c.add_stream("mpeg4", rate=25)
+        s.width = s.height = 32
+        s.pix_fmt = "yuv420p"
+        for _ in range(5):
+            for p in s.encode(av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8),
+                                                         format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return f"{faces[0].name}/{corrupt.name}", f"{faces[1].name}/{empty.name}", raw.stem
+
+
+def test_bad_images_and_silent_video_are_reported_not_fatal(corpus_root, tmp_path, ray_local):
+    corrupt, empty, silent = _copy_with_bad_inputs(corpus_root, tmp_path / "corpus")
+    corpus = load_corpus(tmp_path / "corpus")
+    store = FeatureStore(tmp_path / "store")
+    report = extract_features(corpus, store,
+                              ExtractionConfig(extractors=("face_hog", "wavlm_large"), tiny=True))
+    assert set(report.bad_frames) == {corrupt, empty}
+    assert report.gaps["wavlm_large.tiny"] == {silent: f"{corpus.videos[silent].media.path}: "
+                                                       "no audio stream"}
+    assert "no audio stream" in report.summary() and corrupt in report.summary()
+    usable = [v for v in corpus.videos if v not in corpus.unusable]
+    assert sorted(report.written["face_hog"]) == sorted(usable)
+    assert len(report.written["wavlm_large.tiny"]) == len(usable) - 1
+    video, name = corrupt.split("/")
+    stored = store.load("face_hog", video)
+    k = int(name.split(".")[0]) - 1
+    assert not stored.mask[k]  # flagged
+    assert stored.values.shape[0] == corpus.num_frames(video)
+    left = [v for v in usable if v.endswith("_left")][0]
+    right = left.replace("_left", "_right")
+    np.testing.assert_array_equal(store.load("wavlm_large.tiny", left).values,
+                                  store.load("wavlm_large.tiny", right).values)
+    manifest = store.manifest("face_hog")
+    assert manifest["videos"][video]["unreadable"] == {name: report.bad_frames[corrupt]}
+    assert manifest["weights"] == "none (model-free descriptor)"
+    assert store.manifest("wavlm_large.tiny")["weights"] == "tiny-random(seed=0)"
