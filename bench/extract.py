@@ -28,8 +28,15 @@ from abaw_ray.features.pipeline import ExtractionConfig, decode_faces, extract_f
 from abaw_ray.features.store import FeatureStore
 
 # ViT-L/14 vision tower (openai/clip-vit-large-patch14), as data: no config download needed.
-CLIP_LARGE = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                  num_attention_heads=16, image_size=224, patch_size=14, projection_dim=768)
+CLIP_LARGE = dict(
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    image_size=224,
+    patch_size=14,
+    projection_dim=768,
+)
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
 
 
@@ -39,7 +46,8 @@ def save_random_weights(model: str, folder: Path) -> None:
         from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
         CLIPVisionModelWithProjection(CLIPVisionConfig(**CLIP_LARGE)).save_pretrained(
-            folder / model)
+            folder / model
+        )
         return
     import timm
     from safetensors.torch import save_file
@@ -87,8 +95,12 @@ def main() -> None:
         seconds = args.frames / 25 / 6 + 1
         generate(tmp / "corpus", videos=6, seed=0, seconds=(seconds, seconds * 1.05))
         corpus = load_corpus(tmp / "corpus")
-        paths = [str(v.face_path(int(k))) for v in corpus.videos.values()
-                 for k in v.face_frames if k <= corpus.num_frames(v.name)]
+        paths = [
+            str(v.face_path(int(k)))
+            for v in corpus.videos.values()
+            for k in v.face_frames
+            if k <= corpus.num_frames(v.name)
+        ]
         save_random_weights(args.model, tmp / "weights")
         cpus = args.num_cpus or torch.get_num_threads()
         torch.set_num_threads(cpus)
@@ -97,27 +109,35 @@ def main() -> None:
 
         ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
-        config = ExtractionConfig(extractors=(args.model,), weights_dir=tmp / "weights",
-                                  batch_size=args.batch_size)
+        config = ExtractionConfig(
+            extractors=(args.model,), weights_dir=tmp / "weights", batch_size=args.batch_size
+        )
         report = extract_features(corpus, FeatureStore(tmp / "store"), config)
         ray.shutdown()
         ray_fps = report.frames / report.seconds
 
-        device = torch.cuda.get_device_name() if torch.cuda.is_available() else \
-            f"CPU x{cpus} threads"
-        print(f"model {args.model} (random init, full size), batch {args.batch_size}, "
-              f"{len(paths)} face frames, {device}")
+        device = (
+            torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU x{cpus} threads"
+        )
+        print(
+            f"model {args.model} (random init, full size), batch {args.batch_size}, "
+            f"{len(paths)} face frames, {device}"
+        )
         print(f"  plain PyTorch loop : {loop_fps:8.1f} frames/s")
-        print(f"  Ray Data pipeline  : {ray_fps:8.1f} frames/s  (end to end, actor start and "
-              f"store writes included)")
+        print(
+            f"  Ray Data pipeline  : {ray_fps:8.1f} frames/s  (end to end, actor start and "
+            f"store writes included)"
+        )
         print(f"  ratio ray/loop     : {ray_fps / loop_fps:8.2f}")
         if torch.cuda.is_available():
             flops = flops_per_frame(args.model, tmp / "weights")
             name = torch.cuda.get_device_name()
             peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), math.nan)
             achieved = ray_fps * flops / 1e12
-            print(f"  {flops / 1e9:.1f} GFLOP/frame -> {achieved:.1f} TFLOP/s = "
-                  f"{achieved / peak:.1%} of the {peak:.0f} TFLOP/s bf16 roofline")
+            print(
+                f"  {flops / 1e9:.1f} GFLOP/frame -> {achieved:.1f} TFLOP/s = "
+                f"{achieved / peak:.1%} of the {peak:.0f} TFLOP/s bf16 roofline"
+            )
 
 
 if __name__ == "__main__":

@@ -21,8 +21,10 @@ from abaw_ray.features.store import FeatureStore, store_key
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--extractors",
-                   default="face_hog,face_pixels,resnet50,clip_large,logmel,wavlm_large,whisper_v3")
+    p.add_argument(
+        "--extractors",
+        default="face_hog,face_pixels,resnet50,clip_large,logmel,wavlm_large,whisper_v3",
+    )
     p.add_argument("--store", type=Path, help="reuse a store (default: a temporary one)")
     args = p.parse_args()
     names = args.extractors.split(",")

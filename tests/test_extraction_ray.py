@@ -26,14 +26,33 @@ JOB = [sys.executable, str(REPO / "jobs" / "extract_features.py")]
 
 def _run_job(args: list[str], **kw) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
-    return subprocess.Popen(JOB + args, cwd=REPO, env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+    return subprocess.Popen(
+        JOB + args,
+        cwd=REPO,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
 
 
 def test_killed_extraction_resumes_without_recomputing(corpus_root, tmp_path):
     store_dir = tmp_path / "store"
-    args = ["--data", str(corpus_root), "--store", str(store_dir), "--extractors",
-            "mobilenetv3,logmel", "--tiny", "--num-cpus", "2", "--batch-size", "8"]
+    args = [
+        "--data",
+        str(corpus_root),
+        "--store",
+        str(store_dir),
+        "--extractors",
+        "mobilenetv3,logmel",
+        "--tiny",
+        "--num-cpus",
+        "2",
+        "--batch-size",
+        "8",
+    ]
     manifest = store_dir / "mobilenetv3.tiny" / "manifest.json"
     total = len(load_corpus(corpus_root).videos)
     proc = _run_job(args)
@@ -98,8 +117,9 @@ def _copy_with_bad_inputs(src: Path, dst: Path) -> tuple[str, str, str]:
         s.width = s.height = 32
         s.pix_fmt = "yuv420p"
         for _ in range(5):
-            for p in s.encode(av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8),
-                                                         format="rgb24")):
+            for p in s.encode(
+                av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")
+            ):
                 c.mux(p)
         for p in s.encode():
             c.mux(p)
@@ -110,11 +130,13 @@ def test_bad_images_and_silent_video_are_reported_not_fatal(corpus_root, tmp_pat
     corrupt, empty, silent = _copy_with_bad_inputs(corpus_root, tmp_path / "corpus")
     corpus = load_corpus(tmp_path / "corpus")
     store = FeatureStore(tmp_path / "store")
-    report = extract_features(corpus, store,
-                              ExtractionConfig(extractors=("face_hog", "wavlm_large"), tiny=True))
+    report = extract_features(
+        corpus, store, ExtractionConfig(extractors=("face_hog", "wavlm_large"), tiny=True)
+    )
     assert set(report.bad_frames) == {corrupt, empty}
-    assert report.gaps["wavlm_large.tiny"] == {silent: f"{corpus.videos[silent].media.path}: "
-                                                       "no audio stream"}
+    assert report.gaps["wavlm_large.tiny"] == {
+        silent: f"{corpus.videos[silent].media.path}: no audio stream"
+    }
     assert "no audio stream" in report.summary() and corrupt in report.summary()
     usable = [v for v in corpus.videos if v not in corpus.unusable]
     assert sorted(report.written["face_hog"]) == sorted(usable)
@@ -126,8 +148,9 @@ def test_bad_images_and_silent_video_are_reported_not_fatal(corpus_root, tmp_pat
     assert stored.values.shape[0] == corpus.num_frames(video)
     left = [v for v in usable if v.endswith("_left")][0]
     right = left.replace("_left", "_right")
-    np.testing.assert_array_equal(store.load("wavlm_large.tiny", left).values,
-                                  store.load("wavlm_large.tiny", right).values)
+    np.testing.assert_array_equal(
+        store.load("wavlm_large.tiny", left).values, store.load("wavlm_large.tiny", right).values
+    )
     manifest = store.manifest("face_hog")
     assert manifest["videos"][video]["unreadable"] == {name: report.bad_frames[corrupt]}
     assert manifest["weights"] == "none (model-free descriptor)"

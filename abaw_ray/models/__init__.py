@@ -1,0 +1,6 @@
+"""The fusion models: a registry of families, each mapping modality sequences to per-frame
+VA or EXPR outputs."""
+
+from abaw_ray.models.registry import OUTPUT_DIMS, FusionModel, create_model, list_models
+
+__all__ = ["OUTPUT_DIMS", "FusionModel", "create_model", "list_models"]

@@ -1,0 +1,57 @@
+"""From a corpus root to a feature bank in the object store: the set-up every trial job shares
+(extract what the store lacks, then load the bank once)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+
+from abaw_ray.data.corpus import Corpus, load_corpus
+from abaw_ray.data.labels import Task
+from abaw_ray.data.synthetic import ensure_default_corpus
+from abaw_ray.features.pipeline import ExtractionConfig, ExtractionReport, extract_features
+from abaw_ray.features.store import FeatureStore, store_key
+from abaw_ray.train.data import ALIGNMENTS, FeatureBank, build_bank
+
+EMBEDDED_FEATURES = ("face_hog", "logmel")
+
+
+@dataclass
+class Prepared:
+    corpus: Corpus
+    store: FeatureStore
+    bank: FeatureBank
+    bank_ref: ray.ObjectRef
+    keys: dict[str, str]  # extractor name -> store key
+    extraction: ExtractionReport
+    embedded: bool
+
+
+def resolve_corpus(data: Path | None) -> tuple[Path, bool]:
+    """The corpus root, and whether it is the embedded synthetic one (``data`` absent)."""
+    return (ensure_default_corpus(), True) if data is None else (Path(data), False)
+
+
+def prepare(
+    data: Path | None,
+    store_dir: Path,
+    names: Sequence[str],
+    task: Task,
+    tiny: bool | None = None,
+    weights_dir: Path | None = None,
+    alignments: Sequence[str] = ALIGNMENTS,
+) -> Prepared:
+    """Ray must be initialised. ``tiny`` defaults to True on the embedded corpus."""
+    root, embedded = resolve_corpus(data)
+    tiny = embedded if tiny is None else tiny
+    corpus = load_corpus(root)
+    store = FeatureStore(store_dir)
+    report = extract_features(
+        corpus, store, ExtractionConfig(extractors=tuple(names), tiny=tiny, weights_dir=weights_dir)
+    )
+    keys = {n: store_key(n, tiny) for n in names}
+    bank = build_bank(corpus, store, list(keys.values()), task, alignments)
+    return Prepared(corpus, store, bank, ray.put(bank), keys, report, embedded)
