@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         help="any other trial setting, e.g. --set hidden=128 --set gates=reference",
     )
     p.add_argument("--output", type=Path, default=Path("outputs"))
+    p.add_argument("--name", help="run name; an existing run of this name resumes")
     p.add_argument("--store", type=Path, help="feature store (default: OUTPUT/features)")
     p.add_argument("--weights-dir", type=Path)
     p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray instance")
@@ -85,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         shuffle_labels=args.shuffle_labels,
         **parse_overrides(args.set),
     )
-    name = f"train_va-{trial.model}-{'control-' if trial.shuffle_labels else ''}seed{trial.seed}"
+    # Ray Train resumes a run whose (storage, name) exists: a fresh trial gets a fresh name.
+    name = args.name or (
+        f"train_va-{trial.model}-{'control-' if trial.shuffle_labels else ''}"
+        f"{time.strftime('%Y%m%d-%H%M%S')}"
+    )
     trainer = build_trainer(
         trial,
         prepared.bank_ref,

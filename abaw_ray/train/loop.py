@@ -246,7 +246,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         val_videos = list(bank.splits["val"])
         val_preds = predict_videos(plain, sampler, val_videos, device)
         metrics = {
-            "epoch": epoch,
+            "epoch": epoch + 1,  # 1-based: what ASHA counts
             "train_loss": float(np.mean(losses)) if losses else math.nan,
             "aux_loss": float(np.mean(aux_losses)) if aux_losses else 0.0,
             **score(bank, val_preds, val_videos),

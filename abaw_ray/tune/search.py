@@ -1,0 +1,222 @@
+"""The search: Ray Tune over a YAML search space, each trial a Ray Train ``TorchTrainer``.
+
+Optuna TPE (or random sampling) proposes trials from the define-by-run space; ASHA stops the
+weak ones early, counting the reported ``epoch`` (Tune's own iteration counter restarts after
+a restore); a concurrency limit and per-trial resources pack small trials, fractional GPUs
+included. A killed search resumes with ``resume=True``: finished trials are kept, unfinished
+ones continue from their last checkpoint (same storage path and trainer names).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow.fs as pafs
+import ray
+from ray import tune
+
+from abaw_ray.train.loop import PRIMARY_METRIC, TRIAL_JSON, TrialConfig
+from abaw_ray.train.trainer import build_trainer
+from abaw_ray.tune.space import SearchSpace
+
+TRAINERS_DIR = "trainers"
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    space: SearchSpace
+    storage_path: str  # local folder or a URI Ray understands (s3://, gs://, a shared mount)
+    name: str
+    num_samples: int = 8
+    searcher: Literal["tpe", "random"] = "tpe"
+    scheduler: Literal["asha", "none"] = "asha"
+    max_concurrent: int | None = None
+    workers_per_trial: int = 1
+    gpus_per_trial: float = 0.0
+    cpus_per_worker: float = 1.0
+    time_budget_s: float | None = None
+    grace_period: int = 3
+    seed: int = 0
+
+    @property
+    def metric(self) -> str:
+        return PRIMARY_METRIC[self.space.task]
+
+    def experiment_uri(self) -> str:
+        return f"{self.storage_path.rstrip('/')}/{self.name}"
+
+    def trainers_uri(self) -> str:
+        return f"{self.experiment_uri()}/{TRAINERS_DIR}"
+
+
+@dataclass
+class TrialOutcome:
+    trial_id: str
+    config: dict[str, Any]
+    status: str
+    best: dict[str, float] | None = None  # metrics of the best (checkpointed) epoch
+    checkpoint: str | None = None  # URI of that checkpoint
+    last: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def score(self) -> float:
+        return float("-inf") if not self.best else float(self.best.get("_score", float("-inf")))
+
+
+def run_trial(
+    config: dict[str, Any],
+    bank_ref: list[ray.ObjectRef],
+    trainers_uri: str,
+    workers: int,
+    gpus_per_worker: float,
+    cpus_per_worker: float,
+) -> None:
+    """The Tune function trainable: one TorchTrainer whose rank-0 reports reach Tune through
+    ``TuneReportCallback``. The trainer's name is the Tune trial id, so a restored search
+    finds and resumes the same Train run."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial = TrialConfig.from_dict(config)
+    trainer = build_trainer(
+        trial,
+        bank_ref[0],
+        trainers_uri,
+        name=f"train-{tune.get_context().get_trial_id()}",
+        workers=workers,
+        gpus_per_worker=gpus_per_worker,
+        cpus_per_worker=cpus_per_worker,
+        callbacks=[TuneReportCallback()],
+    )
+    trainer.fit()
+
+
+def _max_epochs(space: SearchSpace) -> int:
+    for p in space.parameters:
+        if p.name == "epochs":
+            return int(
+                max(p.args) if p.kind == "choice" else p.args[1] if p.kind == "randint" else p.args
+            )
+    return TrialConfig().epochs
+
+
+def default_concurrency(cfg: SearchConfig) -> int:
+    res = ray.cluster_resources()
+    by_cpu = int(res.get("CPU", 1) // max(cfg.workers_per_trial * cfg.cpus_per_worker, 1e-6))
+    limit = max(1, by_cpu)
+    if cfg.gpus_per_trial:
+        limit = min(limit, int(res.get("GPU", 0) // cfg.gpus_per_trial) or 1)
+    return max(1, min(limit, cfg.num_samples))
+
+
+def build_tuner(
+    cfg: SearchConfig,
+    bank_ref: ray.ObjectRef,
+    combos: list[str],
+    callbacks: list[Any] | None = None,
+    resume: bool = False,
+) -> tune.Tuner:
+    import optuna
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    trainable = tune.with_parameters(
+        run_trial,
+        bank_ref=[bank_ref],
+        trainers_uri=cfg.trainers_uri(),
+        workers=cfg.workers_per_trial,
+        gpus_per_worker=cfg.gpus_per_trial / cfg.workers_per_trial,
+        cpus_per_worker=cfg.cpus_per_worker,
+    )
+    # The function trainable only drives the trainer; the trainer's workers hold the CPUs and
+    # GPUs. A zero-CPU bundle (with a token of memory, as Ray needs one non-zero resource)
+    # keeps the driver from taking the share that a worker needs.
+    trainable = tune.with_resources(
+        trainable, tune.PlacementGroupFactory([{"CPU": 0, "memory": 1e6}]))
+    if resume:
+        return tune.Tuner.restore(
+            cfg.experiment_uri(), trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
+    sampler = (
+        optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=min(4, cfg.num_samples))
+        if cfg.searcher == "tpe"
+        else optuna.samplers.RandomSampler(seed=cfg.seed)
+    )
+    searcher = OptunaSearch(
+        space=cfg.space.define_by_run(combos), metric=cfg.metric, mode="max", sampler=sampler
+    )
+    scheduler = (
+        ASHAScheduler(
+            time_attr="epoch",
+            max_t=_max_epochs(cfg.space),
+            grace_period=cfg.grace_period,
+            reduction_factor=2,
+        )
+        if cfg.scheduler == "asha"
+        else FIFOScheduler()
+    )
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=cfg.metric,
+            mode="max",
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=cfg.num_samples,
+            max_concurrent_trials=cfg.max_concurrent or default_concurrency(cfg),
+            time_budget_s=cfg.time_budget_s,
+        ),
+        run_config=tune.RunConfig(
+            name=cfg.name, storage_path=cfg.storage_path, callbacks=callbacks, verbose=1
+        ),
+    )
+
+
+def can_resume(cfg: SearchConfig) -> bool:
+    return tune.Tuner.can_restore(cfg.experiment_uri())
+
+
+def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    if "://" not in uri:
+        uri = str(Path(uri).resolve())
+    return pafs.FileSystem.from_uri(uri)
+
+
+def best_checkpoint(trainer_uri: str, metric: str) -> tuple[dict[str, float], str] | None:
+    """The best checkpoint a trial's trainer kept: (its metrics, its URI)."""
+    fs, root = _filesystem(trainer_uri)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    except OSError:
+        return None
+    best = None
+    for info in infos:
+        if info.type != pafs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
+            continue
+        try:
+            with fs.open_input_stream(f"{info.path}/{TRIAL_JSON}") as fh:
+                saved = json.loads(fh.read())
+        except (OSError, FileNotFoundError):
+            continue  # a checkpoint being written when the search was killed
+        metrics = saved["metrics"]
+        if best is None or metrics[metric] > best[0][metric]:
+            prefix = trainer_uri.split("://")[0] + "://" if "://" in trainer_uri else ""
+            best = (metrics, f"{prefix}{info.path}" if prefix else info.path)
+    return best
+
+
+def collect_outcomes(cfg: SearchConfig, results: tune.ResultGrid) -> list[TrialOutcome]:
+    outcomes = []
+    for r in results:
+        trial_id = (r.metrics or {}).get("trial_id") or Path(r.path).name.split("_")[-2]
+        status = "error" if r.error else "done"
+        found = best_checkpoint(f"{cfg.trainers_uri()}/train-{trial_id}", cfg.metric)
+        config = {k: v for k, v in (r.config or {}).items()}
+        outcome = TrialOutcome(trial_id, config, status, last=dict(r.metrics or {}))
+        if found:
+            outcome.best = {**found[0], "_score": found[0][cfg.metric]}
+            outcome.checkpoint = found[1]
+        outcomes.append(outcome)
+    return sorted(outcomes, key=lambda o: o.score, reverse=True)

@@ -1,0 +1,231 @@
+"""Search spaces as YAML data: the schema, its validation, and the Optuna define-by-run space.
+
+    task: va                       # va | expr
+    features:                      # feature combinations: every visual x every audio
+      visual: [face_hog, face_pixels]
+      audio: [logmel, wavlm_large, null]   # null: no audio (a visual-only trial)
+    parameters:                    # any TrialConfig field
+      model: {choice: [attention, mfn, mctn, transformer]}
+      lr: {loguniform: [3.0e-4, 3.0e-3]}
+      hidden: {choice: [32, 64]}
+      dropout: {uniform: [0.0, 0.4]}
+      window: {randint: [32, 96]}            # integers, both ends included
+      epochs: {value: 15}                    # a constant
+      loss_weight: {uniform: [0.01, 0.5], when: {model: mctn}}      # conditional
+      gates: {choice: [paper, reference], when: {model: [mfn]}}
+
+Each parameter has exactly one of ``value``, ``choice``, ``uniform``, ``loguniform``,
+``randint``, and optionally ``when`` (conditions on parameters listed before it). A malformed
+file raises :class:`SearchSpaceError` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from abaw_ray.features.registry import get_spec, list_extractors
+from abaw_ray.models import list_models
+from abaw_ray.train.loop import TrialConfig
+
+DISTRIBUTIONS = ("value", "choice", "uniform", "loguniform", "randint")
+
+
+class SearchSpaceError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Parameter:
+    name: str
+    kind: str
+    args: Any
+    when: dict[str, tuple[Any, ...]]
+
+    def active(self, config: dict[str, Any]) -> bool:
+        return all(config.get(k) in allowed for k, allowed in self.when.items())
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    path: Path
+    task: str
+    visual: tuple[str, ...]
+    audio: tuple[str | None, ...]
+    parameters: tuple[Parameter, ...]
+
+    def combinations(self, key_of: dict[str, str] | None = None) -> list[str]:
+        """Feature combinations as strings (``"face_hog+logmel"``): searchers take strings,
+        not lists. ``key_of`` maps extractor names to store keys (``wavlm_large.tiny``)."""
+        k = key_of or {}
+        return [
+            "+".join(k.get(n, n) for n in (v, a) if n)
+            for v, a in itertools.product(self.visual, self.audio)
+        ]
+
+    @property
+    def extractors(self) -> list[str]:
+        return sorted({n for n in (*self.visual, *self.audio) if n})
+
+    def define_by_run(self, combos: list[str]) -> DefineByRun:
+        return DefineByRun(self.parameters, tuple(combos))
+
+
+@dataclass(frozen=True)
+class DefineByRun:
+    """An Optuna define-by-run space (a class, so Tune can pickle the searcher's state):
+    suggests every active parameter in file order and returns the constants."""
+
+    parameters: tuple[Parameter, ...]
+    combos: tuple[str, ...]
+
+    def __call__(self, trial) -> dict[str, Any]:
+        config: dict[str, Any] = {
+            "features": trial.suggest_categorical("features", list(self.combos))
+        }
+        constants: dict[str, Any] = {}
+        for p in self.parameters:
+            if not p.active({**config, **constants}):
+                continue
+            if p.kind == "value":
+                constants[p.name] = p.args
+            elif p.kind == "choice":
+                config[p.name] = trial.suggest_categorical(p.name, list(p.args))
+            elif p.kind == "uniform":
+                config[p.name] = trial.suggest_float(p.name, *p.args)
+            elif p.kind == "loguniform":
+                config[p.name] = trial.suggest_float(p.name, *p.args, log=True)
+            elif p.kind == "randint":
+                config[p.name] = trial.suggest_int(p.name, *p.args)
+        return constants
+
+
+def _fail(path: Path, key: str, message: str) -> SearchSpaceError:
+    return SearchSpaceError(f"{path}: {key}: {message}")
+
+
+def _parse_parameter(
+    path: Path, name: str, spec: Any, known: dict[str, type], earlier: list[str]
+) -> Parameter:
+    key = f"parameters.{name}"
+    if name not in known:
+        raise _fail(path, key, f"unknown trial setting; known: {', '.join(sorted(known))}")
+    if not isinstance(spec, dict):
+        raise _fail(path, key, f"expected a mapping like {{choice: [...]}}, got {spec!r}")
+    kinds = [k for k in spec if k in DISTRIBUTIONS]
+    extra = [k for k in spec if k not in DISTRIBUTIONS and k != "when"]
+    if len(kinds) != 1 or extra:
+        raise _fail(
+            path,
+            key,
+            f"needs exactly one of {', '.join(DISTRIBUTIONS)} "
+            f"(and optionally 'when'); got {sorted(spec)}",
+        )
+    kind = kinds[0]
+    args = spec[kind]
+    if kind == "choice":
+        if not isinstance(args, list) or not args:
+            raise _fail(path, f"{key}.choice", "expected a non-empty list")
+    elif kind in ("uniform", "loguniform", "randint"):
+        if (
+            not isinstance(args, list)
+            or len(args) != 2
+            or not all(isinstance(a, int | float) and not isinstance(a, bool) for a in args)
+        ):
+            raise _fail(path, f"{key}.{kind}", f"expected [low, high], got {args!r}")
+        low, high = args
+        if not low < high:
+            raise _fail(path, f"{key}.{kind}", f"low {low} must be below high {high}")
+        if kind == "loguniform" and low <= 0:
+            raise _fail(path, f"{key}.{kind}", "bounds must be positive")
+        if kind == "randint" and not all(isinstance(a, int) for a in args):
+            raise _fail(path, f"{key}.{kind}", "bounds must be integers")
+        args = (float(low), float(high)) if kind != "randint" else (int(low), int(high))
+    values = args if kind == "choice" else [args] if kind == "value" else []
+    want = known[name]
+    for v in values:
+        if (
+            want is bool
+            and not isinstance(v, bool)
+            or want in (int, float)
+            and (isinstance(v, bool) or not isinstance(v, int | float))
+            or want is str
+            and not isinstance(v, str)
+        ):
+            raise _fail(path, key, f"value {v!r} is not a {want.__name__}")
+    if name == "model":
+        unknown = [m for m in values if m not in list_models()]
+        if unknown:
+            raise _fail(path, key, f"unknown models {unknown}; known: {list_models()}")
+    when_raw = spec.get("when", {})
+    if not isinstance(when_raw, dict):
+        raise _fail(path, f"{key}.when", "expected a mapping {parameter: value(s)}")
+    when = {}
+    for other, allowed in when_raw.items():
+        if other not in earlier:
+            raise _fail(
+                path,
+                f"{key}.when.{other}",
+                "conditions may only name parameters listed before this one",
+            )
+        when[other] = tuple(allowed) if isinstance(allowed, list) else (allowed,)
+    return Parameter(name, kind, tuple(args) if kind == "choice" else args, when)
+
+
+def load_search_space(path: str | Path) -> SearchSpace:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SearchSpaceError(f"{path}: not valid YAML ({err})") from err
+    if not isinstance(data, dict):
+        raise SearchSpaceError(f"{path}: expected a mapping with task, features, parameters")
+    unknown = sorted(set(data) - {"task", "features", "parameters"})
+    if unknown:
+        raise _fail(path, unknown[0], "unknown top-level key (task, features, parameters)")
+    task = data.get("task")
+    if task not in ("va", "expr"):
+        raise _fail(path, "task", f"expected va or expr, got {task!r}")
+    feats = data.get("features")
+    if not isinstance(feats, dict) or not feats.get("visual"):
+        raise _fail(path, "features", "expected {visual: [...], audio: [...]}")
+    extractors = list_extractors()
+    visual, audio = list(feats["visual"]), list(feats.get("audio") or [None])
+    for group, names, modality in (("visual", visual, "visual"), ("audio", audio, "audio")):
+        for n in names:
+            if n is None and group == "audio":
+                continue
+            if n not in extractors:
+                raise _fail(path, f"features.{group}", f"unknown extractor {n!r}")
+            if get_spec(n).modality != modality:
+                raise _fail(path, f"features.{group}", f"{n} is a {get_spec(n).modality} extractor")
+    known = {
+        f.name: (type(f.default) if f.default is not None else str)
+        for f in fields(TrialConfig)
+        if f.name not in ("task", "features")
+    }
+    params_raw = data.get("parameters") or {}
+    if not isinstance(params_raw, dict):
+        raise _fail(path, "parameters", "expected a mapping")
+    params: list[Parameter] = []
+    for name, spec in params_raw.items():
+        params.append(_parse_parameter(path, name, spec, known, [p.name for p in params]))
+    return SearchSpace(path, task, tuple(visual), tuple(audio), tuple(params))
+
+
+def sample_count_hint(space: SearchSpace) -> float:
+    """Size of the discrete part of the space (for messages); inf with continuous ones."""
+    n = len(space.visual) * len(space.audio)
+    for p in space.parameters:
+        if p.kind == "choice":
+            n *= len(p.args)
+        elif p.kind in ("uniform", "loguniform"):
+            return math.inf
+        elif p.kind == "randint":
+            n *= p.args[1] - p.args[0] + 1
+    return n

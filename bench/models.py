@@ -1,0 +1,88 @@
+"""Forward + backward time per batch of every fusion model, and of MFN against its plain
+per-frame reference implementation (same weights), in one run.
+
+    python bench/models.py [--batch 32] [--frames 256] [--hidden 256] [--repeats 3]
+
+Inputs: three modalities of 768 / 1024 / 768 dims (CLIP-large, WavLM-large, a third).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from abaw_ray.models import create_model, list_models
+from abaw_ray.models.mfn import mfn_reference_forward
+
+DIMS = [768, 1024, 768]
+
+
+def time_step(fn, params, repeats: int, device: torch.device) -> float:
+    def once() -> None:
+        for p in params:
+            p.grad = None
+        fn().backward()
+
+    once()  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        once()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeats
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--frames", type=int, default=256)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    xs = [torch.randn(args.batch, args.frames, d, device=device) for d in DIMS]
+    where = (
+        torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"forward+backward per batch: B={args.batch}, T={args.frames}, hidden={args.hidden}, "
+        f"inputs {'/'.join(map(str, DIMS))}, {where}"
+    )
+    results = {}
+    for gates in ("paper", "reference"):
+        model = create_model("mfn", DIMS, "va", hidden=args.hidden, gates=gates).to(device)
+        params = list(model.parameters())
+        fast = time_step(lambda m=model: m(xs)["pred"].pow(2).mean(), params, args.repeats, device)
+        ref = time_step(
+            lambda m=model: mfn_reference_forward(m.core, xs).pow(2).mean(),
+            params,
+            args.repeats,
+            device,
+        )
+        results[gates] = (fast, ref)
+        print(
+            f"  mfn (gates={gates:<9}): {fast:7.3f} s   per-frame reference: {ref:7.3f} s   "
+            f"speed-up {ref / fast:5.2f}x"
+        )
+    for name in list_models():
+        if name == "mfn":
+            continue
+        model = create_model(name, DIMS, "va", hidden=args.hidden).to(device).train()
+        t = time_step(
+            lambda m=model: (lambda o: o["pred"].pow(2).mean() + o["aux_loss"])(m(xs)),
+            list(model.parameters()),
+            args.repeats,
+            device,
+        )
+        print(f"  {name:<24}: {t:7.3f} s")
+
+
+if __name__ == "__main__":
+    main()
