@@ -133,13 +133,15 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{len(outcomes)} trials ({sum(o.best is not None for o in outcomes)} with a "
         f"checkpoint); top trials by {metric}:"
     )
-    print(f"  {'trial':<14}{metric:>9}{'val':>8}{'aro':>8}{'ep':>4}  model        features")
+    print(
+        f"  {'trial':<14}{metric:>9}{'valence':>8}{'arousal':>8}{'epoch':>6}  model        features"
+    )
     for o in outcomes[:10]:
         if o.best is None:
             continue
         print(
             f"  {o.trial_id:<14}{o.best[metric]:>9.4f}{o.best['val_ccc_valence']:>8.3f}"
-            f"{o.best['val_ccc_arousal']:>8.3f}{o.best['epoch']:>4}  "
+            f"{o.best['val_ccc_arousal']:>8.3f}{o.best['epoch']:>6}  "
             f"{o.config.get('model', '?'):<12} {o.config.get('features', '?')}"
         )
 
@@ -232,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         f"(valence {ens.val_scores['valence']:.4f}, arousal {ens.val_scores['arousal']:.4f}; "
         f"smoothing {ens.recipe.smoothing})"
     )
-    if ens.split_half:
+    if not ens.split_half:
+        print("split-half estimate: needs at least 2 validation videos")
+    else:
         print(
             f"honest split-half estimate (select on half the val videos, score the other): "
             f"ensemble {ens.split_half['mean']:.4f}, best single "

@@ -38,7 +38,7 @@ VA_TEST_LIST = "test_set/Valence_Arousal_Estimation_Challenge_test_set_release.t
 EXPR_TEST_LIST = "test_set/Expression_Recognition_Challenge_test_set_release.txt"
 FRAME_RATES = (Fraction(30), Fraction(25), Fraction(30000, 1001), Fraction(15))
 AUDIO_RATES = (44100, 48000, 16000)
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 # Facial action offsets per expression class:
 # (smile, mouth_open, eye_open, brow_raise, brow_tilt, nose_wrinkle, asymmetry)
@@ -380,8 +380,10 @@ def generate(
                 s0 = int(vrng.integers(label_len // 2, label_len - 5))
                 cls[s0 : s0 + int(0.5 * float(fps))] = -1
             split_dir = "Train_Set" if split == "train" else "Validation_Set"
-            has_va = i % 5 != 4
-            has_expr = i % 5 != 1 or not has_va
+            # Training videos may lack one task's labels (as in Aff-Wild2); validation videos
+            # carry both, so each task keeps at least two to validate (and split) on.
+            has_va = split == "val" or i % 5 != 4
+            has_expr = split == "val" or i % 5 != 1 or not has_va
             if has_va:
                 va_lines = label_len
                 va_invalid = int((va[:, 0] == -5).sum())

@@ -134,7 +134,8 @@ def build_tuner(
     # GPUs. A zero-CPU bundle (with a token of memory, as Ray needs one non-zero resource)
     # keeps the driver from taking the share that a worker needs.
     trainable = tune.with_resources(
-        trainable, tune.PlacementGroupFactory([{"CPU": 0, "memory": 1e6}]))
+        trainable, tune.PlacementGroupFactory([{"CPU": 0, "memory": 1e6}])
+    )
     if resume:
         return tune.Tuner.restore(
             cfg.experiment_uri(), trainable=trainable, resume_unfinished=True, resume_errored=True

@@ -1,0 +1,201 @@
+"""The main job end to end: a search killed mid-way resumes without re-running finished
+trials, ends with a validated submission and MLflow runs; and it runs under ray job submit."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from abaw_ray.data import load_corpus
+from abaw_ray.submission import validate_submission
+from tests.raytools import kill_session
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+SPACE = REPO / "tests" / "data" / "small_va.yaml"
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+
+
+def _job(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "jobs" / "search_va.py"), *args],
+        cwd=REPO,
+        env=_env(),
+        start_new_session=True,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _trainers(output: Path) -> dict[str, list[str]]:
+    root = output / "ray_results" / "search_va" / "trainers"
+    if not root.is_dir():
+        return {}
+    return {d.name: sorted(c.name for c in d.glob("checkpoint_*")) for d in root.iterdir()}
+
+
+def test_killed_search_resumes_without_rerunning_finished_trials(corpus_root, tmp_path):
+    output = tmp_path / "out"
+    args = [
+        "--data",
+        str(corpus_root),
+        "--output",
+        str(output),
+        "--space",
+        str(SPACE),
+        "--num-samples",
+        "4",
+        "--num-cpus",
+        "2",
+        "--concurrency",
+        "1",
+        "--scheduler",
+        "none",
+    ]
+    proc = _job(args)
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline and proc.poll() is None:
+            if len(_trainers(output)) >= 2:  # sequential trials: the first one has finished
+                break
+            time.sleep(0.5)
+        assert len(_trainers(output)) >= 2, "no trial finished before the deadline"
+    finally:
+        kill_session(proc.pid)
+        proc.communicate()
+    before = _trainers(output)
+    finished = {name: ckpts for name, ckpts in before.items() if ckpts}
+    first = min(
+        finished,
+        key=lambda n: (output / "ray_results" / "search_va" / "trainers" / n).stat().st_mtime,
+    )
+    mtime = (output / "ray_results/search_va/trainers" / first).stat().st_mtime_ns
+
+    again = _job(args)  # without --resume the job refuses to clobber the search
+    out, _ = again.communicate(timeout=200)
+    kill_session(again.pid)
+    assert again.returncode == 2 and "--resume" in out
+
+    resumed = _job([*args, "--resume"])
+    out, _ = resumed.communicate(timeout=900)
+    kill_session(resumed.pid)
+    assert resumed.returncode == 0, out[-3000:]
+    after = _trainers(output)
+    assert len(after) == 4, after  # four trials in all, none started twice
+    assert after[first] == before[first]  # the finished trial was not re-run
+    assert (output / "ray_results/search_va/trainers" / first).stat().st_mtime_ns == mtime
+
+    submission = output / "submission" / "VA_submission.txt"
+    corpus = load_corpus(corpus_root)
+    assert validate_submission(submission, corpus.templates["va"]) == len(corpus.templates["va"])
+    assert "ensemble of" in out and "split-half" in out
+    with sqlite3.connect(output / "mlflow.db") as db:
+        names = [r[0] for r in db.execute("select name from runs")]
+        parent = db.execute("select run_uuid from runs where name='search_va'").fetchone()[0]
+        children = db.execute(
+            "select count(*) from tags where key='mlflow.parentRunId' and value=?", (parent,)
+        ).fetchone()[0]
+    assert "ensemble" in names
+    assert children >= 5  # every trial and the ensemble hang under the search's parent run
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_job_runs_under_ray_job_submit(corpus_root, tmp_path):
+    env = {**_env(), "RAY_AUTH_MODE": "token"}
+    port, dash = _free_port(), _free_port()
+    head = subprocess.Popen(
+        [
+            "ray",
+            "start",
+            "--head",
+            "--num-cpus",
+            "2",
+            f"--port={port}",
+            f"--dashboard-port={dash}",
+            "--include-dashboard=true",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        out, _ = head.communicate(timeout=120)
+        assert head.returncode == 0, out
+        address = f"http://127.0.0.1:{dash}"
+        output = tmp_path / "out"
+        submit = subprocess.run(
+            [
+                "ray",
+                "job",
+                "submit",
+                f"--address={address}",
+                "--working-dir",
+                str(REPO),
+                "--no-wait",
+                "--",
+                "python",
+                "jobs/search_va.py",
+                "--data",
+                str(corpus_root),
+                "--output",
+                str(output),
+                "--space",
+                str(SPACE),
+                "--num-samples",
+                "2",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert submit.returncode == 0, submit.stdout + submit.stderr
+        job_id = next(
+            w
+            for line in submit.stdout.splitlines()
+            for w in line.split()
+            if w.startswith("raysubmit_")
+        )
+        status = ""
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            status = subprocess.run(
+                ["ray", "job", "status", f"--address={address}", job_id],
+                env=env,
+                capture_output=True,
+                text=True,
+            ).stdout
+            if "SUCCEEDED" in status or "FAILED" in status or "STOPPED" in status:
+                break
+            time.sleep(3)
+        logs = subprocess.run(
+            ["ray", "job", "logs", f"--address={address}", job_id],
+            env=env,
+            capture_output=True,
+            text=True,
+        ).stdout
+        assert "SUCCEEDED" in status, logs[-3000:]
+        corpus = load_corpus(corpus_root)
+        submission = output / "submission" / "VA_submission.txt"
+        assert validate_submission(submission, corpus.templates["va"]) > 0
+    finally:
+        kill_session(head.pid)  # only the head this test started

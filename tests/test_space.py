@@ -1,0 +1,85 @@
+"""Search-space YAML: the shipped spaces load, conditions hold, malformed files name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from abaw_ray.tune.space import SearchSpaceError, load_search_space
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_va_space_loads_and_combines_features():
+    space = load_search_space(REPO / "search_spaces" / "va.yaml")
+    assert space.task == "va"
+    combos = space.combinations({"wavlm_large": "wavlm_large.tiny"})
+    assert "face_hog+logmel" in combos and "face_pixels+wavlm_large.tiny" in combos
+    assert "face_hog" in combos  # audio is optional
+    assert len(combos) == len(space.visual) * len(space.audio)
+
+
+def test_conditional_parameters_follow_the_model():
+    space = load_search_space(REPO / "search_spaces" / "va.yaml")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = {}
+    fn = space.define_by_run(space.combinations())
+    for _ in range(40):
+        trial = study.ask()
+        constants = fn(trial)
+        params = {**trial.params, **constants}
+        seen.setdefault(params["model"], params)
+        assert ("loss_weight" in params) == (params["model"] == "mctn")
+        assert ("gates" in params) == (params["model"] == "mfn")
+        assert constants["epochs"] == 16
+        assert 5e-4 <= params["lr"] <= 5e-3
+        study.tell(trial, 0.0)
+    assert set(seen) == {"attention", "mfn", "mctn", "transformer"}
+
+
+GOOD = """task: va
+features: {visual: [face_hog], audio: [logmel, null]}
+parameters:
+  model: {choice: [mfn, mctn]}
+  lr: {loguniform: [1.0e-4, 1.0e-2]}
+  loss_weight: {uniform: [0.0, 1.0], when: {model: mctn}}
+"""
+
+
+@pytest.mark.parametrize(
+    "old, new, key",
+    [
+        ("task: va", "task: vb", "task"),
+        (
+            "lr: {loguniform: [1.0e-4, 1.0e-2]}",
+            "lr: {loguniform: [1.0e-2, 1.0e-4]}",
+            "parameters.lr.loguniform",
+        ),
+        (
+            "lr: {loguniform: [1.0e-4, 1.0e-2]}",
+            "lr: {loguniform: [0, 1.0e-2]}",
+            "parameters.lr.loguniform",
+        ),
+        ("lr: {loguniform: [1.0e-4, 1.0e-2]}", "lr: {gaussian: [0, 1]}", "parameters.lr"),
+        (
+            "lr: {loguniform: [1.0e-4, 1.0e-2]}",
+            "learning_rate: {value: 0.1}",
+            "parameters.learning_rate",
+        ),
+        ("model: {choice: [mfn, mctn]}", "model: {choice: [mfn, lstm9]}", "parameters.model"),
+        ("visual: [face_hog]", "visual: [logmel]", "features.visual"),
+        ("audio: [logmel, null]", "audio: [wavlm_huge]", "features.audio"),
+        ("when: {model: mctn}", "when: {hidden: 64}", "parameters.loss_weight.when.hidden"),
+        ("task: va", "task: va\nextra: 1", "extra"),
+    ],
+)
+def test_malformed_space_names_the_key(tmp_path, old, new, key):
+    path = tmp_path / "space.yaml"
+    path.write_text(GOOD)
+    load_search_space(path)  # the unbroken file is fine
+    path.write_text(GOOD.replace(old, new))
+    with pytest.raises(SearchSpaceError) as err:
+        load_search_space(path)
+    assert str(err.value).startswith(f"{path}: {key}:")
