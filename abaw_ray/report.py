@@ -82,3 +82,75 @@ def plot_best_over_time(
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def _expr_flat(preds, labels, valid, videos):
+    m = np.concatenate([valid[v] for v in videos])
+    p = np.concatenate([preds[v] for v in videos])[m].argmax(-1)
+    t = np.concatenate([labels[v] for v in videos])[m]
+    return p, t
+
+
+def plot_confusion(
+    path: Path,
+    preds: dict[str, np.ndarray],
+    labels: dict[str, np.ndarray],
+    valid: dict[str, np.ndarray],
+    videos: Sequence[str],
+    title: str = "",
+) -> Path:
+    from abaw_ray.data.labels import EXPR_CLASSES
+
+    p, t = _expr_flat(preds, labels, valid, videos)
+    k = len(EXPR_CLASSES)
+    cm = np.bincount(t * k + p, minlength=k * k).reshape(k, k).astype(float)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            if cm[i, j]:
+                ax.text(
+                    j,
+                    i,
+                    int(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
+    ax.set_xticks(range(k), EXPR_CLASSES, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), EXPR_CLASSES, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("label")
+    ax.set_title(f"confusion (row-normalised) {title}")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_per_class_f1(
+    path: Path,
+    preds: dict[str, np.ndarray],
+    labels: dict[str, np.ndarray],
+    valid: dict[str, np.ndarray],
+    videos: Sequence[str],
+    title: str = "",
+) -> Path:
+    from abaw_ray.data.labels import EXPR_CLASSES
+    from abaw_ray.metrics import f1_per_class
+
+    p, t = _expr_flat(preds, labels, valid, videos)
+    f1 = np.nan_to_num(f1_per_class(p, t))
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.bar(range(len(f1)), f1)
+    ax.set_xticks(range(len(f1)), EXPR_CLASSES, rotation=45, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("F1")
+    ax.set_title(f"per-class F1 {title}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -4,6 +4,7 @@ trials, ends with a validated submission and MLflow runs; and it runs under ray 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sqlite3
 import subprocess
@@ -169,12 +170,7 @@ def test_job_runs_under_ray_job_submit(corpus_root, tmp_path):
             timeout=120,
         )
         assert submit.returncode == 0, submit.stdout + submit.stderr
-        job_id = next(
-            w
-            for line in submit.stdout.splitlines()
-            for w in line.split()
-            if w.startswith("raysubmit_")
-        )
+        job_id = re.search(r"raysubmit_[A-Za-z0-9]+", submit.stdout).group(0)
         status = ""
         deadline = time.time() + 600
         while time.time() < deadline:
