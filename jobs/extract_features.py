@@ -14,8 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-import ray
-
+from abaw_ray.cluster import init_ray
 from abaw_ray.data import load_corpus
 from abaw_ray.data.synthetic import ensure_default_corpus
 from abaw_ray.features.pipeline import ExtractionConfig, extract_features
@@ -75,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         num_actors=args.actors,
     )
     corpus = load_corpus(root)
-    ray.init(num_cpus=args.num_cpus, ignore_reinit_error=True)
+    init_ray(args.num_cpus)
     try:
         report = extract_features(corpus, FeatureStore(args.store), config)
     except WeightsNotFoundError as err:

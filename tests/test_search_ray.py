@@ -180,6 +180,7 @@ def test_job_runs_under_ray_job_submit(corpus_root, tmp_path):
                 capture_output=True,
                 text=True,
             ).stdout
+            status = re.sub(r"\x1b\[[0-9;]*m", "", status).upper()  # drop terminal colours
             if "SUCCEEDED" in status or "FAILED" in status or "STOPPED" in status:
                 break
             time.sleep(3)
@@ -195,3 +196,6 @@ def test_job_runs_under_ray_job_submit(corpus_root, tmp_path):
         assert validate_submission(submission, corpus.templates["va"]) > 0
     finally:
         kill_session(head.pid)  # only the head this test started
+        marker = Path("/tmp/ray/ray_current_cluster")  # let later ray.init() start afresh
+        if marker.is_file() and marker.read_text().strip().endswith(f":{port}"):
+            marker.unlink()

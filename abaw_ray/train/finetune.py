@@ -250,7 +250,6 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
             batch_size=trial.batch_size,
             device=device,
             local_shuffle_buffer_size=4 * trial.batch_size,
-            dtypes={"frames": torch.uint8},
         ):
             out = model(batch["frames"])
             loss = task_loss(trial, out["pred"], batch["target"], batch["valid"], None)

@@ -14,6 +14,7 @@ import numpy as np
 import ray
 
 from abaw_ray import tracking
+from abaw_ray.cluster import init_ray
 from abaw_ray.data.labels import EXPR_CLASSES, NUM_EXPR_CLASSES, Task
 from abaw_ray.ensemble import EnsembleResult, Member, build_ensemble, score_predictions
 from abaw_ray.metrics import f1_per_class
@@ -194,7 +195,7 @@ def run_search_job(args: argparse.Namespace, task: Task) -> int:
         )
         return 2
     storage = args.storage or str(output / "ray_results")
-    ray.init(num_cpus=args.num_cpus, ignore_reinit_error=True)
+    init_ray(args.num_cpus)
     started = time.time()
 
     alignments = next((p.args for p in space.parameters if p.name == "alignment"), ("interp",))
