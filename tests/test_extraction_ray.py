@@ -10,13 +10,13 @@ import sys
 import time
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
 from abaw_ray.data import load_corpus
 from abaw_ray.features.pipeline import ExtractionConfig, extract_features
 from abaw_ray.features.store import FeatureStore
+from tests.media import write_video_without_audio
 from tests.raytools import kill_session
 
 pytestmark = pytest.mark.slow
@@ -112,17 +112,7 @@ def _copy_with_bad_inputs(src: Path, dst: Path) -> tuple[str, str, str]:
     # Replace one raw video with a video-only file (no audio stream).
     raw = sorted((dst / "batch2").glob("*.mp4"))[0]
     raw.unlink()
-    with av.open(str(raw), "w") as c:
-        s = c.add_stream("mpeg4", rate=25)
-        s.width = s.height = 32
-        s.pix_fmt = "yuv420p"
-        for _ in range(5):
-            for p in s.encode(
-                av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")
-            ):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
+    write_video_without_audio(raw, frames=5)
     return f"{faces[0].name}/{corrupt.name}", f"{faces[1].name}/{empty.name}", raw.stem
 
 

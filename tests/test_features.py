@@ -10,6 +10,7 @@ from abaw_ray.features.align import align_to_frames
 from abaw_ray.features.audio import NoAudioError, VocalIsolator, decode_audio, spectral_gate
 from abaw_ray.features.registry import locate_weights
 from abaw_ray.features.store import FeatureStore, StoreMismatchError, store_key
+from tests.media import write_video_without_audio
 
 
 @pytest.mark.parametrize("name", list_extractors())
@@ -75,20 +76,8 @@ def test_decode_audio_any_container_to_16k_mono(synthetic):
 
 
 def test_video_without_audio_stream_is_named(tmp_path):
-    import av
-
     path = tmp_path / "silent.mp4"
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("mpeg4", rate=25)
-        s.width = s.height = 32
-        s.pix_fmt = "yuv420p"
-        for _ in range(10):
-            for p in s.encode(
-                av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")
-            ):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
+    write_video_without_audio(path, frames=10)
     with pytest.raises(NoAudioError, match="silent.mp4"):
         decode_audio(path)
 
