@@ -33,7 +33,7 @@ def test_conditional_parameters_follow_the_model():
         seen.setdefault(params["model"], params)
         assert ("loss_weight" in params) == (params["model"] == "mctn")
         assert ("gates" in params) == (params["model"] == "mfn")
-        assert constants["epochs"] == 16
+        assert constants["epochs"] == 16 and constants["task"] == "va"
         assert 5e-4 <= params["lr"] <= 5e-3
         study.tell(trial, 0.0)
     assert set(seen) == {"attention", "mfn", "mctn", "transformer"}

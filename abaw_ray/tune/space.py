@@ -73,7 +73,7 @@ class SearchSpace:
         return sorted({n for n in (*self.visual, *self.audio) if n})
 
     def define_by_run(self, combos: list[str]) -> DefineByRun:
-        return DefineByRun(self.parameters, tuple(combos))
+        return DefineByRun(self.parameters, tuple(combos), self.task)
 
 
 @dataclass(frozen=True)
@@ -83,12 +83,13 @@ class DefineByRun:
 
     parameters: tuple[Parameter, ...]
     combos: tuple[str, ...]
+    task: str = "va"
 
     def __call__(self, trial) -> dict[str, Any]:
         config: dict[str, Any] = {
             "features": trial.suggest_categorical("features", list(self.combos))
         }
-        constants: dict[str, Any] = {}
+        constants: dict[str, Any] = {"task": self.task}
         for p in self.parameters:
             if not p.active({**config, **constants}):
                 continue
