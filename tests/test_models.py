@@ -54,6 +54,25 @@ def test_samples_do_not_mix_across_the_batch(name):
     torch.testing.assert_close(full[2:3], alone, atol=1e-5, rtol=1e-4)
 
 
+def test_linear_scan_gradients_match_autograd_through_the_loop():
+    g = torch.Generator().manual_seed(1)
+    log_a = (torch.randn(2, 19, 3, generator=g) - 1).requires_grad_()
+    b = torch.randn(2, 19, 3, generator=g, requires_grad=True)
+    h0 = torch.randn(2, 3, generator=g, requires_grad=True)
+    w = torch.randn(2, 19, 3, generator=g)
+    (linear_scan(log_a, b, h0) * w).sum().backward()
+    fast = [t.grad.clone() for t in (log_a, b, h0)]
+    for t in (log_a, b, h0):
+        t.grad = None
+    h, out = h0, []
+    for t in range(19):
+        h = log_a[:, t].exp() * h + b[:, t]
+        out.append(h)
+    (torch.stack(out, 1) * w).sum().backward()
+    for f, t in zip(fast, (log_a, b, h0)):
+        torch.testing.assert_close(f, t.grad, atol=1e-5, rtol=1e-5)
+
+
 def test_linear_scan_matches_the_loop():
     g = torch.Generator().manual_seed(0)
     log_a = torch.nn.functional.logsigmoid(torch.randn(2, 53, 6, generator=g) * 3)
@@ -63,9 +82,7 @@ def test_linear_scan_matches_the_loop():
     for t in range(53):
         h = log_a[:, t].exp() * h + b[:, t]
         out.append(h)
-    torch.testing.assert_close(
-        linear_scan(log_a, b, h0, chunk=16), torch.stack(out, 1), atol=1e-5, rtol=1e-5
-    )
+    torch.testing.assert_close(linear_scan(log_a, b, h0), torch.stack(out, 1), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("gates", ["paper", "reference"])

@@ -61,30 +61,49 @@ class SinusoidalPosition(nn.Module):
         return x + self.pe[: x.shape[1]].unsqueeze(0)
 
 
-def linear_scan(
-    log_a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None, chunk: int = 16
-) -> torch.Tensor:
-    """h_t = a_t * h_{t-1} + b_t for all t, with a_t = exp(log_a_t) in (0, 1].
+class _LinearRecurrence(torch.autograd.Function):
+    """h_t = a_t * h_{t-1} + b_t over time, forward and backward as plain loops of in-place
+    elementwise ops outside autograd: one graph node for the whole sequence instead of T."""
 
-    Chunked: inside a chunk of K steps, h = M @ b + P * h_prev where P_t = prod_{j<=t} a_j and
-    M[t, j] = P_t / P_j (j <= t), computed as exp of differences of cumulative log sums, so it
-    never divides by a vanishing product. Python steps over T/K chunks instead of T frames.
-    ``log_a``, ``b``: [B, T, H]; returns [B, T, H].
+    @staticmethod
+    def forward(ctx, log_a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+        a = log_a.exp()
+        out = torch.empty_like(b)
+        h = h0
+        for t in range(b.shape[1]):
+            h = torch.addcmul(b[:, t], a[:, t], h)
+            out[:, t] = h
+        ctx.save_for_backward(a, out, h0)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        a, out, h0 = ctx.saved_tensors
+        steps = out.shape[1]
+        grad_b = torch.empty_like(out)
+        g = torch.zeros_like(h0)
+        for t in range(steps - 1, -1, -1):
+            # dL/dh_t = direct gradient + what h_{t+1} = a_{t+1} h_t + ... passes back.
+            g = grad_out[:, t] + g
+            grad_b[:, t] = g
+            if t > 0:
+                g = g * a[:, t]
+        grad_h0 = g * a[:, 0]
+        h_prev = torch.cat([h0.unsqueeze(1), out[:, :-1]], 1)
+        grad_log_a = grad_b * h_prev * a
+        return grad_log_a, grad_b, grad_h0
+
+
+def linear_scan(
+    log_a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None
+) -> torch.Tensor:
+    """h_t = a_t * h_{t-1} + b_t for all t, with a_t = exp(log_a_t).
+
+    The recurrence is linear, so it needs no autograd graph per step: a custom autograd
+    function runs it (and its transposed recurrence in backward) as a tight loop of in-place
+    elementwise ops, in the same order as a per-frame loop would. ``log_a``, ``b``: [B, T, H];
+    ``h0``: [B, H] (zeros if omitted); returns [B, T, H].
     """
-    bsz, steps, hid = b.shape
-    h_prev = h0 if h0 is not None else b.new_zeros(bsz, hid)
-    outs = []
-    tri = None
-    for s in range(0, steps, chunk):
-        la = log_a[:, s : s + chunk]
-        bb = b[:, s : s + chunk]
-        k = la.shape[1]
-        if tri is None or tri.shape[0] != k:
-            tri = torch.ones(k, k, dtype=torch.bool, device=b.device).tril()
-        cum = la.cumsum(1)  # [B, K, H]
-        diff = cum.unsqueeze(2) - cum.unsqueeze(1)  # [B, K(t), K(j), H]
-        m = torch.exp(diff.masked_fill(~tri.view(1, k, k, 1), float("-inf")))
-        h = torch.einsum("btjh,bjh->bth", m, bb) + torch.exp(cum) * h_prev.unsqueeze(1)
-        outs.append(h)
-        h_prev = h[:, -1]
-    return torch.cat(outs, 1)
+    if h0 is None:
+        h0 = b.new_zeros(b.shape[0], b.shape[2])
+    return _LinearRecurrence.apply(log_a, b, h0)

@@ -39,14 +39,12 @@ class MemoryFusionNetwork(nn.Module):
         dropout: float = 0.1,
         memory: int | None = None,
         gates: Gates = "paper",
-        scan_chunk: int = 16,
         **_: object,
     ) -> None:
         super().__init__()
         if gates not in ("paper", "reference"):
             raise ValueError(f"gates must be 'paper' or 'reference', got {gates!r}")
         self.gates = gates
-        self.scan_chunk = scan_chunk
         self.hidden = hidden
         self.memory = memory or hidden
         self.lstms = nn.ModuleList(nn.LSTM(d, hidden, batch_first=True) for d in input_dims)
@@ -82,13 +80,15 @@ class MemoryFusionNetwork(nn.Module):
         )
 
     def cell_states(self, lstm: nn.LSTM, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """All cell states of a fused LSTM run, from its inputs and its outputs."""
+        """All cell states of a fused LSTM run, from its inputs and its outputs. Only the
+        input, forget and cell gates are needed (PyTorch's gate order: i, f, g, o)."""
+        n = 3 * lstm.hidden_size
         h_prev = F.pad(h, (0, 0, 1, 0))[:, :-1]
-        pre = F.linear(x, lstm.weight_ih_l0, lstm.bias_ih_l0) + F.linear(
-            h_prev, lstm.weight_hh_l0, lstm.bias_hh_l0
+        pre = F.linear(x, lstm.weight_ih_l0[:n], lstm.bias_ih_l0[:n]) + F.linear(
+            h_prev, lstm.weight_hh_l0[:n], lstm.bias_hh_l0[:n]
         )
-        i, f, g, _ = pre.chunk(4, dim=-1)  # PyTorch's gate order: input, forget, cell, output
-        return linear_scan(F.logsigmoid(f), torch.sigmoid(i) * torch.tanh(g), chunk=self.scan_chunk)
+        i, f, g = pre.chunk(3, dim=-1)
+        return linear_scan(F.logsigmoid(f), torch.sigmoid(i) * torch.tanh(g))
 
     def forward(self, inputs: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         hs, cs = [], []
@@ -104,7 +104,7 @@ class MemoryFusionNetwork(nn.Module):
         if self.gates == "paper":
             retain_pre = self.retain(attended)
             update = torch.sigmoid(self.update(attended))
-            u = linear_scan(F.logsigmoid(retain_pre), update * proposal, chunk=self.scan_chunk)
+            u = linear_scan(F.logsigmoid(retain_pre), update * proposal)
         else:
             u = self._reference_memory(attended, proposal)
         return {"pred": self.head(torch.cat([*hs, u], -1))}
