@@ -62,13 +62,18 @@ def main() -> None:
     p.add_argument("--num-cpus", type=int, default=2)
     args = p.parse_args()
     space = load_search_space(args.space)
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    alignments = next((q.args for q in space.parameters if q.name == "alignment"), ("interp",))
+    rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        alignments = next((q.args for q in space.parameters if q.name == "alignment"), ("interp",))
-        prepared = prepare(
-            None, Path(tmp) / "features", space.extractors, space.task, alignments=alignments
-        )
-        rows = {s: run(s, args, prepared, space, Path(tmp) / "runs") for s in ("asha", "none")}
+        for scheduler in ("asha", "none"):
+            # A fresh Ray instance per search: nothing the first one left running (trials
+            # cut by the time budget) may hold resources the second one needs.
+            ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+            prepared = prepare(
+                None, Path(tmp) / "features", space.extractors, space.task, alignments=alignments
+            )
+            rows[scheduler] = run(scheduler, args, prepared, space, Path(tmp) / "runs")
+            ray.shutdown()
     print(
         f"\nsearch efficiency on the embedded corpus, {args.num_cpus} CPUs, budget "
         f"{args.budget:.0f} s each, target val CCC {args.target}"
