@@ -22,6 +22,14 @@ def tracking_uri(output: Path) -> str:
     return f"sqlite:///{(output / 'mlflow.db').resolve()}"
 
 
+def artifact_location(uri: str) -> str | None:
+    """Beside our own sqlite database (MLflow would otherwise put artifacts in ./mlruns of
+    whatever directory the job runs in); a tracking server keeps its own default."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
 def _client(uri: str):
     import mlflow
 
@@ -39,7 +47,11 @@ def parent_run(
         client.update_run(run_id, status="RUNNING")
         return run_id
     exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    exp_id = (
+        exp.experiment_id
+        if exp
+        else client.create_experiment(experiment, artifact_location=artifact_location(uri))
+    )
     run = client.create_run(exp_id, run_name=run_name)
     for k, v in params.items():
         client.log_param(run.info.run_id, k, str(v)[:500])

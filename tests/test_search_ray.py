@@ -108,6 +108,8 @@ def test_killed_search_resumes_without_rerunning_finished_trials(corpus_root, tm
             "select count(*) from tags where key='mlflow.parentRunId' and value=?", (parent,)
         ).fetchone()[0]
     assert "ensemble" in names
+    artifacts = output / "mlartifacts"  # beside the database, not in the job's directory
+    assert list(artifacts.rglob("VA_submission.txt")) and list(artifacts.rglob("*.png"))
     assert children >= 5  # every trial and the ensemble hang under the search's parent run
 
 
