@@ -201,3 +201,39 @@ def test_job_runs_under_ray_job_submit(corpus_root, tmp_path):
         marker = Path("/tmp/ray/ray_current_cluster")  # let later ray.init() start afresh
         if marker.is_file() and marker.read_text().strip().endswith(f":{port}"):
             marker.unlink()
+
+
+def test_expression_search_ends_with_a_validated_submission(corpus_root, tmp_path):
+    output = tmp_path / "out"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "jobs" / "search_expr.py"),
+            "--data",
+            str(corpus_root),
+            "--output",
+            str(output),
+            "--space",
+            str(REPO / "tests" / "data" / "small_expr.yaml"),
+            "--num-samples",
+            "2",
+            "--num-cpus",
+            "2",
+            "--scheduler",
+            "none",
+        ],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        start_new_session=True,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    corpus = load_corpus(corpus_root)
+    template = corpus.templates["expr"]
+    assert validate_submission(output / "submission" / "EXPR_submission.txt", template) == len(
+        template
+    )
+    assert "majority-class baseline" in proc.stdout and "per-class F1, ensemble" in proc.stdout
+    assert list((output / "search_expr").glob("confusion_*.png"))
