@@ -39,9 +39,15 @@ def _job(args: list[str]) -> subprocess.Popen:
     )
 
 
+def _search_dir(output: Path) -> Path | None:
+    found = sorted((output / "ray_results").glob("search_va-*"))
+    return found[0] if found else None
+
+
 def _trainers(output: Path) -> dict[str, list[str]]:
-    root = output / "ray_results" / "search_va" / "trainers"
-    if not root.is_dir():
+    search = _search_dir(output)
+    root = search / "trainers" if search else None
+    if root is None or not root.is_dir():
         return {}
     return {d.name: sorted(c.name for c in d.glob("checkpoint_*")) for d in root.iterdir()}
 
@@ -79,11 +85,12 @@ def test_killed_search_resumes_without_rerunning_finished_trials(corpus_root, tm
     finished = {name: ckpts for name, ckpts in before.items() if ckpts}
     first = min(
         finished,
-        key=lambda n: (output / "ray_results" / "search_va" / "trainers" / n).stat().st_mtime,
+        key=lambda n: (_search_dir(output) / "trainers" / n).stat().st_mtime,
     )
-    mtime = (output / "ray_results/search_va/trainers" / first).stat().st_mtime_ns
+    mtime = (_search_dir(output) / "trainers" / first).stat().st_mtime_ns
 
-    again = _job(args)  # without --resume the job refuses to clobber the search
+    # Naming the existing search without --resume: the job refuses to clobber it.
+    again = _job([*args, "--name", _search_dir(output).name])
     out, _ = again.communicate(timeout=200)
     kill_session(again.pid)
     assert again.returncode == 2 and "--resume" in out
@@ -95,7 +102,7 @@ def test_killed_search_resumes_without_rerunning_finished_trials(corpus_root, tm
     after = _trainers(output)
     assert len(after) == 4, after  # four trials in all, none started twice
     assert after[first] == before[first]  # the finished trial was not re-run
-    assert (output / "ray_results/search_va/trainers" / first).stat().st_mtime_ns == mtime
+    assert (_search_dir(output) / "trainers" / first).stat().st_mtime_ns == mtime
 
     submission = output / "submission" / "VA_submission.txt"
     corpus = load_corpus(corpus_root)
@@ -103,7 +110,7 @@ def test_killed_search_resumes_without_rerunning_finished_trials(corpus_root, tm
     assert "ensemble of" in out and "split-half" in out
     with sqlite3.connect(output / "mlflow.db") as db:
         names = [r[0] for r in db.execute("select name from runs")]
-        parent = db.execute("select run_uuid from runs where name='search_va'").fetchone()[0]
+        parent = db.execute("select run_uuid from runs where name like 'search_va-%'").fetchone()[0]
         children = db.execute(
             "select count(*) from tags where key='mlflow.parentRunId' and value=?", (parent,)
         ).fetchone()[0]
@@ -221,6 +228,8 @@ def test_expression_search_ends_with_a_validated_submission(corpus_root, tmp_pat
             "2",
             "--scheduler",
             "none",
+            "--name",
+            "search_expr",
         ],
         cwd=REPO,
         env=_env(),

@@ -36,6 +36,7 @@ from abaw_ray.tune.search import (
     build_tuner,
     can_resume,
     collect_outcomes,
+    latest_search,
 )
 from abaw_ray.tune.space import load_search_space
 
@@ -57,7 +58,11 @@ def search_parser(task: Task, doc: str | None) -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-trial", type=float, default=0.0)
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
     p.add_argument("--storage", help="Tune/Train storage path or URI (default: OUTPUT/ray_results)")
-    p.add_argument("--name", default=f"search_{task}")
+    p.add_argument(
+        "--name",
+        help=f"search name (default: search_{task}-<time>; with --resume "
+        f"the latest search_{task}-* under the storage)",
+    )
     p.add_argument("--resume", action="store_true", help="continue an interrupted search")
     p.add_argument("--time-budget", type=float, help="seconds before no new trial starts")
     p.add_argument("--top-k", type=int, default=5, help="trials offered to the ensemble")
@@ -195,6 +200,15 @@ def run_search_job(args: argparse.Namespace, task: Task) -> int:
         )
         return 2
     storage = args.storage or str(output / "ray_results")
+    if args.name is None:
+        args.name = (
+            latest_search(storage, f"search_{task}")
+            if args.resume
+            else f"search_{task}-{time.strftime('%Y%m%d-%H%M%S')}"
+        )
+        if args.name is None:
+            print(f"error: no search_{task}-* under {storage} to resume", file=sys.stderr)
+            return 2
     init_ray(args.num_cpus)
     started = time.time()
 

@@ -185,6 +185,22 @@ def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(uri)
 
 
+def latest_search(storage_path: str, prefix: str) -> str | None:
+    """The most recently started search under ``storage_path`` whose name starts with
+    ``prefix`` (names carry their start time, so the largest sorts last)."""
+    fs, root = _filesystem(storage_path)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    except OSError:
+        return None
+    names = sorted(
+        i.base_name
+        for i in infos
+        if i.type == pafs.FileType.Directory and i.base_name.startswith(prefix)
+    )
+    return names[-1] if names else None
+
+
 def best_checkpoint(trainer_uri: str, metric: str) -> tuple[dict[str, float], str] | None:
     """The best checkpoint a trial's trainer kept: (its metrics, its URI)."""
     fs, root = _filesystem(trainer_uri)
