@@ -14,6 +14,13 @@ import numpy as np  # noqa: E402
 from abaw_ray.metrics import ccc  # noqa: E402
 
 
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def plot_va_traces(
     path: Path,
     preds: dict[str, np.ndarray],
@@ -36,10 +43,7 @@ def plot_va_traces(
             if row == len(videos) - 1:
                 ax.set_xlabel("seconds")
     axes[0, 0].legend(loc="lower left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_per_video_ccc(
@@ -60,10 +64,7 @@ def plot_per_video_ccc(
     ax.set_xticks(x, videos, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("CCC (per video)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_best_over_time(
@@ -78,10 +79,7 @@ def plot_best_over_time(
     ax.set_xlabel("minutes since the search started")
     ax.set_ylabel(f"best {metric}")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _expr_flat(preds, labels, valid, videos):
@@ -125,10 +123,7 @@ def plot_confusion(
     ax.set_ylabel("label")
     ax.set_title(f"confusion (row-normalised) {title}")
     fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_per_class_f1(
@@ -150,7 +145,4 @@ def plot_per_class_f1(
     ax.set_ylim(0, 1)
     ax.set_ylabel("F1")
     ax.set_title(f"per-class F1 {title}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
