@@ -164,10 +164,6 @@ def apply_recipe(
     return {v: np.concatenate([p[v] for p in parts], axis=1) for v in videos}
 
 
-def _mean(task: Task, scores: dict[str, float]) -> float:
-    return float(np.mean(list(scores.values())))
-
-
 def score_predictions(
     task: Task,
     preds: dict[str, np.ndarray],

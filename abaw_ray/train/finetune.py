@@ -10,9 +10,7 @@ submissions are the same for both modes.
 
 from __future__ import annotations
 
-import json
 import math
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,10 +28,10 @@ from abaw_ray.features.registry import create_extractor
 from abaw_ray.models import create_model
 from abaw_ray.train.data import inference_chunks
 from abaw_ray.train.loop import (
-    MODEL_STATE,
     PRIMARY_METRIC,
-    TRIAL_JSON,
     TrialConfig,
+    report_epoch,
+    restore_checkpoint,
     save_trial_checkpoint,
     score,
     seed_everything,
@@ -233,15 +231,7 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=trial.lr, weight_decay=trial.weight_decay)
     metric = PRIMARY_METRIC[trial.task]
-    best, best_epoch, start_epoch = -math.inf, -1, 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / MODEL_STATE, map_location=device, weights_only=False)
-            saved = json.loads((Path(d) / TRIAL_JSON).read_text())
-        plain.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, best, best_epoch = state["epoch"] + 1, saved["metrics"][metric], state["epoch"]
+    start_epoch, best, best_epoch = restore_checkpoint(plain, optimizer, device, metric)
     shard = ray.train.get_dataset_shard("train")
     for epoch in range(start_epoch, trial.epochs):
         model.train()
@@ -270,17 +260,22 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
         if improved:
             best, best_epoch = metrics[metric], epoch
         metrics[f"best_{metric}"] = best
-        if improved and ray.train.get_context().get_world_rank() == 0:
-            test_preds = predict_from_images(
-                plain, index, list(index.splits["test"]), trial.window, device
-            )
-            with tempfile.TemporaryDirectory() as tmp:
-                save_trial_checkpoint(
-                    Path(tmp), trial, plain, optimizer, epoch, metrics, val_preds, test_preds, []
-                )
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(metrics)
+        rank0 = ray.train.get_context().get_world_rank() == 0
+        report_epoch(
+            metrics,
+            improved and rank0,
+            lambda folder, epoch=epoch, metrics=metrics, val_preds=val_preds: save_trial_checkpoint(
+                folder,
+                trial,
+                plain,
+                optimizer,
+                epoch,
+                metrics,
+                val_preds,
+                predict_from_images(plain, index, list(index.splits["test"]), trial.window, device),
+                [],
+            ),
+        )
         if epoch - best_epoch >= trial.patience:
             break
 

@@ -12,6 +12,7 @@ import json
 import math
 import random
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,37 @@ def load_predictions(folder: str | Path) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
+def restore_checkpoint(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, metric: str
+) -> tuple[int, float, int]:
+    """(start epoch, best score, best epoch): from the run's checkpoint when Ray Train retries
+    a failed worker group or resumes a run (it resumes from the best epoch), else fresh."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0, -math.inf, -1
+    with checkpoint.as_directory() as d:
+        state = torch.load(Path(d) / MODEL_STATE, map_location=device, weights_only=False)
+        saved = json.loads((Path(d) / TRIAL_JSON).read_text())
+    (model.module if hasattr(model, "module") else model).load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return state["epoch"] + 1, saved["metrics"][metric], state["epoch"]
+
+
+def report_epoch(metrics: dict[str, float], checkpoint: bool, save: Callable[[Path], None]) -> None:
+    """``ray.train.report`` the epoch; with ``checkpoint`` (rank 0, a new best) ``save``
+    fills a folder that becomes the epoch's checkpoint."""
+    import ray.train
+
+    if not checkpoint:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        save(Path(tmp))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray
     import ray.train
@@ -204,17 +236,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=trial.lr, weight_decay=trial.weight_decay)
     class_weights = _class_weights(bank).to(device) if trial.class_weights else None
     metric = PRIMARY_METRIC[trial.task]
-    start_epoch, best, best_epoch = 0, -math.inf, -1
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:  # a retried worker group resumes from the best epoch
-        with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / MODEL_STATE, map_location=device, weights_only=False)
-            saved = json.loads((Path(d) / TRIAL_JSON).read_text())
-        (model.module if hasattr(model, "module") else model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch = state["epoch"] + 1
-        best, best_epoch = saved["metrics"][metric], state["epoch"]
+    start_epoch, best, best_epoch = restore_checkpoint(model, optimizer, device, metric)
 
     windows = training_windows(bank, trial.window, trial.stride)
     train_videos = bank.splits["train"]
@@ -257,22 +279,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if improved:
             best, best_epoch = metrics[metric], epoch
         metrics[f"best_{metric}"] = best
-        if improved and rank == 0:
-            test_preds = predict_videos(plain, sampler, list(bank.splits["test"]), device)
-            with tempfile.TemporaryDirectory() as tmp:
-                save_trial_checkpoint(
-                    Path(tmp),
-                    trial,
-                    plain,
-                    optimizer,
-                    epoch,
-                    metrics,
-                    val_preds,
-                    test_preds,
-                    sampler.input_dims,
-                )
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(metrics)
+        report_epoch(
+            metrics,
+            improved and rank == 0,
+            lambda folder, epoch=epoch, metrics=metrics, val_preds=val_preds: save_trial_checkpoint(
+                folder,
+                trial,
+                plain,
+                optimizer,
+                epoch,
+                metrics,
+                val_preds,
+                predict_videos(plain, sampler, list(bank.splits["test"]), device),
+                sampler.input_dims,
+            ),
+        )
         if epoch - best_epoch >= trial.patience:
             break
