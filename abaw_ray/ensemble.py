@@ -3,10 +3,12 @@ replacement (Caruana et al., 2004) -> temporal smoothing chosen on validation.
 
 VA selects members separately for valence and arousal (each by its own global CCC); EXPR
 averages class probabilities and selects by macro F1. Selection starts from the best single
-trial and only adds a member when the score rises, so the ensemble's validation score is at
-least the best single trial's. Because that score is chosen on the validation set it is
-optimistic; the split-half estimate selects on half of the validation videos and scores on
-the other half (both ways) to say what to expect on unseen videos.
+trial and only adds a member when the score rises.
+
+A score chosen on some videos is optimistic on them. ``build_ensemble`` therefore fits the
+recipe on the selection videos only, scores it and the best single trial once on the held-out
+videos that nothing selected on (the honest estimate), then refits the recipe, by the same
+procedure, on all validation videos for the submission.
 """
 
 from __future__ import annotations
@@ -16,14 +18,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from abaw_ray.data.labels import NUM_EXPR_CLASSES, Task
-from abaw_ray.metrics import ccc, macro_f1
+from abaw_ray.metrics import ccc, flatten_split, macro_f1, score_split
+from abaw_ray.tasks import NUM_EXPR_CLASSES, OFFICIAL_SCORE, Task
 
 SMOOTHING_WINDOWS = (1, 3, 5, 9, 15, 25, 41)
 
 
 @dataclass
 class Member:
+    """One trial's per-frame predictions: ``val`` holds every validation video (selection and
+    held-out), ``test`` every test video."""
+
     trial_id: str
     val: dict[str, np.ndarray]
     test: dict[str, np.ndarray]
@@ -39,14 +44,31 @@ class Recipe:
 
 
 @dataclass
-class EnsembleResult:
+class Fit:
+    """A recipe fitted on ``videos``, its official scores there (optimistic: chosen there),
+    and the best single member there."""
+
     recipe: Recipe
-    val_score: float
-    val_scores: dict[str, float]
-    best_single: tuple[str, float]
-    split_half: dict[str, float]
-    test: dict[str, np.ndarray]
+    videos: tuple[str, ...]
+    scores: dict[str, float]
+    best_single: tuple[str, dict[str, float]]
+
+    @property
+    def score(self) -> float:
+        return next(iter(self.scores.values()))
+
+
+@dataclass
+class EnsembleResult:
+    """``selection``: fitted on the selection videos; ``holdout``: that recipe and that best
+    single trial scored on the held-out videos (empty without any); ``submitted``: the recipe
+    refit on all validation videos, whose ``test`` predictions are submitted."""
+
+    selection: Fit
+    holdout: dict[str, dict[str, float]]
+    submitted: Fit
     val: dict[str, np.ndarray]
+    test: dict[str, np.ndarray]
 
 
 def smooth(x: np.ndarray, window: int) -> np.ndarray:
@@ -106,12 +128,10 @@ def _select(
     rounds: int,
 ) -> tuple[dict[str, float], int, float]:
     """Greedy forward selection with replacement, then the best smoothing window."""
-    m = np.concatenate([valid[v] for v in videos])
-    t = np.concatenate([labels[v] for v in videos])
-    if task == "va":
-        t = t[:, part.start]
-    t = t[m]
-    stacked = [np.concatenate([mem.val[v][:, part] for v in videos])[m] for mem in members]
+    # Flattened once; the greedy loop then scores sums of these arrays.
+    flat = [flatten_split(mem.val, videos, labels, valid) for mem in members]
+    t = flat[0][1][:, part.start] if task == "va" else flat[0][1]
+    stacked = [p[:, part] for p, _ in flat]
     singles = [_score(task, p, t) for p in stacked]
     first = int(np.argmax(singles))
     counts = np.zeros(len(members))
@@ -130,8 +150,10 @@ def _select(
     weights = {mem.trial_id: float(c) for mem, c in zip(members, counts) if c}
     best_window, best_score = 1, -np.inf
     for w in SMOOTHING_WINDOWS:
-        pred = _combine(members, weights, part, "val", videos, w)
-        s = _score(task, np.concatenate([pred[v] for v in videos])[m], t)
+        pred, _ = flatten_split(
+            _combine(members, weights, part, "val", videos, w), videos, labels, valid
+        )
+        s = _score(task, pred, t)
         if s > best_score + 1e-9:
             best_window, best_score = w, s
     return weights, best_window, best_score
@@ -164,58 +186,59 @@ def apply_recipe(
     return {v: np.concatenate([p[v] for p in parts], axis=1) for v in videos}
 
 
-def score_predictions(
+def fit_recipe(
     task: Task,
-    preds: dict[str, np.ndarray],
+    members: Sequence[Member],
     videos: Sequence[str],
     labels: dict[str, np.ndarray],
     valid: dict[str, np.ndarray],
-) -> float:
-    m = np.concatenate([valid[v] for v in videos])
-    p = np.concatenate([preds[v] for v in videos])[m]
-    t = np.concatenate([labels[v] for v in videos])[m]
-    if task == "va":
-        return (ccc(p[:, 0], t[:, 0]) + ccc(p[:, 1], t[:, 1])) / 2
-    return macro_f1(p.argmax(-1), t, NUM_EXPR_CLASSES)
+    rounds: int = 25,
+) -> Fit:
+    """Greedy selection and smoothing of ``members`` on ``videos`` (validation videos)."""
+    if not members:
+        raise ValueError("no trial finished with a checkpoint: nothing to ensemble")
+    videos = tuple(videos)
+    recipe, _ = _fit(task, members, videos, labels, valid, rounds)
+    pred = apply_recipe(task, members, recipe, "val", videos)
+    singles = {m.trial_id: score_split(task, m.val, videos, labels, valid) for m in members}
+    key = OFFICIAL_SCORE[task]
+    best_id = max(singles, key=lambda t: singles[t][key])
+    return Fit(
+        recipe, videos, score_split(task, pred, videos, labels, valid), (best_id, singles[best_id])
+    )
 
 
 def build_ensemble(
     task: Task,
     members: Sequence[Member],
-    val_videos: Sequence[str],
+    selection_videos: Sequence[str],
+    holdout_videos: Sequence[str],
     test_videos: Sequence[str],
     labels: dict[str, np.ndarray],
     valid: dict[str, np.ndarray],
     rounds: int = 25,
 ) -> EnsembleResult:
-    if not members:
-        raise ValueError("no trial finished with a checkpoint: nothing to ensemble")
-    val_videos = list(val_videos)
-    singles = {
-        m.trial_id: score_predictions(task, m.val, val_videos, labels, valid) for m in members
-    }
-    best_id = max(singles, key=singles.get)
-    recipe, per_target = _fit(task, members, val_videos, labels, valid, rounds)
-    val_pred = apply_recipe(task, members, recipe, "val", val_videos)
-    val_score = score_predictions(task, val_pred, val_videos, labels, valid)
-
-    ordered = sorted(val_videos)
-    half_a, half_b = ordered[0::2], ordered[1::2]
-    split_half: dict[str, float] = {}
-    if half_a and half_b:
-        for name, sel, held in (("A->B", half_a, half_b), ("B->A", half_b, half_a)):
-            r, _ = _fit(task, members, sel, labels, valid, rounds)
-            held_pred = apply_recipe(task, members, r, "val", held)
-            split_half[name] = score_predictions(task, held_pred, held, labels, valid)
-            single = max(members, key=lambda m: score_predictions(task, m.val, sel, labels, valid))
-            split_half[f"best single {name}"] = score_predictions(
-                task, single.val, held, labels, valid
-            )
-        split_half["mean"] = (split_half["A->B"] + split_half["B->A"]) / 2
-        split_half["best single mean"] = (
-            split_half["best single A->B"] + split_half["best single B->A"]
-        ) / 2
-    test = apply_recipe(task, members, recipe, "test", list(test_videos))
+    """Fit on the selection videos, estimate on the held-out ones (scored once, selecting
+    nothing), refit on both for the submission."""
+    selection = fit_recipe(task, members, selection_videos, labels, valid, rounds)
+    holdout: dict[str, dict[str, float]] = {}
+    if holdout_videos:
+        held = list(holdout_videos)
+        by_id = {m.trial_id: m for m in members}
+        pred = apply_recipe(task, members, selection.recipe, "val", held)
+        holdout["ensemble"] = score_split(task, pred, held, labels, valid)
+        best = by_id[selection.best_single[0]]
+        holdout["best_single"] = score_split(task, best.val, held, labels, valid)
+    everything = [*selection_videos, *holdout_videos]
+    submitted = (
+        fit_recipe(task, members, everything, labels, valid, rounds)
+        if holdout_videos
+        else selection
+    )
     return EnsembleResult(
-        recipe, val_score, per_target, (best_id, singles[best_id]), split_half, test, val_pred
+        selection,
+        holdout,
+        submitted,
+        apply_recipe(task, members, submitted.recipe, "val", everything),
+        apply_recipe(task, members, submitted.recipe, "test", list(test_videos)),
     )

@@ -5,8 +5,11 @@ Each takes an optional validity mask so -5 / -1 frames never contribute.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from abaw_ray.tasks import NUM_EXPR_CLASSES
 
 
 def _flat_valid(
@@ -96,3 +99,11 @@ def smoothed_cross_entropy(
     if lg.shape[0] == 0:
         return logits.sum() * 0.0
     return F.cross_entropy(lg, t, weight=class_weights, label_smoothing=smoothing)
+
+
+def class_weights(targets: np.ndarray, num_classes: int = NUM_EXPR_CLASSES) -> torch.Tensor:
+    """Inverse-frequency class weights of integer ``targets`` (valid frames only), with one
+    pseudo-count per class so an absent class gets a large finite weight; mean 1."""
+    counts = np.bincount(np.asarray(targets, np.int64), minlength=num_classes) + 1.0
+    w = counts.sum() / (num_classes * counts)
+    return torch.tensor(w / w.mean(), dtype=torch.float32)

@@ -6,9 +6,11 @@ frames concatenated, as the challenge computes it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import numpy as np
 
-from abaw_ray.data.labels import NUM_EXPR_CLASSES
+from abaw_ray.tasks import NUM_EXPR_CLASSES, OFFICIAL_SCORE, Task
 
 
 def ccc(pred: np.ndarray, target: np.ndarray) -> float:
@@ -97,3 +99,46 @@ def macro_f1(
     """Macro F1 over the classes that occur in target or prediction (sklearn's convention;
     on the official test set all 8 occur, so it equals the mean over the 8 classes)."""
     return float(np.nanmean(f1_per_class(pred, target, num_classes, mask)))
+
+
+def flatten_split(
+    preds: Mapping[str, np.ndarray],
+    videos: Sequence[str],
+    labels: Mapping[str, np.ndarray],
+    valid: Mapping[str, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-video predictions and labels of ``videos`` concatenated in one timeline, keeping
+    the valid frames only: (predictions [N, ...], labels [N, ...])."""
+    if not videos:
+        raise ValueError("no videos to score")
+    m = np.concatenate([np.asarray(valid[v], bool) for v in videos])
+    p = np.concatenate([preds[v] for v in videos])
+    t = np.concatenate([labels[v] for v in videos])
+    if len(p) != len(m) or len(t) != len(m):
+        raise ValueError(f"predictions ({len(p)}) and labels ({len(t)}) of {len(m)} frames")
+    return p[m], t[m]
+
+
+def score_split(
+    task: Task,
+    preds: Mapping[str, np.ndarray],
+    videos: Sequence[str],
+    labels: Mapping[str, np.ndarray],
+    valid: Mapping[str, np.ndarray],
+) -> dict[str, float]:
+    """The official score of a split: every valid frame of ``videos`` at once.
+
+    VA (``preds[v]``: [T, 2] values): ``ccc`` (the mean), ``ccc_valence``, ``ccc_arousal``.
+    EXPR (``preds[v]``: [T, 8] class scores; the argmax is the decision): ``f1`` (macro) and
+    ``f1_class<c>`` per class (0 for a class absent from labels and predictions).
+    """
+    p, t = flatten_split(preds, videos, labels, valid)
+    key = OFFICIAL_SCORE[task]
+    if task == "va":
+        s = va_scores(p, t)
+        return {key: s["mean"], f"{key}_valence": s["valence"], f"{key}_arousal": s["arousal"]}
+    decided = p.argmax(-1)
+    per_class = f1_per_class(decided, t, NUM_EXPR_CLASSES)
+    out = {key: float(np.nanmean(per_class))}
+    out.update({f"{key}_class{c}": float(np.nan_to_num(f)) for c, f in enumerate(per_class)})
+    return out

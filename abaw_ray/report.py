@@ -1,4 +1,5 @@
-"""Plots of a search for people to look at (PNG, logged to MLflow)."""
+"""What a search shows people: its printed tables and summary, and its plots (PNG, logged
+to MLflow)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from abaw_ray.metrics import ccc  # noqa: E402
+from abaw_ray.metrics import ccc, flatten_split, score_split  # noqa: E402
+from abaw_ray.tasks import EXPR_CLASSES, OFFICIAL_SCORE, PRIMARY_METRIC, Task  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
@@ -83,10 +85,8 @@ def plot_best_over_time(
 
 
 def _expr_flat(preds, labels, valid, videos):
-    m = np.concatenate([valid[v] for v in videos])
-    p = np.concatenate([preds[v] for v in videos])[m].argmax(-1)
-    t = np.concatenate([labels[v] for v in videos])[m]
-    return p, t
+    p, t = flatten_split(preds, videos, labels, valid)
+    return p.argmax(-1), t
 
 
 def plot_confusion(
@@ -97,8 +97,6 @@ def plot_confusion(
     videos: Sequence[str],
     title: str = "",
 ) -> Path:
-    from abaw_ray.data.labels import EXPR_CLASSES
-
     p, t = _expr_flat(preds, labels, valid, videos)
     k = len(EXPR_CLASSES)
     cm = np.bincount(t * k + p, minlength=k * k).reshape(k, k).astype(float)
@@ -134,11 +132,8 @@ def plot_per_class_f1(
     videos: Sequence[str],
     title: str = "",
 ) -> Path:
-    from abaw_ray.data.labels import EXPR_CLASSES
-    from abaw_ray.metrics import f1_per_class
-
-    p, t = _expr_flat(preds, labels, valid, videos)
-    f1 = np.nan_to_num(f1_per_class(p, t))
+    scores = score_split("expr", preds, videos, labels, valid)
+    f1 = np.array([scores[f"f1_class{c}"] for c in range(len(EXPR_CLASSES))])
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.bar(range(len(f1)), f1)
     ax.set_xticks(range(len(f1)), EXPR_CLASSES, rotation=45, ha="right", fontsize=8)
@@ -146,3 +141,134 @@ def plot_per_class_f1(
     ax.set_ylabel("F1")
     ax.set_title(f"per-class F1 {title}")
     return _save(fig, path)
+
+
+def print_trials(task: Task, outcomes: Sequence, shown: int = 10) -> None:
+    """The trials ranked by their selection score (the validation videos they select on)."""
+    metric = PRIMARY_METRIC[task]
+    extra = ("valence", "arousal") if task == "va" else ()
+    print(
+        f"\n{len(outcomes)} trials ({sum(o.best is not None for o in outcomes)} with a "
+        f"checkpoint); top trials by {metric} on the selection videos:"
+    )
+    head = "".join(f"{h:>9}" for h in extra)
+    print(f"  {'trial':<14}{metric:>9}{head}{'epoch':>6}  {'model':<17}features")
+    for o in outcomes[:shown]:
+        if o.best is None:
+            print(f"  {o.trial_id:<14}{'-':>9}  ({o.status}, no checkpoint)")
+            continue
+        cols = "".join(f"{o.best[f'{metric}_{h}']:>9.3f}" for h in extra)
+        print(
+            f"  {o.trial_id:<14}{o.best[metric]:>9.4f}{cols}{o.best['epoch']:>6}  "
+            f"{o.config.get('model', '?'):<17}{o.config.get('features', '?')}"
+        )
+
+
+def _scores(task: Task, scores: dict[str, float]) -> str:
+    key = OFFICIAL_SCORE[task]
+    if task == "va":
+        v, a = scores[f"{key}_valence"], scores[f"{key}_arousal"]
+        return f"{scores[key]:.4f} (valence {v:.4f}, arousal {a:.4f})"
+    return f"{scores[key]:.4f}"
+
+
+def print_summary(task, ens, members, bank, summary, submission, control_of=None) -> None:
+    """The end of a search: selection and held-out scores of the best single trial and the
+    ensemble, what was submitted, baselines and the control."""
+    key = OFFICIAL_SCORE[task]
+    metric = PRIMARY_METRIC[task]
+    sel, n_sel, n_held = ens.selection, len(bank.splits["val"]), len(bank.splits["holdout"])
+    best_id = sel.best_single[0]
+    selection, held_out = f"selection ({n_sel} videos)", f"held out ({n_held} videos)"
+    print(f"\n{'':<34}{selection:>26}{held_out:>26}")
+    held = ens.holdout
+    for label, chosen, hkey in (
+        (f"best single trial {best_id}", sel.best_single[1], "best_single"),
+        (f"ensemble of {len(members)} trials", sel.scores, "ensemble"),
+    ):
+        h = f"{held[hkey][key]:.4f}" if held else "-"
+        print(f"  {label:<32}{chosen[key]:>26.4f}{h:>26}")
+    if held:
+        print(
+            f"  held-out videos: {', '.join(bank.splits['holdout'])} (nothing was selected on "
+            f"them: not the best epochs, the search, the members, weights or smoothing)"
+        )
+    else:
+        print("  no held-out videos (--holdout 0): the selection scores are optimistic")
+    print(
+        f"submitted ensemble: refit on all {len(ens.submitted.videos)} validation videos by the "
+        f"same recipe; val {key} {_scores(task, ens.submitted.scores)} (optimistic: fit there); "
+        f"smoothing {ens.submitted.recipe.smoothing}"
+    )
+    if task == "expr":
+        print(
+            "majority-class baseline (all validation videos): f1 "
+            f"{summary['majority_baseline_val_f1']:.4f}"
+        )
+        videos = list(ens.submitted.videos)
+        best = next(m for m in members if m.trial_id == best_id)
+        for name, preds in (("ensemble", ens.val), (f"best trial {best_id}", best.val)):
+            s = score_split(task, preds, videos, bank.labels, bank.valid)
+            print(
+                f"per-class F1, {name}, all validation videos: "
+                + ", ".join(f"{c} {s[f'f1_class{i}']:.3f}" for i, c in enumerate(EXPR_CLASSES))
+            )
+    if control_of is not None:
+        print(
+            f"shifted-label control (trial {control_of.trial_id}'s settings, labels and masks "
+            f"shifted within each training video): {metric} {summary[f'control_{metric}']:.4f} "
+            f"vs {control_of.best[metric]:.4f} on the same selection videos"
+        )
+    print(
+        f"submission: {submission or '- (the corpus has no test template)'}"
+        + (" (validated)" if submission else "")
+    )
+
+
+def search_plots(
+    task, out_dir: Path, ens, best, bank, outcomes, metric: str, started: float
+) -> list[Path]:
+    """The search's figures: VA traces and per-video CCC, or EXPR confusion matrices and
+    per-class F1, and the best score over time."""
+    videos = list(ens.submitted.videos)
+    if task == "va":
+        paths = [
+            plot_va_traces(
+                out_dir / "val_traces.png", ens.val, bank.labels, bank.valid, videos, bank.fps
+            ),
+            plot_per_video_ccc(
+                out_dir / "per_video_ccc.png", ens.val, bank.labels, bank.valid, videos
+            ),
+        ]
+    else:
+        paths = []
+        for name, preds in (("ensemble", ens.val), ("best_trial", best.val)):
+            paths.append(
+                plot_confusion(
+                    out_dir / f"confusion_{name}.png",
+                    preds,
+                    bank.labels,
+                    bank.valid,
+                    videos,
+                    title=name,
+                )
+            )
+            paths.append(
+                plot_per_class_f1(
+                    out_dir / f"per_class_f1_{name}.png",
+                    preds,
+                    bank.labels,
+                    bank.valid,
+                    videos,
+                    title=name,
+                )
+            )
+    done = [
+        (o.last.get("timestamp", started) - started, o.best[metric]) for o in outcomes if o.best
+    ]
+    paths.append(
+        plot_best_over_time(
+            out_dir / "best_over_time.png", [d[0] for d in done], [d[1] for d in done], metric
+        )
+    )
+    return paths

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from abaw_ray.data.corpus import Corpus, SubmissionTemplate, read_template
-from abaw_ray.data.labels import EXPR_CLASSES, NUM_EXPR_CLASSES, Task
 from abaw_ray.data.timeline import nearest_available
 from abaw_ray.errors import InputFormatError
 from abaw_ray.fsutil import atomic_write_text
 from abaw_ray.metrics import macro_f1, va_scores
+from abaw_ray.tasks import EXPR_CLASSES, NUM_EXPR_CLASSES, Task
 
 HEADER: dict[Task, str] = {
     "va": "image_location,valence,arousal",

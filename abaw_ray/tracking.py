@@ -1,5 +1,6 @@
 """MLflow tracking: one parent run per search, a child run per trial (Ray's
-``MLflowLoggerCallback``), and an ensemble run holding the submission, recipe and plots.
+``MLflowLoggerCallback``), and an ensemble run holding the submission, recipe and plots. A
+single trial (``jobs/train_*.py``) is one run that its rank-0 worker logs every epoch to.
 
 The tracking URI is ``sqlite:///<output>/mlflow.db`` unless MLFLOW_TRACKING_URI says otherwise
 (MLflow 3 refuses plain ``file://`` stores).
@@ -86,7 +87,7 @@ def log_ensemble(
     for k, v in params.items():
         client.log_param(rid, k, str(v)[:500])
     for k, v in metrics.items():
-        client.log_metric(rid, k.replace(" ", "_").replace(">", "to"), float(v))
+        client.log_metric(rid, k, float(v))
     for path in artifacts:
         client.log_artifact(rid, str(path))
     client.set_terminated(rid)
@@ -94,7 +95,19 @@ def log_ensemble(
 
 
 def finish_parent(uri: str, parent_id: str, metrics: dict[str, float]) -> None:
+    finish_run(uri, parent_id, metrics)
+
+
+def log_epoch(tracking: dict[str, str], metrics: dict[str, float], step: int) -> None:
+    """From a Train worker (rank 0): one epoch's metrics into the run the driver opened
+    (``tracking``: ``{"uri": ..., "run_id": ...}``)."""
+    client = _client(tracking["uri"])
+    for k, v in metrics.items():
+        client.log_metric(tracking["run_id"], k, float(v), step=step)
+
+
+def finish_run(uri: str, run_id: str, metrics: dict[str, float], status: str = "FINISHED") -> None:
     client = _client(uri)
     for k, v in metrics.items():
-        client.log_metric(parent_id, k.replace(" ", "_").replace(">", "to"), float(v))
-    client.set_terminated(parent_id)
+        client.log_metric(run_id, k, float(v))
+    client.set_terminated(run_id, status=status)

@@ -17,7 +17,7 @@ from abaw_ray.tune.job import run_search_job, search_parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_search_job(search_parser("va", __doc__).parse_args(argv), "va")
+    return run_search_job(search_parser("va", __doc__).parse_args(argv))
 
 
 if __name__ == "__main__":

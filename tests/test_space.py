@@ -18,7 +18,9 @@ def test_va_space_loads_and_combines_features():
     combos = space.combinations({"wavlm_large": "wavlm_large.tiny"})
     assert "face_hog+logmel" in combos and "face_pixels+wavlm_large.tiny" in combos
     assert "face_hog" in combos  # audio is optional
-    assert len(combos) == len(space.visual) * len(space.audio)
+    # every visual x audio pair, plus the three-modality combination listed whole
+    assert len(combos) == len(space.visual) * len(space.audio) + 1
+    assert combos[-1] == "face_hog+logmel+wavlm_large.tiny"
 
 
 def test_conditional_parameters_follow_the_model():

@@ -9,15 +9,8 @@ from abaw_ray.data.corpus import (
     load_corpus,
     read_template,
 )
-from abaw_ray.data.labels import (
-    EXPR_CLASSES,
-    NUM_EXPR_CLASSES,
-    TASKS,
-    FrameLabels,
-    Task,
-    read_expr_labels,
-    read_va_labels,
-)
+from abaw_ray.data.labels import FrameLabels, read_expr_labels, read_va_labels
+from abaw_ray.tasks import EXPR_CLASSES, NUM_EXPR_CLASSES, TASKS, Task
 
 __all__ = [
     "EXPR_CLASSES",

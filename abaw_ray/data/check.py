@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from abaw_ray.data.corpus import SPLITS, Corpus
-from abaw_ray.data.labels import TASKS
+from abaw_ray.tasks import TASKS
 
 
 def summarize(corpus: Corpus) -> dict[str, Any]:

@@ -19,9 +19,10 @@ from typing import Literal
 
 import numpy as np
 
-from abaw_ray.data.labels import TASKS, FrameLabels, Task, read_labels
+from abaw_ray.data.labels import FrameLabels, read_labels
 from abaw_ray.data.media import VIDEO_SUFFIXES, MediaInfo, probe_media
 from abaw_ray.errors import InputFormatError
+from abaw_ray.tasks import TASKS, Task
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")

@@ -6,20 +6,15 @@ EXPR with -1; both become ``valid == False`` here and are never scored or traine
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
 from abaw_ray.errors import InputFormatError
+from abaw_ray.tasks import EXPR_CLASSES, NUM_EXPR_CLASSES, VA_COLUMNS, Task
 
-Task = Literal["va", "expr"]
-TASKS: tuple[Task, ...] = ("va", "expr")
-
-VA_COLUMNS = ("valence", "arousal")
-EXPR_CLASSES = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Other")
-NUM_EXPR_CLASSES = len(EXPR_CLASSES)
 HEADERS: dict[Task, tuple[str, ...]] = {"va": VA_COLUMNS, "expr": EXPR_CLASSES}
 
 VA_INVALID = -5.0
@@ -123,3 +118,23 @@ def read_expr_labels(path: str | Path, video: str | None = None) -> FrameLabels:
 
 def read_labels(task: Task, path: str | Path, video: str | None = None) -> FrameLabels:
     return read_va_labels(path, video) if task == "va" else read_expr_labels(path, video)
+
+
+def shift_within_videos(
+    labels: dict[str, np.ndarray],
+    valid: dict[str, np.ndarray],
+    videos: Sequence[str],
+    seed: int,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The shifted-label control: each video's labels AND their validity mask circularly
+    shifted by one random offset (a quarter to three quarters of the video), so the targets
+    keep their marginals, smoothness and annotation gaps but lose any relation to the
+    features. Videos not in ``videos`` are returned untouched."""
+    rng = np.random.default_rng(seed)
+    labels, valid = dict(labels), dict(valid)
+    for v in videos:
+        n = len(labels[v])
+        offset = int(rng.integers(n // 4, max(n // 4 + 1, 3 * n // 4)))
+        labels[v] = np.roll(labels[v], offset, axis=0)
+        valid[v] = np.roll(valid[v], offset, axis=0)
+    return labels, valid

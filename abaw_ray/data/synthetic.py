@@ -25,7 +25,8 @@ import av
 import numpy as np
 from PIL import Image
 
-from abaw_ray.data.labels import EXPR_CLASSES, HEADERS
+from abaw_ray.data.labels import HEADERS
+from abaw_ray.tasks import EXPR_CLASSES
 
 FACE_SIZE = 112
 RAW_SIZE = 64

@@ -1,6 +1,8 @@
 """The features stage: pre-trained extractors by name, the audio front end, the feature store,
-alignment of audio features to video frames, and the Ray Data extraction pipeline."""
+alignment of audio features to video frames, and the Ray Data extraction pipeline.
+Importing this package registers every extractor family (as timm does)."""
 
+from abaw_ray.features import clip, descriptors, timm_backbones, wavlm, whisper  # noqa: F401
 from abaw_ray.features.registry import (
     EXTRACTORS,
     Extractor,

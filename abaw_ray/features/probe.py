@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from abaw_ray.data.corpus import Corpus
+from abaw_ray.data.labels import shift_within_videos
 from abaw_ray.features.align import frame_features
 from abaw_ray.features.store import FeatureStore
 from abaw_ray.metrics import va_scores
@@ -40,11 +41,12 @@ def probe_va(
     corpus: Corpus, store: FeatureStore, keys: list[str], seed: int = 0
 ) -> dict[str, float]:
     """Validation mean CCC of the ridge probe and of its shifted-label control."""
-    rng = np.random.default_rng(seed)
     xtr, ytr, mtr = _design(corpus, store, keys, corpus.split_videos("va", "train"))
     xva, yva, mva = _design(corpus, store, keys, corpus.split_videos("va", "val"))
-    shifted = [np.roll(y, int(rng.integers(len(y) // 4, 3 * len(y) // 4)), axis=0) for y in ytr]
-    shifted_m = [np.roll(m, int(rng.integers(0, len(m))), axis=0) & m for m in mtr]
+    # The control shifts each video's labels and their mask by one offset, together.
+    names = [str(i) for i in range(len(ytr))]
+    ys, ms = shift_within_videos(dict(zip(names, ytr)), dict(zip(names, mtr)), names, seed)
+    shifted, shifted_m = [ys[n] for n in names], [ms[n] for n in names]
     X = np.concatenate(xtr)
     mu, sd = X.mean(0), X.std(0) + 1e-6
 

@@ -144,12 +144,10 @@ def register(spec: ExtractorSpec) -> ExtractorSpec:
 
 
 def list_extractors(modality: Modality | None = None) -> list[str]:
-    _load_families()
     return sorted(n for n, s in EXTRACTORS.items() if modality is None or s.modality == modality)
 
 
 def get_spec(name: str) -> ExtractorSpec:
-    _load_families()
     if name not in EXTRACTORS:
         raise KeyError(f"unknown extractor {name!r}; known: {', '.join(sorted(EXTRACTORS))}")
     return EXTRACTORS[name]
@@ -180,9 +178,3 @@ def locate_weights(name: str, tiny: bool = False, weights_dir: str | Path | None
         return _LOCATORS[spec.family](spec, wd)
     return locate_transformers(spec.name, spec.source, wd)
 
-
-def _load_families() -> None:
-    # Importing a family module registers its builder and specs.
-    from abaw_ray.features import clip, descriptors, timm_backbones, wavlm, whisper
-
-    del clip, descriptors, timm_backbones, wavlm, whisper

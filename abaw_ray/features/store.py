@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from abaw_ray.features.registry import ExtractorSpec, get_spec
-from abaw_ray.fsutil import atomic_path, atomic_write_text
+from abaw_ray.fsutil import atomic_path, atomic_write_text, remove_partials
 
 
 def store_key(name: str, tiny: bool) -> str:
@@ -91,6 +91,7 @@ class FeatureStore:
         }
         if force and self.dir(key).exists():
             shutil.rmtree(self.dir(key))
+        remove_partials(self.dir(key))  # what an extraction killed mid-write left
         current = self.manifest(key)
         if current:
             old = {k: current.get(k) for k in header}

@@ -1,6 +1,7 @@
 """The fusion models: a registry of families, each mapping modality sequences to per-frame
-VA or EXPR outputs."""
+VA or EXPR outputs. Importing this package registers every family (as timm does)."""
 
+from abaw_ray.models import attention, expr_transformer, mctn, mfn, transformer  # noqa: F401
 from abaw_ray.models.registry import OUTPUT_DIMS, FusionModel, create_model, list_models
 
 __all__ = ["OUTPUT_DIMS", "FusionModel", "create_model", "list_models"]

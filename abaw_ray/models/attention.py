@@ -19,7 +19,6 @@ class ModalityAttentionFusion(nn.Module):
         output_dim: int,
         hidden: int = 64,
         dropout: float = 0.1,
-        **_: object,
     ) -> None:
         super().__init__()
         self.encoders = nn.ModuleList(ModalityProjection(d, hidden, dropout) for d in input_dims)

@@ -23,7 +23,6 @@ class ExpressionTransformer(nn.Module):
         dropout: float = 0.1,
         layers: int = 6,
         heads: int = 4,
-        **_: object,
     ) -> None:
         super().__init__()
         heads = heads if hidden % heads == 0 else 1

@@ -1,6 +1,8 @@
 """The fusion-model registry: ``create_model(name, input_dims, task, **hparams)``.
 
-One file per family registers its builder here; a search space names models as strings.
+One file per family registers its builder here, and ``abaw_ray.models`` imports every family
+(importing the package fills the registry; this module imports no family). A search space
+names models as strings.
 Every model maps per-modality sequences ``[B, T, D_m]`` to per-frame outputs ``[B, T, 2]``
 (VA, in [-1, 1]) or ``[B, T, 8]`` (EXPR logits) plus an auxiliary loss (0 for most).
 """
@@ -13,9 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from abaw_ray.data.labels import NUM_EXPR_CLASSES, Task
+from abaw_ray.tasks import NUM_EXPR_CLASSES, Task
 
 OUTPUT_DIMS: dict[str, int] = {"va": 2, "expr": NUM_EXPR_CLASSES}
+CONV_ALIGN_WIDTH = 64  # output width of the learned conv alignment when no hidden size is set
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -30,7 +33,6 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
 
 
 def list_models() -> list[str]:
-    _load_families()
     return sorted(_MODELS)
 
 
@@ -69,30 +71,26 @@ def create_model(
     **hparams: Any,
 ) -> FusionModel:
     """Build a registered fusion model. ``align[m] == "conv"`` puts a learned strided
-    convolution in front of modality m, which then arrives at its native rate."""
+    convolution in front of modality m, which then arrives at its native rate. ``None``
+    settings are dropped, so the model's own defaults apply; a setting the model does not
+    take raises ``TypeError``."""
     from abaw_ray.models.layers import ConvAlign
 
-    _load_families()
+    hparams = {k: v for k, v in hparams.items() if v is not None}
     if name not in _MODELS:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(sorted(_MODELS))}")
     if not input_dims:
         raise ValueError("a model needs at least one modality")
     align = list(align) if align is not None else [None] * len(input_dims)
-    hidden = int(hparams.get("hidden", 64))
+    width = int(hparams.get("hidden") or CONV_ALIGN_WIDTH)
     aligners: list[nn.Module | None] = []
     dims = []
     for d, a in zip(input_dims, align):
         if a == "conv":
-            aligners.append(ConvAlign(d, hidden))
-            dims.append(hidden)
+            aligners.append(ConvAlign(d, width))
+            dims.append(width)
         else:
             aligners.append(None)
             dims.append(int(d))
     core = _MODELS[name](input_dims=dims, output_dim=OUTPUT_DIMS[task], **hparams)
     return FusionModel(core, aligners, task)
-
-
-def _load_families() -> None:
-    from abaw_ray.models import attention, expr_transformer, mctn, mfn, transformer
-
-    del attention, expr_transformer, mctn, mfn, transformer

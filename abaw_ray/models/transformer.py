@@ -21,7 +21,6 @@ class TemporalTransformerFusion(nn.Module):
         dropout: float = 0.1,
         layers: int = 2,
         heads: int = 4,
-        **_: object,
     ) -> None:
         super().__init__()
         heads = heads if hidden % heads == 0 else 1

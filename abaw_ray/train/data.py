@@ -5,6 +5,10 @@ Training windows come from training videos only; validation and test run over wh
 overlapping chunks that are stitched back, so every frame of every timeline gets a prediction
 and the metric is the official global one. Windows never cross a split, and indices are
 integers end to end.
+
+The validation videos are split in two: ``splits["val"]``, on which everything is selected
+(best epoch, search, ensemble), and ``splits["holdout"]``, which nothing selects on and which
+is scored once at the end (``split_holdout``).
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ import numpy as np
 import torch
 
 from abaw_ray.data.corpus import Corpus
-from abaw_ray.data.labels import Task
+from abaw_ray.data.labels import shift_within_videos
 from abaw_ray.features.align import frame_features
 from abaw_ray.features.store import FeatureStore
+from abaw_ray.tasks import Task
 
 ALIGNMENTS = ("interp", "pool", "conv")
+SPLITS = ("train", "val", "holdout", "test")
 CONV_MARGIN = 4  # native frames kept either side of a window for the conv's receptive field
 
 
@@ -59,18 +65,40 @@ class FeatureBank:
         return int(self.mean[f"{key}|interp"].shape[0])
 
 
+def split_holdout(
+    videos: Sequence[str], holdout: float, seed: int
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(selection videos, held-out videos). ``holdout`` is a fraction of the videos (0 < h < 1,
+    at least one video, and at least one left to select on) or a whole number of videos;
+    0 holds nothing out. The draw is seeded and does not depend on the order given."""
+    ordered = sorted(videos)
+    if holdout <= 0:
+        return tuple(ordered), ()
+    count = int(holdout) if holdout >= 1 else max(1, round(holdout * len(ordered)))
+    if count >= len(ordered):
+        raise ValueError(
+            f"holdout {holdout} leaves no validation video to select on ({len(ordered)} in all)"
+        )
+    held = set(np.random.default_rng(seed).choice(ordered, size=count, replace=False).tolist())
+    return tuple(v for v in ordered if v not in held), tuple(v for v in ordered if v in held)
+
+
 def build_bank(
     corpus: Corpus,
     store: FeatureStore,
     keys: Sequence[str],
     task: Task,
     alignments: Sequence[str] = ALIGNMENTS,
+    holdout: float = 0.0,
+    seed: int = 0,
 ) -> FeatureBank:
-    """Load ``keys`` from the store for every video of the task's splits."""
+    """Load ``keys`` from the store for every video of the task's splits; ``holdout`` and
+    ``seed`` split the validation videos (``split_holdout``)."""
     splits = {s: tuple(corpus.split_videos(task, s)) for s in ("train", "val", "test")}
-    videos = [v for s in splits.values() for v in s]
     if not splits["train"] or not splits["val"]:
         raise ValueError(f"the corpus has no {task.upper()} training or validation videos")
+    splits["val"], splits["holdout"] = split_holdout(splits["val"], holdout, seed)
+    videos = [v for s in SPLITS for v in splits[s]]
     modality = {k: store.manifest(k).get("modality") for k in keys}
     for k, m in modality.items():
         if m is None:
@@ -140,16 +168,20 @@ def build_bank(
     )
 
 
-def training_windows(bank: FeatureBank, length: int, stride: int) -> np.ndarray:
-    """int64 [W, 2] rows of (index into the train videos, start frame). A video shorter than
-    ``length`` gives one window (padded); the last window of a video ends at its last frame."""
+def training_windows(
+    bank: FeatureBank, length: int, stride: int, valid: dict[str, np.ndarray] | None = None
+) -> np.ndarray:
+    """int64 [W, 2] rows of (index into the train videos, start frame) of the windows with a
+    valid frame (by ``valid``, default the bank's). A video shorter than ``length`` gives one
+    window (padded); the last window of a video ends at its last frame."""
+    valid = valid or bank.valid
     rows = []
     for i, v in enumerate(bank.splits["train"]):
         n = bank.num_frames[v]
         starts = list(range(0, max(n - length, 0) + 1, stride))
         if n > length and starts[-1] != n - length:
             starts.append(n - length)
-        rows += [(i, s) for s in starts if bank.valid[v][s : s + length].any()]
+        rows += [(i, s) for s in starts if valid[v][s : s + length].any()]
     return np.array(rows, dtype=np.int64).reshape(-1, 2)
 
 
@@ -191,7 +223,9 @@ class WindowSampler:
         alignment: str,
         length: int,
         labels: dict[str, np.ndarray] | None = None,
+        valid: dict[str, np.ndarray] | None = None,
     ) -> None:
+        """``labels`` and ``valid`` replace the bank's training targets (the control)."""
         missing = [k for k in keys if k not in bank.keys]
         if missing:
             raise KeyError(f"features {missing} are not in the bank ({bank.keys})")
@@ -199,6 +233,7 @@ class WindowSampler:
         self.keys = list(keys)
         self.length = length
         self.labels = labels or bank.labels
+        self.valid = valid or bank.valid
         self.align = [
             ("conv" if alignment == "conv" and bank.modality[k] == "audio" else None) for k in keys
         ]
@@ -240,7 +275,7 @@ class WindowSampler:
             if v in self.labels:
                 seg = self.labels[v][s : s + length]
                 target[i, : len(seg)] = seg
-                valid[i, : len(seg)] = self.bank.valid[v][s : s + length]
+                valid[i, : len(seg)] = self.valid[v][s : s + length]
         if task == "expr":
             target = np.where(valid, target, 0)
         return Batch(inputs, positions, torch.from_numpy(target), torch.from_numpy(valid))
@@ -268,18 +303,13 @@ class WindowSampler:
         return torch.from_numpy(out), torch.from_numpy(np.stack(rel).astype(np.float32))
 
 
-def shifted_labels(bank: FeatureBank, seed: int) -> dict[str, np.ndarray]:
-    """The shuffled-label control: each training video's labels circularly shifted by a random
-    offset (same marginals and smoothness, no relation to the features). Validation labels are
-    untouched, so the control is scored honestly."""
-    rng = np.random.default_rng(seed)
-    labels = dict(bank.labels)
-    for v in bank.splits["train"]:
-        n = len(labels[v])
-        labels[v] = np.roll(
-            labels[v], int(rng.integers(n // 4, max(n // 4 + 1, 3 * n // 4))), axis=0
-        )
-    return labels
+def shifted_labels(
+    bank: FeatureBank, seed: int
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The control's training targets: the training videos' labels and masks shifted together
+    (``shift_within_videos``); validation labels are untouched, so the control is scored
+    honestly."""
+    return shift_within_videos(bank.labels, bank.valid, bank.splits["train"], seed)
 
 
 @torch.no_grad()

@@ -1,21 +1,35 @@
-"""The single-trial recipe shared by ``jobs/train_va.py`` and ``jobs/train_expr.py``."""
+"""The single-trial recipe behind ``jobs/train_va.py`` and ``jobs/train_expr.py``: one Ray
+Train ``TorchTrainer``, its scores printed, every epoch in MLflow."""
 
 from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import fields, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
+import ray
 import yaml
 
+from abaw_ray import tracking
 from abaw_ray.cluster import init_ray
 from abaw_ray.data.corpus import load_corpus
-from abaw_ray.data.labels import Task
 from abaw_ray.features.store import store_key
-from abaw_ray.train.loop import PRIMARY_METRIC, TrialConfig
+from abaw_ray.metrics import score_split
+from abaw_ray.models import list_models
+from abaw_ray.tasks import OFFICIAL_SCORE, PRIMARY_METRIC, Task
+from abaw_ray.train.loop import TrialConfig, load_predictions
 from abaw_ray.train.prepare import EMBEDDED_FEATURES, prepare, resolve_corpus
 from abaw_ray.train.trainer import build_trainer
+
+# TrialConfig fields a flag overrides: flag -> (field, type, help)
+TRIAL_FLAGS = {
+    "--model": ("model", str, "fusion model"),
+    "--mode": ("mode", str, "frozen: features from the store; finetune: train the backbone too"),
+    "--alignment": ("alignment", str, "audio to frames: interp, pool or conv"),
+    "--epochs": ("epochs", int, "epochs at most"),
+    "--seed": ("seed", int, "seed of the trial (and of the held-out draw)"),
+}
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -32,27 +46,41 @@ def parse_overrides(items: list[str]) -> dict:
 
 def train_parser(task: Task, doc: str | None, default_model: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--data", type=Path)
-    p.add_argument("--tiny", action="store_true", help="tiny random extractors on any corpus")
-    p.add_argument("--model", default=default_model)
+    p.add_argument("--data", type=Path, help="Aff-Wild2 root (default: the embedded corpus)")
+    p.add_argument(
+        "--tiny", action="store_true", help="tiny random extractors on any corpus (default: off)"
+    )
+    defaults = {f.name: f.default for f in fields(TrialConfig)}
+    defaults["model"] = default_model
+    choices = {"model": list_models(), "mode": ["frozen", "finetune"]}
+    choices["alignment"] = ["interp", "pool", "conv"]
+    for flag, (name, kind, text) in TRIAL_FLAGS.items():
+        p.add_argument(
+            flag,
+            type=kind,
+            choices=choices.get(name),
+            help=f"{text} (default: {defaults[name]})",
+        )
+    p.set_defaults(model=default_model)
     p.add_argument(
         "--features",
-        help=f"comma-separated (embedded default: "
-        f"{','.join(EMBEDDED_FEATURES)}); in finetune mode the "
-        f"backbone (default mobilenetv3)",
+        help=f"comma-separated extractors (embedded default: {','.join(EMBEDDED_FEATURES)}); "
+        f"in finetune mode the backbone (default: mobilenetv3)",
+    )
+    p.add_argument("--workers", type=int, default=1, help="data-parallel workers (default: 1)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs (default: 0)")
+    p.add_argument(
+        "--holdout",
+        type=float,
+        default=0.0,
+        help="validation videos the best epoch is not chosen on: a fraction, a count or 0 "
+        "(default: 0; the searches hold out a third)",
     )
     p.add_argument(
-        "--mode",
-        choices=("frozen", "finetune"),
-        default="frozen",
-        help="frozen: features from the store; finetune: train the backbone too",
+        "--shuffle-labels",
+        action="store_true",
+        help="train the control: labels and their masks shifted within each video (default: off)",
     )
-    p.add_argument("--alignment", default="interp", choices=("interp", "pool", "conv"))
-    p.add_argument("--workers", type=int, default=1, help="data-parallel Ray Train workers")
-    p.add_argument("--gpus-per-worker", type=float, default=0.0)
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--shuffle-labels", action="store_true", help="train the label-shift control")
     p.add_argument(
         "--set",
         action="append",
@@ -60,84 +88,110 @@ def train_parser(task: Task, doc: str | None, default_model: str) -> argparse.Ar
         metavar="KEY=VALUE",
         help="any other trial setting, e.g. --set hidden=128 --set gates=reference",
     )
-    p.add_argument("--output", type=Path, default=Path("outputs"))
-    p.add_argument("--name", help="run name; an existing run of this name resumes")
+    p.add_argument(
+        "--output", type=Path, default=Path("outputs"), help="results folder (default: outputs)"
+    )
+    p.add_argument(
+        "--name", help=f"run name (default: train_{task}-<model>-<time>); an existing one resumes"
+    )
     p.add_argument("--store", type=Path, help="feature store (default: OUTPUT/features)")
-    p.add_argument("--weights-dir", type=Path)
-    p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray instance")
+    p.add_argument("--weights-dir", type=Path, help="local pre-trained weights (default: HF cache)")
+    p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray instance (default: all)")
     return p
 
 
 def run_train_job(args: argparse.Namespace, task: Task) -> int:
     if args.data is not None and not args.features:
         raise SystemExit("--features is required with --data")
-    init_ray(args.num_cpus)
-    metric = PRIMARY_METRIC[task]
-    overrides = dict(
-        task=task,
-        model=args.model,
-        alignment=args.alignment,
-        epochs=args.epochs,
-        seed=args.seed,
-        shuffle_labels=args.shuffle_labels,
+    flags = {name: getattr(args, flag[2:]) for flag, (name, *_) in TRIAL_FLAGS.items()}
+    overrides = {
+        "task": task,
+        "shuffle_labels": args.shuffle_labels,
+        **{k: v for k, v in flags.items() if v is not None},
         **parse_overrides(args.set),
-    )
+    }
+    mode = overrides.get("mode", TrialConfig.mode)
     control = "control-" if args.shuffle_labels else ""
     # Ray Train resumes a run whose (storage, name) exists: a fresh trial gets a fresh name.
     name = args.name or f"train_{task}-{args.model}-{control}{time.strftime('%Y%m%d-%H%M%S')}"
-    storage = (args.output / "runs").resolve()
-    if args.mode == "finetune":
-        from abaw_ray.train.finetune import build_finetune_trainer, build_frame_index
+    output = args.output.resolve()
+    storage = output / "runs"
+    seed = overrides.get("seed", TrialConfig.seed)
+    init_ray(args.num_cpus)
+    if mode == "finetune":
+        from abaw_ray.train.finetune import build_frame_index
 
         root, embedded = resolve_corpus(args.data)
         backbone = (args.features or "mobilenetv3").split(",")[0]
-        tiny = args.tiny or embedded
-        trial = replace(TrialConfig(), features=store_key(backbone, tiny), **overrides)
-        trainer = build_finetune_trainer(
-            trial,
-            build_frame_index(load_corpus(root), task),
-            storage,
-            name,
-            workers=args.workers,
-            gpus_per_worker=args.gpus_per_worker,
-        )
+        features = store_key(backbone, args.tiny or embedded)
+        index = build_frame_index(load_corpus(root), task, args.holdout, seed)
+        data = index
     else:
         names = args.features.split(",") if args.features else list(EMBEDDED_FEATURES)
         prepared = prepare(
             args.data,
-            args.store or args.output / "features",
+            args.store or output / "features",
             names,
             task,
             tiny=True if args.tiny else None,
             weights_dir=args.weights_dir,
-            alignments=(args.alignment,),
+            alignments=(overrides.get("alignment", TrialConfig.alignment),),
+            holdout=args.holdout,
+            seed=seed,
         )
-        trial = replace(
-            TrialConfig(), features="+".join(prepared.keys[n] for n in names), **overrides
-        )
-        trainer = build_trainer(
-            trial,
-            prepared.bank_ref,
-            storage,
-            name,
-            workers=args.workers,
-            gpus_per_worker=args.gpus_per_worker,
-        )
+        features = "+".join(prepared.keys[n] for n in names)
+        data = prepared.bank
+    trial = replace(TrialConfig(), features=features, **overrides)
+    splits = data.splits
+
+    uri = tracking.tracking_uri(output)
+    run_id = tracking.parent_run(
+        uri,
+        f"abaw-{task}-trials",
+        name,
+        {**asdict(trial), "holdout_videos": splits["holdout"], "workers": args.workers},
+        storage / f"{name}.mlflow.json",
+        resume=args.name is not None,
+    )
+    trainer = build_trainer(
+        trial,
+        ray.put(data),
+        storage,
+        name,
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
+        tracking={"uri": uri, "run_id": run_id},
+    )
     result = trainer.fit()
+    metric = PRIMARY_METRIC[task]
     if not result.best_checkpoints:
+        tracking.finish_run(uri, run_id, {}, status="FAILED")
         print(f"trial {name}: no epoch finished")
         return 1
     checkpoint, best = result.best_checkpoints[0]
+    final = {f"best_{k}": v for k, v in best.items() if k.startswith("val_")}
+    key = OFFICIAL_SCORE[task]
+    if splits["holdout"]:  # scored once, now: the best epoch was chosen without them
+        with checkpoint.as_directory() as d:
+            held = load_predictions(d)["holdout"]
+        scores = score_split(task, held, splits["holdout"], data.labels, data.valid)
+        final.update({f"holdout_{k}": v for k, v in scores.items()})
+    tracking.finish_run(uri, run_id, final)
     print(
-        f"trial {name}: {args.mode} model {trial.model}, features {trial.features}, "
-        f"{args.workers} worker(s){', shuffled-label control' if trial.shuffle_labels else ''}"
+        f"trial {name}: {mode} model {trial.model}, features {trial.features}, "
+        f"{args.workers} worker(s){', shifted-label control' if trial.shuffle_labels else ''}"
     )
     if task == "va":
         print(
             f"  best epoch {best['epoch']}: val CCC {best[metric]:.4f} "
             f"(valence {best['val_ccc_valence']:.4f}, arousal {best['val_ccc_arousal']:.4f})"
+            f" on {len(splits['val'])} validation videos"
         )
     else:
         print(f"  best epoch {best['epoch']}: val macro F1 {best[metric]:.4f}")
+    if splits["holdout"]:
+        n = len(splits["holdout"])
+        print(f"  held out ({n} videos, not selected on): {key} {final[f'holdout_{key}']:.4f}")
     print(f"  checkpoint: {checkpoint.path}")
+    print(f"  MLflow: {uri} (experiment abaw-{task}-trials, run {name})")
     return 0

@@ -2,8 +2,11 @@
 
 Builds the model, wraps it for data-parallel workers, shards the training windows per worker,
 trains with AdamW, gradient clipping, the task loss plus the model's auxiliary loss, stops
-early, and reports every epoch with ``ray.train.report``. The best epoch is checkpointed with
-its per-frame validation and test predictions (what the ensemble reads).
+early, and reports every epoch with ``ray.train.report``. Epochs are scored on the selection
+videos (``splits["val"]``) only; the held-out videos (``splits["holdout"]``) are predicted
+but never scored here, so nothing a trial chooses depends on them. The best epoch is
+checkpointed with its per-frame predictions of every non-training split (what the ensemble
+reads).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import json
 import math
 import random
 import tempfile
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -20,10 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from abaw_ray.data.labels import NUM_EXPR_CLASSES, Task
-from abaw_ray.losses import ccc_loss, smoothed_cross_entropy, soft_macro_f1_loss
-from abaw_ray.metrics import f1_per_class, macro_f1, va_scores
+from abaw_ray import tracking
+from abaw_ray.losses import ccc_loss, class_weights, smoothed_cross_entropy, soft_macro_f1_loss
+from abaw_ray.metrics import score_split
 from abaw_ray.models import create_model
+from abaw_ray.tasks import PRIMARY_METRIC, Task
 from abaw_ray.train.data import (
     FeatureBank,
     WindowSampler,
@@ -32,7 +36,7 @@ from abaw_ray.train.data import (
     training_windows,
 )
 
-PRIMARY_METRIC: dict[str, str] = {"va": "val_ccc", "expr": "val_f1"}
+MODEL_SETTINGS = ("hidden", "dropout", "loss_weight", "cycle", "gates", "layers", "heads")
 MODEL_STATE = "model.pt"
 PREDICTIONS = "predictions.npz"
 TRIAL_JSON = "trial.json"
@@ -40,41 +44,44 @@ TRIAL_JSON = "trial.json"
 
 @dataclass(frozen=True)
 class TrialConfig:
-    """Every choice of one trial; what a search samples. Unknown keys are refused."""
+    """Every choice of one trial; what a search samples. Unknown keys are refused. Model
+    settings left at ``None`` take the model's own defaults (``create_model`` drops them)."""
 
     task: Task = "va"
-    features: str = "face_hog+logmel"
+    mode: str = "frozen"  # frozen: stored features; finetune: the image backbone trains too
+    features: str = "face_hog+logmel"  # store keys joined by "+"
     model: str = "attention"
-    hidden: int = 64
-    dropout: float = 0.1
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    window: int = 64
-    stride: int = 32
-    alignment: str = "interp"
-    grad_clip: float = 1.0
+    window: int = 64  # frames per training window
+    stride: int = 32  # frames between training windows
+    alignment: str = "interp"  # audio to frames: interp | pool | conv
+    grad_clip: float = 1.0  # max gradient norm (0: off)
     epochs: int = 20
     batch_size: int = 16
-    patience: int = 6
+    patience: int = 6  # epochs without a better selection score before stopping
     seed: int = 0
-    # family-specific
-    loss_weight: float = 0.1  # mctn: weight of translation + cycle losses
-    gates: str = "paper"  # mfn: paper | reference
-    layers: int = 2  # transformer / expr_transformer depth
-    heads: int = 4
+    # model settings (None: the model's default)
+    hidden: int | None = None
+    dropout: float | None = None
+    loss_weight: float | None = None  # mctn: weight of translation + cycle losses
+    cycle: str | None = None  # mctn: first (published) | every level
+    gates: str | None = None  # mfn: paper | reference
+    layers: int | None = None  # transformer / expr_transformer depth
+    heads: int | None = None
     teacher_forcing_epochs: int = 0  # mctn: epochs to decay teacher forcing to 0 (0: epochs/2)
     # expression task
     loss: str = "mix"  # expr: f1 | ce | mix
-    f1_weight: float = 0.5
+    f1_weight: float = 0.5  # expr, loss=mix: weight of soft F1 against cross entropy
     label_smoothing: float = 0.1
-    class_weights: bool = False
+    class_weights: bool = False  # expr: inverse-frequency class weights in cross entropy
     # controls
-    shuffle_labels: bool = False
+    shuffle_labels: bool = False  # train on labels (and their masks) shifted within each video
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrialConfig:
         known = {f.name for f in fields(cls)}
-        extra = sorted(set(d) - known - {"bank", "storage"})
+        extra = sorted(set(d) - known - {"bank", "tracking"})
         if extra:
             raise ValueError(f"unknown trial settings: {extra}")
         return cls(**{k: v for k, v in d.items() if k in known})
@@ -84,14 +91,8 @@ class TrialConfig:
         return [k for k in self.features.split("+") if k]
 
     def model_hparams(self) -> dict[str, Any]:
-        return dict(
-            hidden=self.hidden,
-            dropout=self.dropout,
-            loss_weight=self.loss_weight,
-            gates=self.gates,
-            layers=self.layers,
-            heads=self.heads,
-        )
+        """The settings that reach ``create_model``; ``None`` ones are dropped there."""
+        return {name: getattr(self, name) for name in MODEL_SETTINGS}
 
 
 def seed_everything(seed: int) -> None:
@@ -105,11 +106,12 @@ def task_loss(
     pred: torch.Tensor,
     target: torch.Tensor,
     valid: torch.Tensor,
-    class_weights: torch.Tensor | None,
+    weights: torch.Tensor | None,
 ) -> torch.Tensor:
+    """The trial's training loss; ``weights`` are per-class cross-entropy weights (EXPR)."""
     if trial.task == "va":
         return ccc_loss(pred, target, valid)
-    ce = smoothed_cross_entropy(pred, target, valid, trial.label_smoothing, class_weights)
+    ce = smoothed_cross_entropy(pred, target, valid, trial.label_smoothing, weights)
     if trial.loss == "ce":
         return ce
     f1 = soft_macro_f1_loss(pred, target, valid)
@@ -118,30 +120,24 @@ def task_loss(
     return trial.f1_weight * f1 + (1 - trial.f1_weight) * ce
 
 
-def score(bank: FeatureBank, preds: dict[str, np.ndarray], videos: list[str]) -> dict[str, float]:
-    """The official global score over every valid frame of ``videos`` concatenated."""
-    p = np.concatenate([preds[v] for v in videos])
-    t = np.concatenate([bank.labels[v] for v in videos])
-    m = np.concatenate([bank.valid[v] for v in videos])
-    if bank.task == "va":
-        s = va_scores(p, t, m)
-        return {
-            "val_ccc": s["mean"],
-            "val_ccc_valence": s["valence"],
-            "val_ccc_arousal": s["arousal"],
-        }
-    cls = p.argmax(-1)
-    per_class = f1_per_class(cls, t, NUM_EXPR_CLASSES, m)
-    out = {"val_f1": macro_f1(cls, t, NUM_EXPR_CLASSES, m)}
-    out.update({f"val_f1_class{c}": float(np.nan_to_num(f)) for c, f in enumerate(per_class)})
-    return out
+def validation_metrics(
+    task: Task,
+    preds: Mapping[str, np.ndarray],
+    videos: list[str],
+    labels: Mapping[str, np.ndarray],
+    valid: Mapping[str, np.ndarray],
+) -> dict[str, float]:
+    """The official score of the selection videos, as a trial reports it (``val_`` names)."""
+    return {f"val_{k}": v for k, v in score_split(task, preds, videos, labels, valid).items()}
 
 
-def _class_weights(bank: FeatureBank) -> torch.Tensor:
-    t = np.concatenate([bank.labels[v][bank.valid[v]] for v in bank.splits["train"]])
-    counts = np.bincount(t, minlength=NUM_EXPR_CLASSES).astype(np.float64) + 1.0
-    w = counts.sum() / (NUM_EXPR_CLASSES * counts)
-    return torch.tensor(w / w.mean(), dtype=torch.float32)
+def trial_class_weights(
+    trial: TrialConfig, labels: Mapping[str, np.ndarray], valid: Mapping[str, np.ndarray], train
+) -> torch.Tensor | None:
+    """Inverse-frequency weights of the training frames when the trial asks for them."""
+    if trial.task != "expr" or not trial.class_weights:
+        return None
+    return class_weights(np.concatenate([labels[v][valid[v]] for v in train]))
 
 
 def save_trial_checkpoint(
@@ -151,18 +147,17 @@ def save_trial_checkpoint(
     optimizer: torch.optim.Optimizer,
     epoch: int,
     metrics: dict[str, float],
-    val_preds: dict[str, np.ndarray],
-    test_preds: dict[str, np.ndarray],
+    predictions: dict[str, dict[str, np.ndarray]],
     input_dims: list[int],
 ) -> None:
+    """Model and optimizer state, per-frame ``predictions[split][video]`` and the trial."""
     torch.save(
         {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch},
         folder / MODEL_STATE,
     )
     np.savez_compressed(
         folder / PREDICTIONS,
-        **{f"val/{v}": p for v, p in val_preds.items()},
-        **{f"test/{v}": p for v, p in test_preds.items()},
+        **{f"{split}/{v}": p for split, per in predictions.items() for v, p in per.items()},
     )
     (folder / TRIAL_JSON).write_text(
         json.dumps(
@@ -172,45 +167,20 @@ def save_trial_checkpoint(
     )
 
 
+def load_trial_state(folder: Path, device: torch.device) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(model/optimizer state, trial.json) of a trial checkpoint; tensors only, no pickles."""
+    state = torch.load(folder / MODEL_STATE, map_location=device, weights_only=True)
+    return state, json.loads((folder / TRIAL_JSON).read_text())
+
+
 def load_predictions(folder: str | Path) -> dict[str, dict[str, np.ndarray]]:
-    """``{"val": {video: array}, "test": {...}}`` from a trial checkpoint folder."""
-    data = np.load(Path(folder) / PREDICTIONS)
-    out: dict[str, dict[str, np.ndarray]] = {"val": {}, "test": {}}
-    for name in data.files:
-        split, video = name.split("/", 1)
-        out[split][video] = data[name]
+    """``{split: {video: array}}`` (val, holdout, test) from a trial checkpoint folder."""
+    out: dict[str, dict[str, np.ndarray]] = {"val": {}, "holdout": {}, "test": {}}
+    with np.load(Path(folder) / PREDICTIONS) as data:
+        for name in data.files:
+            split, video = name.split("/", 1)
+            out.setdefault(split, {})[video] = data[name]
     return out
-
-
-def restore_checkpoint(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, metric: str
-) -> tuple[int, float, int]:
-    """(start epoch, best score, best epoch): from the run's checkpoint when Ray Train retries
-    a failed worker group or resumes a run (it resumes from the best epoch), else fresh."""
-    import ray.train
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return 0, -math.inf, -1
-    with checkpoint.as_directory() as d:
-        state = torch.load(Path(d) / MODEL_STATE, map_location=device, weights_only=False)
-        saved = json.loads((Path(d) / TRIAL_JSON).read_text())
-    (model.module if hasattr(model, "module") else model).load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    return state["epoch"] + 1, saved["metrics"][metric], state["epoch"]
-
-
-def report_epoch(metrics: dict[str, float], checkpoint: bool, save: Callable[[Path], None]) -> None:
-    """``ray.train.report`` the epoch; with ``checkpoint`` (rank 0, a new best) ``save``
-    fills a folder that becomes the epoch's checkpoint."""
-    import ray.train
-
-    if not checkpoint:
-        ray.train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        save(Path(tmp))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -225,74 +195,87 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     seed_everything(trial.seed)
     device = ray.train.torch.get_device()
 
-    keys = trial.feature_keys
-    labels = shifted_labels(bank, trial.seed) if trial.shuffle_labels else None
-    sampler = WindowSampler(bank, keys, trial.alignment, trial.window, labels)
+    labels, valid = shifted_labels(bank, trial.seed) if trial.shuffle_labels else (None, None)
+    sampler = WindowSampler(bank, trial.feature_keys, trial.alignment, trial.window, labels, valid)
     model = create_model(
         trial.model, sampler.input_dims, trial.task, align=sampler.align, **trial.model_hparams()
     )
     core = model.core
+    plain = model
     model = ray.train.torch.prepare_model(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=trial.lr, weight_decay=trial.weight_decay)
-    class_weights = _class_weights(bank).to(device) if trial.class_weights else None
+    weights = trial_class_weights(trial, sampler.labels, sampler.valid, bank.splits["train"])
+    if weights is not None:
+        weights = weights.to(device)
     metric = PRIMARY_METRIC[trial.task]
-    start_epoch, best, best_epoch = restore_checkpoint(model, optimizer, device, metric)
 
-    windows = training_windows(bank, trial.window, trial.stride)
+    # Ray Train hands back the kept (best) checkpoint when it retries a failed worker group or
+    # resumes a run: continue after that epoch.
+    start_epoch, best, best_epoch = 0, -math.inf, -1
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state, saved = load_trial_state(Path(d), device)
+        plain.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, best, best_epoch = state["epoch"] + 1, saved["metrics"][metric], state["epoch"]
+
+    windows = training_windows(bank, trial.window, trial.stride, sampler.valid)
     train_videos = bank.splits["train"]
-    plain = model.module if hasattr(model, "module") else model
+    val_videos = list(bank.splits["val"])
     tf_epochs = trial.teacher_forcing_epochs or max(1, trial.epochs // 2)
     for epoch in range(start_epoch, trial.epochs):
         if hasattr(core, "teacher_forcing"):
             core.teacher_forcing = max(0.0, 1.0 - epoch / tf_epochs)
         order = np.random.default_rng([trial.seed, epoch]).permutation(len(windows))
         # Every worker takes the same number of steps (DDP all-reduces each one).
-        per_worker = len(order) // world if world > 1 else len(order)
-        mine = order[rank * per_worker : (rank + 1) * per_worker] if world > 1 else order
+        per_worker = len(order) // world
+        mine = order[rank * per_worker : (rank + 1) * per_worker]
         model.train()
         losses, aux_losses = [], []
         for b in range(0, len(mine), trial.batch_size):
             idx = windows[mine[b : b + trial.batch_size]]
             batch = sampler.batch([(train_videos[i], int(s)) for i, s in idx]).to(device)
             out = model(batch.inputs, batch.positions)
-            loss = task_loss(trial, out["pred"], batch.target, batch.valid, class_weights)
-            total = loss + out["aux_loss"]
+            loss = task_loss(trial, out["pred"], batch.target, batch.valid, weights)
             optimizer.zero_grad(set_to_none=True)
-            total.backward()
+            (loss + out["aux_loss"]).backward()
             if trial.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), trial.grad_clip)
             optimizer.step()
             losses.append(float(loss.detach()))
             aux_losses.append(float(out["aux_loss"].detach()))
+        training_losses = core.pop_losses() if hasattr(core, "pop_losses") else {}
 
-        val_videos = list(bank.splits["val"])
         val_preds = predict_videos(plain, sampler, val_videos, device)
         metrics = {
             "epoch": epoch + 1,  # 1-based: what ASHA counts
             "train_loss": float(np.mean(losses)) if losses else math.nan,
             "aux_loss": float(np.mean(aux_losses)) if aux_losses else 0.0,
-            **score(bank, val_preds, val_videos),
+            **{f"train_{k}_loss": v for k, v in training_losses.items()},
+            **validation_metrics(trial.task, val_preds, val_videos, bank.labels, bank.valid),
         }
-        if getattr(core, "last_losses", None):
-            metrics.update({f"train_{k}_loss": v for k, v in core.last_losses.items()})
         improved = metrics[metric] > best
         if improved:
             best, best_epoch = metrics[metric], epoch
         metrics[f"best_{metric}"] = best
-        report_epoch(
-            metrics,
-            improved and rank == 0,
-            lambda folder, epoch=epoch, metrics=metrics, val_preds=val_preds: save_trial_checkpoint(
-                folder,
-                trial,
-                plain,
-                optimizer,
-                epoch,
-                metrics,
-                val_preds,
-                predict_videos(plain, sampler, list(bank.splits["test"]), device),
-                sampler.input_dims,
-            ),
-        )
+        if config.get("tracking") and rank == 0:  # a single trial's own MLflow run
+            tracking.log_epoch(config["tracking"], metrics, epoch + 1)
+        if improved and rank == 0:
+            predictions = {
+                "val": val_preds,
+                **{
+                    split: predict_videos(plain, sampler, list(bank.splits[split]), device)
+                    for split in ("holdout", "test")
+                },
+            }
+            with tempfile.TemporaryDirectory() as tmp:
+                save_trial_checkpoint(
+                    Path(tmp), trial, plain, optimizer, epoch, metrics, predictions,
+                    sampler.input_dims,
+                )
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
         if epoch - best_epoch >= trial.patience:
             break

@@ -10,10 +10,10 @@ from pathlib import Path
 import ray
 
 from abaw_ray.data.corpus import Corpus, load_corpus
-from abaw_ray.data.labels import Task
 from abaw_ray.data.synthetic import ensure_default_corpus
 from abaw_ray.features.pipeline import ExtractionConfig, ExtractionReport, extract_features
 from abaw_ray.features.store import FeatureStore, store_key
+from abaw_ray.tasks import Task
 from abaw_ray.train.data import ALIGNMENTS, FeatureBank, build_bank
 
 EMBEDDED_FEATURES = ("face_hog", "logmel")
@@ -43,8 +43,11 @@ def prepare(
     tiny: bool | None = None,
     weights_dir: Path | None = None,
     alignments: Sequence[str] = ALIGNMENTS,
+    holdout: float = 0.0,
+    seed: int = 0,
 ) -> Prepared:
-    """Ray must be initialised. ``tiny`` defaults to True on the embedded corpus."""
+    """Ray must be initialised. ``tiny`` defaults to True on the embedded corpus; ``holdout``
+    and ``seed`` set the validation videos that nothing selects on (``split_holdout``)."""
     root, embedded = resolve_corpus(data)
     tiny = embedded if tiny is None else tiny
     corpus = load_corpus(root)
@@ -53,5 +56,5 @@ def prepare(
         corpus, store, ExtractionConfig(extractors=tuple(names), tiny=tiny, weights_dir=weights_dir)
     )
     keys = {n: store_key(n, tiny) for n in names}
-    bank = build_bank(corpus, store, list(keys.values()), task, alignments)
+    bank = build_bank(corpus, store, list(keys.values()), task, alignments, holdout, seed)
     return Prepared(corpus, store, bank, ray.put(bank), keys, report, embedded)

@@ -10,6 +10,8 @@ ones continue from their last checkpoint (same storage path and trainer names).
 from __future__ import annotations
 
 import json
+import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +20,8 @@ import pyarrow.fs as pafs
 import ray
 from ray import tune
 
-from abaw_ray.train.loop import PRIMARY_METRIC, TRIAL_JSON, TrialConfig
+from abaw_ray.tasks import PRIMARY_METRIC
+from abaw_ray.train.loop import TRIAL_JSON, TrialConfig
 from abaw_ray.train.trainer import build_trainer
 from abaw_ray.tune.space import SearchSpace
 
@@ -27,18 +30,22 @@ TRAINERS_DIR = "trainers"
 
 @dataclass(frozen=True)
 class SearchConfig:
+    """Every choice of a search. Jobs' flags default to None and override these."""
+
     space: SearchSpace
     storage_path: str  # local folder or a URI Ray understands (s3://, gs://, a shared mount)
     name: str
-    num_samples: int = 8
-    searcher: Literal["tpe", "random"] = "tpe"
-    scheduler: Literal["asha", "none"] = "asha"
-    max_concurrent: int | None = None
-    workers_per_trial: int = 1
-    gpus_per_trial: float = 0.0
+    num_samples: int = 8  # trials to run
+    searcher: Literal["tpe", "random"] = "tpe"  # Optuna TPE, or random sampling
+    scheduler: Literal["asha", "none"] = "asha"  # ASHA stops weak trials early
+    max_concurrent: int | None = None  # trials at once (None: what the cluster fits)
+    workers_per_trial: int = 1  # data-parallel Ray Train workers of each trial
+    gpus_per_trial: float = 0.0  # fractions pack several small trials on a GPU
     cpus_per_worker: float = 1.0
-    time_budget_s: float | None = None
-    grace_period: int = 3
+    time_budget_s: float | None = None  # seconds after which no new trial starts
+    grace_period: int = 3  # epochs before ASHA may stop a trial
+    top_k: int = 5  # best trials offered to the ensemble
+    holdout: float = 1 / 3  # validation videos nothing selects on: a fraction, a count, or 0
     seed: int = 0
 
     @property
@@ -185,20 +192,28 @@ def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(uri)
 
 
-def latest_search(storage_path: str, prefix: str) -> str | None:
-    """The most recently started search under ``storage_path`` whose name starts with
-    ``prefix`` (names carry their start time, so the largest sorts last)."""
+def search_name(task: str, started: float) -> str:
+    """The default name of a search: its task and start time (sorts by time)."""
+    return f"search_{task}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(started))}"
+
+
+def latest_search(storage_path: str, task: str) -> str | None:
+    """The most recently started search of ``task`` under ``storage_path`` that Tune can
+    restore. Only default search names count: a control run or any other folder never does."""
     fs, root = _filesystem(storage_path)
     try:
         infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
     except OSError:
         return None
+    pattern = re.compile(rf"search_{task}-\d{{8}}-\d{{6}}")
     names = sorted(
         i.base_name
         for i in infos
-        if i.type == pafs.FileType.Directory and i.base_name.startswith(prefix)
+        if i.type == pafs.FileType.Directory and pattern.fullmatch(i.base_name)
     )
-    return names[-1] if names else None
+    base = storage_path.rstrip("/")
+    restorable = [n for n in names if tune.Tuner.can_restore(f"{base}/{n}")]
+    return restorable[-1] if restorable else None
 
 
 def best_checkpoint(trainer_uri: str, metric: str) -> tuple[dict[str, float], str] | None:

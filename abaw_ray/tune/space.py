@@ -4,6 +4,8 @@
     features:                      # feature combinations: every visual x every audio
       visual: [face_hog, face_pixels]
       audio: [logmel, wavlm_large, null]   # null: no audio (a visual-only trial)
+      combinations:                        # optional: more combinations, listed whole
+        - [face_hog, logmel, wavlm_large]  # three modalities (MCTN's hierarchy: two levels)
     parameters:                    # any TrialConfig field
       model: {choice: [attention, mfn, mctn, transformer]}
       lr: {loguniform: [3.0e-4, 3.0e-3]}
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -58,19 +61,21 @@ class SearchSpace:
     visual: tuple[str, ...]
     audio: tuple[str | None, ...]
     parameters: tuple[Parameter, ...]
+    extra: tuple[tuple[str, ...], ...] = ()  # combinations listed whole (visual first)
 
     def combinations(self, key_of: dict[str, str] | None = None) -> list[str]:
         """Feature combinations as strings (``"face_hog+logmel"``): searchers take strings,
         not lists. ``key_of`` maps extractor names to store keys (``wavlm_large.tiny``)."""
         k = key_of or {}
-        return [
-            "+".join(k.get(n, n) for n in (v, a) if n)
-            for v, a in itertools.product(self.visual, self.audio)
+        product = [
+            tuple(n for n in pair if n) for pair in itertools.product(self.visual, self.audio)
         ]
+        combos = ["+".join(k.get(n, n) for n in names) for names in (*product, *self.extra)]
+        return list(dict.fromkeys(combos))
 
     @property
     def extractors(self) -> list[str]:
-        return sorted({n for n in (*self.visual, *self.audio) if n})
+        return sorted({n for n in (*self.visual, *self.audio, *itertools.chain(*self.extra)) if n})
 
     def define_by_run(self, combos: list[str]) -> DefineByRun:
         return DefineByRun(self.parameters, tuple(combos), self.task)
@@ -195,8 +200,20 @@ def load_search_space(path: str | Path) -> SearchSpace:
     feats = data.get("features")
     if not isinstance(feats, dict) or not feats.get("visual"):
         raise _fail(path, "features", "expected {visual: [...], audio: [...]}")
+    unknown = sorted(set(feats) - {"visual", "audio", "combinations"})
+    if unknown:
+        raise _fail(path, f"features.{unknown[0]}", "unknown key (visual, audio, combinations)")
     extractors = list_extractors()
     visual, audio = list(feats["visual"]), list(feats.get("audio") or [None])
+    extra = feats.get("combinations") or []
+    if not isinstance(extra, list) or not all(isinstance(c, list) and c for c in extra):
+        raise _fail(path, "features.combinations", "expected a list of extractor lists")
+    for i, combo in enumerate(extra):
+        for n in combo:
+            if n not in extractors:
+                raise _fail(path, f"features.combinations[{i}]", f"unknown extractor {n!r}")
+        if get_spec(combo[0]).modality != "visual":
+            raise _fail(path, f"features.combinations[{i}]", "the first feature must be visual")
     for group, names, modality in (("visual", visual, "visual"), ("audio", audio, "audio")):
         for n in names:
             if n is None and group == "audio":
@@ -205,8 +222,11 @@ def load_search_space(path: str | Path) -> SearchSpace:
                 raise _fail(path, f"features.{group}", f"unknown extractor {n!r}")
             if get_spec(n).modality != modality:
                 raise _fail(path, f"features.{group}", f"{n} is a {get_spec(n).modality} extractor")
+    hints = typing.get_type_hints(TrialConfig)
     known = {
-        f.name: (type(f.default) if f.default is not None else str)
+        f.name: next(
+            t for t in (*typing.get_args(hints[f.name]), hints[f.name]) if t is not type(None)
+        )
         for f in fields(TrialConfig)
         if f.name not in ("task", "features")
     }
@@ -216,12 +236,14 @@ def load_search_space(path: str | Path) -> SearchSpace:
     params: list[Parameter] = []
     for name, spec in params_raw.items():
         params.append(_parse_parameter(path, name, spec, known, [p.name for p in params]))
-    return SearchSpace(path, task, tuple(visual), tuple(audio), tuple(params))
+    return SearchSpace(
+        path, task, tuple(visual), tuple(audio), tuple(params), tuple(tuple(c) for c in extra)
+    )
 
 
 def sample_count_hint(space: SearchSpace) -> float:
     """Size of the discrete part of the space (for messages); inf with continuous ones."""
-    n = len(space.visual) * len(space.audio)
+    n = len(space.visual) * len(space.audio) + len(space.extra)
     for p in space.parameters:
         if p.kind == "choice":
             n *= len(p.args)

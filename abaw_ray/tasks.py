@@ -1,0 +1,18 @@
+"""The task vocabulary, on the ground floor: the two ABAW tasks, the expression classes and the
+score each task is selected on. Metrics, losses and models read it without the data layer."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Task = Literal["va", "expr"]
+TASKS: tuple[Task, ...] = ("va", "expr")
+
+VA_COLUMNS = ("valence", "arousal")
+EXPR_CLASSES = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Other")
+NUM_EXPR_CLASSES = len(EXPR_CLASSES)
+
+# The official score of each task (metrics.score_split's key) and the name a trial reports it
+# under for the validation videos it selects on.
+OFFICIAL_SCORE: dict[Task, str] = {"va": "ccc", "expr": "f1"}
+PRIMARY_METRIC: dict[Task, str] = {t: f"val_{s}" for t, s in OFFICIAL_SCORE.items()}
