@@ -3,6 +3,7 @@ trials, ends with a validated submission and MLflow runs; and it runs under ray 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -15,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from abaw_ray.data import load_corpus
+from abaw_ray.metrics import score_split
 from abaw_ray.submission import validate_submission
+from abaw_ray.train.loop import TRIAL_JSON, load_predictions
 from tests.raytools import kill_session
 
 pytestmark = pytest.mark.slow
@@ -104,17 +107,42 @@ def test_killed_search_resumes_without_rerunning_finished_trials(corpus_root, tm
     assert after[first] == before[first]  # the finished trial was not re-run
     assert (_search_dir(output) / "trainers" / first).stat().st_mtime_ns == mtime
 
-    submission = output / "submission" / "VA_submission.txt"
+    search = _search_dir(output)
+    submission = output / search.name / "VA_submission.txt"
     corpus = load_corpus(corpus_root)
     assert validate_submission(submission, corpus.templates["va"]) == len(corpus.templates["va"])
-    assert "ensemble of" in out and "split-half" in out
+    assert "held out" in out and "refit on all" in out
+
+    # Each trial's reported score is the official global CCC of its checkpointed predictions
+    # on the selection videos alone: the held-out videos took no part.
+    recipe = json.loads((output / search.name / "ensemble_recipe.json").read_text())
+    selection, held = recipe["selection_videos"], recipe["holdout_videos"]
+    val_videos = corpus.split_videos("va", "val")
+    assert len(held) == max(1, round(len(val_videos) / 3))  # the default: a third
+    assert not set(held) & set(selection)
+    assert set(selection) | set(held) == set(val_videos)
+    labels = {v: corpus.labels_on_timeline("va", v) for v in selection}
+    for name in after:
+        ckpts = sorted((search / "trainers" / name).glob("checkpoint_*"))
+        assert len(ckpts) == 1, name  # the best epoch's, kept alone
+        saved = json.loads((ckpts[0] / TRIAL_JSON).read_text())
+        preds = load_predictions(ckpts[0])
+        assert set(preds["holdout"]) == set(held)
+        by_hand = score_split(
+            "va",
+            preds["val"],
+            selection,
+            {v: lab.values for v, lab in labels.items()},
+            {v: lab.valid for v, lab in labels.items()},
+        )
+        assert saved["metrics"]["val_ccc"] == pytest.approx(by_hand["ccc"], abs=1e-6)
     with sqlite3.connect(output / "mlflow.db") as db:
         names = [r[0] for r in db.execute("select name from runs")]
         parent = db.execute("select run_uuid from runs where name like 'search_va-%'").fetchone()[0]
         children = db.execute(
             "select count(*) from tags where key='mlflow.parentRunId' and value=?", (parent,)
         ).fetchone()[0]
-    assert "ensemble" in names
+    assert names.count("ensemble") >= 1
     artifacts = output / "mlartifacts"  # beside the database, not in the job's directory
     assert list(artifacts.rglob("VA_submission.txt")) and list(artifacts.rglob("*.png"))
     assert children >= 5  # every trial and the ensemble hang under the search's parent run
@@ -201,7 +229,7 @@ def test_job_runs_under_ray_job_submit(corpus_root, tmp_path):
         ).stdout
         assert "SUCCEEDED" in status, logs[-3000:]
         corpus = load_corpus(corpus_root)
-        submission = output / "submission" / "VA_submission.txt"
+        (submission,) = output.glob("search_va-*/VA_submission.txt")
         assert validate_submission(submission, corpus.templates["va"]) > 0
     finally:
         kill_session(head.pid)  # only the head this test started
@@ -210,8 +238,7 @@ def test_job_runs_under_ray_job_submit(corpus_root, tmp_path):
             marker.unlink()
 
 
-def test_expression_search_ends_with_a_validated_submission(corpus_root, tmp_path):
-    output = tmp_path / "out"
+def _expr_search(corpus_root: Path, output: Path, name: str, samples: int) -> str:
     proc = subprocess.run(
         [
             sys.executable,
@@ -223,13 +250,13 @@ def test_expression_search_ends_with_a_validated_submission(corpus_root, tmp_pat
             "--space",
             str(REPO / "tests" / "data" / "small_expr.yaml"),
             "--num-samples",
-            "2",
+            str(samples),
             "--num-cpus",
             "2",
             "--scheduler",
             "none",
             "--name",
-            "search_expr",
+            name,
         ],
         cwd=REPO,
         env=_env(),
@@ -239,10 +266,23 @@ def test_expression_search_ends_with_a_validated_submission(corpus_root, tmp_pat
         start_new_session=True,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_expression_searches_end_with_their_own_validated_submissions(corpus_root, tmp_path):
+    output = tmp_path / "out"
+    out = _expr_search(corpus_root, output, "search_expr-first", 2)
     corpus = load_corpus(corpus_root)
     template = corpus.templates["expr"]
-    assert validate_submission(output / "submission" / "EXPR_submission.txt", template) == len(
-        template
-    )
-    assert "majority-class baseline" in proc.stdout and "per-class F1, ensemble" in proc.stdout
-    assert list((output / "search_expr").glob("confusion_*.png"))
+    first = output / "search_expr-first" / "EXPR_submission.txt"
+    assert validate_submission(first, template) == len(template)
+    assert "majority-class baseline" in out and "per-class F1, ensemble" in out
+    assert list((output / "search_expr-first").glob("confusion_*.png"))
+    assert oct(first.stat().st_mode & 0o777) == "0o644"
+    content = first.read_bytes()
+
+    # A second search into the same output writes its own file and leaves the first alone.
+    _expr_search(corpus_root, output, "search_expr-second", 1)
+    second = output / "search_expr-second" / "EXPR_submission.txt"
+    assert validate_submission(second, template) == len(template)
+    assert first.read_bytes() == content
