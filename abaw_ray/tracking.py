@@ -72,6 +72,18 @@ def trial_callback(uri: str, experiment: str, parent_id: str):
     )
 
 
+def child_run(
+    uri: str, experiment: str, parent_id: str, run_name: str, params: dict[str, Any]
+) -> str:
+    """A run under the search's parent run (the ensemble, a control); its id."""
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    run = client.create_run(exp.experiment_id, run_name=run_name, tags={PARENT_TAG: parent_id})
+    for k, v in params.items():
+        client.log_param(run.info.run_id, k, str(v)[:500])
+    return run.info.run_id
+
+
 def log_ensemble(
     uri: str,
     experiment: str,
@@ -80,12 +92,8 @@ def log_ensemble(
     params: dict[str, Any],
     artifacts: list[Path],
 ) -> str:
+    rid = child_run(uri, experiment, parent_id, "ensemble", params)
     client = _client(uri)
-    exp = client.get_experiment_by_name(experiment)
-    run = client.create_run(exp.experiment_id, run_name="ensemble", tags={PARENT_TAG: parent_id})
-    rid = run.info.run_id
-    for k, v in params.items():
-        client.log_param(rid, k, str(v)[:500])
     for k, v in metrics.items():
         client.log_metric(rid, k, float(v))
     for path in artifacts:

@@ -1,7 +1,9 @@
 """Forward + backward time per batch of every fusion model, and of MFN against its plain
 per-frame reference implementation (same weights), in one run.
 
-    python bench/models.py [--batch 32] [--frames 256] [--hidden 256] [--repeats 3]
+    python bench/models.py [--batch 32] [--frames 256] [--hidden 256] [--repeats 3] [--threads 2]
+
+Each time is the median of ``--repeats`` (at least 3) timed steps after one warm-up step.
 
 Inputs: three modalities of 768 / 1024 / 768 dims (CLIP-large, WavLM-large, a third).
 """
@@ -9,6 +11,7 @@ Inputs: three modalities of 768 / 1024 / 768 dims (CLIP-large, WavLM-large, a th
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -20,20 +23,19 @@ DIMS = [768, 1024, 768]
 
 
 def time_step(fn, params, repeats: int, device: torch.device) -> float:
-    def once() -> None:
+    """Median seconds of one forward + backward step over ``repeats`` timed steps."""
+
+    def once() -> float:
         for p in params:
             p.grad = None
+        start = time.perf_counter()
         fn().backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
 
-    once()  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        once()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeats
+    once()  # warm-up, excluded
+    return statistics.median(once() for _ in range(repeats))
 
 
 def main() -> None:
@@ -41,8 +43,12 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--frames", type=int, default=256)
     p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="timed steps (at least 3)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
     args = p.parse_args()
+    if args.repeats < 3:
+        p.error("--repeats must be at least 3 (the figure printed is a median)")
+    torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     xs = [torch.randn(args.batch, args.frames, d, device=device) for d in DIMS]
@@ -53,7 +59,7 @@ def main() -> None:
     )
     print(
         f"forward+backward per batch: B={args.batch}, T={args.frames}, hidden={args.hidden}, "
-        f"inputs {'/'.join(map(str, DIMS))}, {where}"
+        f"inputs {'/'.join(map(str, DIMS))}, {where}; median of {args.repeats} steps"
     )
     results = {}
     for gates in ("paper", "reference"):

@@ -1,15 +1,19 @@
 """Search efficiency: ASHA early stopping against none, at the same wall-clock budget.
 
 Both searches run on the embedded corpus with the same space, seed and resources, one after
-the other. Printed: trials finished per hour, the best val CCC, and the wall time until the
-best trial so far first reached the target.
+the other, once per seed (``--repeats`` seeds, at least 3). Printed per scheduler: the median
+over seeds, with [min, max], of trials finished per hour, the best val CCC, and the wall time
+until the best trial so far first reached the target (a seed that never reaches it counts as
+never).
 
-    python bench/search.py [--budget 180] [--target 0.6] [--space search_spaces/va.yaml]
+    python bench/search.py [--budget 180] [--target 0.6] [--repeats 3] [--space FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -24,15 +28,15 @@ from abaw_ray.tune.space import load_search_space
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(scheduler: str, args, prepared, space, storage: Path) -> dict:
+def run(scheduler: str, seed: int, args, prepared, space, storage: Path) -> dict:
     cfg = SearchConfig(
         space=space,
         storage_path=str(storage),
-        name=f"bench-{scheduler}",
+        name=f"bench-{scheduler}-{seed}",
         num_samples=1000,
         scheduler=scheduler,
         time_budget_s=args.budget,
-        seed=args.seed,
+        seed=seed,
     )
     start = time.time()
     results = build_tuner(cfg, prepared.bank_ref, space.combinations(prepared.keys)).fit()
@@ -49,8 +53,15 @@ def run(scheduler: str, args, prepared, space, storage: Path) -> dict:
         "wall": wall,
         "per_hour": len(results) / wall * 3600,
         "best": float(best_so_far[-1]) if len(best_so_far) else float("nan"),
-        "reach": reach,
+        "reach": reach if reach is not None else math.inf,
     }
+
+
+def spread(xs: list[float], fmt: str) -> str:
+    def one(x: float) -> str:
+        return "never" if math.isinf(x) else format(x, fmt)
+
+    return f"{one(statistics.median(xs))} [{one(min(xs))}, {one(max(xs))}]"
 
 
 def main() -> None:
@@ -58,33 +69,42 @@ def main() -> None:
     p.add_argument("--budget", type=float, default=180.0, help="seconds per search")
     p.add_argument("--target", type=float, default=0.6)
     p.add_argument("--space", type=Path, default=REPO / "search_spaces" / "va.yaml")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=3, help="seeds 0, 1, ... (at least 3)")
     p.add_argument("--num-cpus", type=int, default=2)
     args = p.parse_args()
+    if args.repeats < 3:
+        p.error("--repeats must be at least 3 (the figure printed is a median)")
     space = load_search_space(args.space)
     alignments = next((q.args for q in space.parameters if q.name == "alignment"), ("interp",))
-    rows = {}
+    rows: dict[str, list[dict]] = {"asha": [], "none": []}
     with tempfile.TemporaryDirectory() as tmp:
-        for scheduler in ("asha", "none"):
-            # A fresh Ray instance per search: nothing the first one left running (trials
-            # cut by the time budget) may hold resources the second one needs.
-            ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
-            prepared = prepare(
-                None, Path(tmp) / "features", space.extractors, space.task, alignments=alignments
-            )
-            rows[scheduler] = run(scheduler, args, prepared, space, Path(tmp) / "runs")
-            ray.shutdown()
+        for seed in range(args.repeats):
+            for scheduler in rows:
+                # A fresh Ray instance per search: nothing the previous one left running
+                # (trials cut by the time budget) may hold resources the next one needs.
+                ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+                prepared = prepare(
+                    None,
+                    Path(tmp) / "features",
+                    space.extractors,
+                    space.task,
+                    alignments=alignments,
+                )
+                rows[scheduler].append(
+                    run(scheduler, seed, args, prepared, space, Path(tmp) / "runs")
+                )
+                ray.shutdown()
     print(
         f"\nsearch efficiency on the embedded corpus, {args.num_cpus} CPUs, budget "
-        f"{args.budget:.0f} s each, target val CCC {args.target}"
+        f"{args.budget:.0f} s each, target val CCC {args.target}; median [min, max] over "
+        f"{args.repeats} seeds"
     )
-    print(
-        f"  {'scheduler':<10}{'trials':>7}{'trials/hour':>13}{'best val CCC':>14}"
-        f"{'time to target':>16}"
-    )
-    for name, r in rows.items():
-        reach = f"{r['reach']:.0f} s" if r["reach"] is not None else "not reached"
-        print(f"  {name:<10}{r['trials']:>7}{r['per_hour']:>13.0f}{r['best']:>14.4f}{reach:>16}")
+    print(f"  {'scheduler':<10}{'trials/hour':>22}{'best val CCC':>28}{'time to target (s)':>24}")
+    for name, runs in rows.items():
+        per_hour = spread([r["per_hour"] for r in runs], ".0f")
+        best = spread([r["best"] for r in runs], ".4f")
+        reach = spread([r["reach"] for r in runs], ".0f")
+        print(f"  {name:<10}{per_hour:>22}{best:>28}{reach:>24}")
 
 
 if __name__ == "__main__":

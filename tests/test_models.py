@@ -7,7 +7,7 @@ import torch
 
 from abaw_ray.models import create_model, list_models
 from abaw_ray.models.layers import ConvAlign, linear_scan
-from abaw_ray.models.mfn import mfn_reference_forward
+from abaw_ray.models.mfn import _LSTMSystem, _ReferenceGatedMemory, mfn_reference_forward
 
 DIMS = [12, 7, 5]
 
@@ -96,9 +96,10 @@ def test_mfn_equals_its_per_frame_oracle(gates):
     assert (fast - oracle).abs().max() < 1e-5
 
 
-def test_mfn_gradients_match_the_oracle():
+@pytest.mark.parametrize("gates", ["paper", "reference"])
+def test_mfn_gradients_match_the_oracle(gates):
     torch.manual_seed(1)
-    model = create_model("mfn", DIMS[:2], "va", hidden=8, dropout=0.0).eval()
+    model = create_model("mfn", DIMS[:2], "va", hidden=8, dropout=0.0, gates=gates).eval()
     xs = _inputs(b=2, t=20, dims=DIMS[:2])
     model.core(xs)["pred"].sum().backward()
     fast = {n: p.grad.clone() for n, p in model.named_parameters()}
@@ -106,6 +107,27 @@ def test_mfn_gradients_match_the_oracle():
     mfn_reference_forward(model.core, xs).sum().backward()
     for n, p in model.named_parameters():
         torch.testing.assert_close(fast[n], p.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_mfn_hand_written_backwards_pass_gradcheck():
+    # Double precision, finite differences against the hand-written backward passes: the LSTM
+    # system, and the reference-gated memory with a dropout mask (which the oracle test, in
+    # eval mode, does not reach).
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+
+    m, steps, bsz, hid = 2, 5, 3, 4
+    assert torch.autograd.gradcheck(
+        lambda x, w: _LSTMSystem.apply(x, w), (rand(m, steps, bsz, 4 * hid), rand(m, 4 * hid, hid))
+    )
+    k, n = 3, 4
+    mask = (torch.rand(steps, bsz, 2 * k, generator=g) > 0.3).double() / 0.7
+    assert torch.autograd.gradcheck(
+        lambda pre, p, wm, w2, b2: _ReferenceGatedMemory.apply(pre, p, wm, w2, b2, mask),
+        (rand(steps, bsz, 2 * k), rand(steps, bsz, n), rand(2 * k, n), rand(2, n, k), rand(2, n)),
+    )
 
 
 def test_conv_alignment_interpolates_the_strided_conv_output():

@@ -52,7 +52,12 @@ def _trainers(output: Path) -> dict[str, list[str]]:
     root = search / "trainers" if search else None
     if root is None or not root.is_dir():
         return {}
-    return {d.name: sorted(c.name for c in d.glob("checkpoint_*")) for d in root.iterdir()}
+    return {d.name: [c.name for c in _checkpoints(d)] for d in root.iterdir()}
+
+
+def _checkpoints(trainer: Path) -> list[Path]:
+    """A Train run's checkpoint folders (not its checkpoint_manager_snapshot.json)."""
+    return sorted(c for c in trainer.glob("checkpoint_*") if c.is_dir())
 
 
 def test_killed_search_resumes_without_rerunning_finished_trials(corpus_root, tmp_path):
@@ -123,7 +128,7 @@ def test_killed_search_resumes_without_rerunning_finished_trials(corpus_root, tm
     assert set(selection) | set(held) == set(val_videos)
     labels = {v: corpus.labels_on_timeline("va", v) for v in selection}
     for name in after:
-        ckpts = sorted((search / "trainers" / name).glob("checkpoint_*"))
+        ckpts = _checkpoints(search / "trainers" / name)
         assert len(ckpts) == 1, name  # the best epoch's, kept alone
         saved = json.loads((ckpts[0] / TRIAL_JSON).read_text())
         preds = load_predictions(ckpts[0])

@@ -177,4 +177,3 @@ def locate_weights(name: str, tiny: bool = False, weights_dir: str | Path | None
     if spec.family in _LOCATORS:
         return _LOCATORS[spec.family](spec, wd)
     return locate_transformers(spec.name, spec.source, wd)
-

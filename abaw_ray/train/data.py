@@ -308,7 +308,8 @@ def shifted_labels(
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The control's training targets: the training videos' labels and masks shifted together
     (``shift_within_videos``); validation labels are untouched, so the control is scored
-    honestly."""
+    honestly. ``bank``: a ``FeatureBank`` or anything with its ``labels``, ``valid`` and
+    ``splits`` (fine-tune mode's ``FrameIndex``)."""
     return shift_within_videos(bank.labels, bank.valid, bank.splits["train"], seed)
 
 

@@ -1,17 +1,21 @@
 """``finetune`` mode: the image backbone trained end to end with the sequence head.
 
-Ray Data reads and augments the face images of every training window (random flip, brightness
-and contrast jitter, a random crop resized back) and streams them to the Ray Train workers'
-dataset shards; each epoch re-runs the pipeline, so augmentations differ per epoch. Frames
-without a face take the nearest face. Validation and test predict whole videos from their
-images, exactly as ``frozen`` mode does from stored features, so checkpoints, ensembles and
-submissions are the same for both modes.
+Every epoch the training windows are put in one global order drawn from (trial seed, epoch),
+across videos, and each Ray Train worker takes its equal slice of it, as ``frozen`` mode does.
+A Ray Data pipeline over the worker's rows reads and augments each window's face images
+(random flip, brightness and contrast jitter, a random crop resized back) with a generator
+seeded by (trial seed, epoch, window): augmentations differ between epochs and a rerun or a
+restored trial sees the same ones. Frames without a face take the nearest face. Validation,
+held-out and test videos are predicted whole from their images, exactly as ``frozen`` mode does
+from stored features, so checkpoints, ensembles and submissions are the same for both modes.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,23 +24,25 @@ import ray
 import torch
 from torch import nn
 
+from abaw_ray import tracking
 from abaw_ray.data.corpus import Corpus
-from abaw_ray.data.labels import Task
 from abaw_ray.data.timeline import nearest_available
 from abaw_ray.features.pipeline import decode_faces
 from abaw_ray.features.registry import create_extractor
 from abaw_ray.models import create_model
-from abaw_ray.train.data import inference_chunks
+from abaw_ray.tasks import PRIMARY_METRIC, Task
+from abaw_ray.train.data import SPLITS, inference_chunks, shifted_labels, split_holdout
 from abaw_ray.train.loop import (
-    PRIMARY_METRIC,
     TrialConfig,
-    report_epoch,
-    restore_checkpoint,
+    load_trial_state,
     save_trial_checkpoint,
-    score,
     seed_everything,
     task_loss,
+    trial_class_weights,
+    validation_metrics,
 )
+
+DECODE_BATCH = 4  # windows per Ray Data decode call
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,7 +51,7 @@ class FrameIndex:
     labels and splits: everything a fine-tuning worker needs, small enough to ship once."""
 
     task: Task
-    splits: dict[str, tuple[str, ...]]
+    splits: dict[str, tuple[str, ...]]  # train, val (selection), holdout, test
     num_frames: dict[str, int]
     face_dir: dict[str, str]
     source_frame: dict[str, np.ndarray]  # 1-based face image shown for each timeline frame
@@ -62,11 +68,19 @@ class FrameIndex:
         return [f"{self.face_dir[video]}/{int(k):0{w}d}.jpg" for k in frames]
 
 
-def build_frame_index(corpus: Corpus, task: Task) -> FrameIndex:
+def build_frame_index(
+    corpus: Corpus, task: Task, holdout: float = 0.0, seed: int = 0
+) -> FrameIndex:
+    """The videos with face images of the task's splits; ``holdout`` and ``seed`` split the
+    validation videos into selection (``val``) and ``holdout`` videos (``split_holdout``)."""
     splits = {
         s: tuple(v for v in corpus.split_videos(task, s) if corpus.videos[v].face_dir is not None)
         for s in ("train", "val", "test")
     }
+    if not splits["train"] or not splits["val"]:
+        raise ValueError(f"the corpus has no {task.upper()} training or validation face videos")
+    splits["val"], splits["holdout"] = split_holdout(splits["val"], holdout, seed)
+    splits = {s: splits[s] for s in SPLITS}
     out: dict[str, dict[str, Any]] = {k: {} for k in ("n", "dir", "src", "w", "lab", "val", "mask")}
     for v in (v for s in splits.values() for v in s):
         video = corpus.videos[v]
@@ -93,9 +107,62 @@ def build_frame_index(corpus: Corpus, task: Task) -> FrameIndex:
     )
 
 
+def training_windows(index: FrameIndex, length: int, stride: int) -> np.ndarray:
+    """int64 [W, 2] rows of (index into the train videos, start frame) of the windows with a
+    valid frame, video by video; row ``w`` is window ``w`` in every epoch. A video shorter than
+    ``length`` gives one (padded) window; the last window of a video ends at its last frame."""
+    rows = []
+    for i, v in enumerate(index.splits["train"]):
+        n = index.num_frames[v]
+        starts = list(range(0, max(n - length, 0) + 1, stride))
+        if n > length and starts[-1] != n - length:
+            starts.append(n - length)
+        rows += [(i, s) for s in starts if index.valid[v][s : s + length].any()]
+    return np.array(rows, dtype=np.int64).reshape(-1, 2)
+
+
+def epoch_windows(
+    index: FrameIndex, windows: np.ndarray, seed: int, epoch: int
+) -> list[dict[str, Any]]:
+    """The epoch's training rows (``window``, ``video``, ``start``, ``epoch``) in one global
+    order across videos, drawn from (seed, epoch)."""
+    order = np.random.default_rng([seed, epoch]).permutation(len(windows))
+    videos = index.splits["train"]
+    return [
+        {
+            "window": int(w),
+            "video": videos[windows[w, 0]],
+            "start": int(windows[w, 1]),
+            "epoch": epoch,
+        }
+        for w in order
+    ]
+
+
+def window_rng(seed: int, epoch: int, window: int) -> np.random.Generator:
+    """The augmentation generator of one training window in one epoch."""
+    return np.random.default_rng([seed, epoch, window])
+
+
+def resize_square(images: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize of uint8 [T, S, S, C] images to [T, size, size, C] (half-pixel centres,
+    as ``interpolate(..., align_corners=False)``), in plain numpy: the same pixels whatever
+    process or thread count computes them (torch's kernels differ by a level across threads)."""
+    scale = images.shape[1] / size
+    src = np.maximum((np.arange(size) + 0.5) * scale - 0.5, 0.0)
+    i0 = np.floor(src).astype(np.int64)
+    i1 = np.minimum(i0 + 1, images.shape[1] - 1)
+    w = (src - i0).astype(np.float32)
+    x = images.astype(np.float32)
+    x = x[:, i0] * (1 - w)[:, None, None] + x[:, i1] * w[:, None, None]
+    x = x[:, :, i0] * (1 - w)[:, None] + x[:, :, i1] * w[:, None]
+    return np.clip(np.round(x), 0, 255).astype(np.uint8)
+
+
 def augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One random flip / photometric jitter / crop per window, the same for all its frames
-    (a face should not flicker between augmentations inside a sequence)."""
+    (a face should not flicker between augmentations inside a sequence). Deterministic given
+    the generator's state."""
     x = images.astype(np.float32)
     if rng.random() < 0.5:
         x = x[:, :, ::-1]
@@ -104,30 +171,27 @@ def augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     crop = int(size * rng.uniform(0.85, 1.0))
     y0, x0 = rng.integers(0, size - crop + 1, 2)
     x = np.clip(x, 0, 255).astype(np.uint8)[:, y0 : y0 + crop, x0 : x0 + crop]
-    if crop != size:
-        t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float()
-        t = torch.nn.functional.interpolate(
-            t, size=(size, size), mode="bilinear", align_corners=False
-        )
-        x = t.permute(0, 2, 3, 1).round().clamp(0, 255).byte().numpy()
-    return x
+    return resize_square(x, size) if crop != size else np.ascontiguousarray(x)
 
 
 class DecodeWindows:
-    """Ray Data callable: window rows -> augmented face images and labels."""
+    """Ray Data callable: rows of ``epoch_windows`` -> augmented face images and labels. Each
+    window is augmented by ``window_rng(seed, epoch, window)``, whatever batch or actor it
+    lands in. ``index`` is the FrameIndex, or a list holding its object reference."""
 
-    def __init__(self, index_ref: list[ray.ObjectRef], length: int, seed: int) -> None:
-        self.index: FrameIndex = ray.get(index_ref[0])
+    def __init__(self, index: FrameIndex | list[ray.ObjectRef], length: int, seed: int) -> None:
+        self.index: FrameIndex = index if isinstance(index, FrameIndex) else ray.get(index[0])
         self.length = length
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         frames, targets, valid = [], [], []
-        for video, start in zip(batch["video"], batch["start"]):
+        rows = zip(batch["video"], batch["start"], batch["window"], batch["epoch"])
+        for video, start, window, epoch in rows:
             s = int(start)
             paths = self.index.paths(video, s, self.length)
             images = decode_faces({"path": np.array(paths)})["image"]
-            frames.append(augment(images, self.rng))
+            frames.append(augment(images, window_rng(self.seed, int(epoch), int(window))))
             lab = self.index.labels[video][s : s + self.length]
             val = self.index.valid[video][s : s + self.length]
             pad = self.length - len(lab)
@@ -139,22 +203,30 @@ class DecodeWindows:
         return {"frames": np.stack(frames), "target": target, "valid": np.stack(valid)}
 
 
-def window_dataset(
-    index: FrameIndex, index_ref: ray.ObjectRef, length: int, stride: int, seed: int
+def epoch_dataset(
+    rows: Sequence[dict[str, Any]], index_ref: ray.ObjectRef, length: int, seed: int
 ) -> ray.data.Dataset:
-    rows = []
-    for v in index.splits["train"]:
-        n = index.num_frames[v]
-        starts = list(range(0, max(n - length, 0) + 1, stride))
-        rows += [{"video": v, "start": s} for s in starts if index.valid[v][s : s + length].any()]
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // 8))
+    """Ray Data reads and augments the windows of ``rows``, keeping their order."""
+    ds = ray.data.from_items(list(rows), override_num_blocks=max(1, len(rows) // 8))
+    ds.context.execution_options.preserve_order = True
     return ds.map_batches(
         DecodeWindows,
-        fn_constructor_kwargs=dict(index_ref=[index_ref], length=length, seed=seed),
-        batch_size=4,
+        fn_constructor_kwargs=dict(index=[index_ref], length=length, seed=seed),
+        batch_size=DECODE_BATCH,
         compute=ray.data.ActorPoolStrategy(size=1),
         num_cpus=0.5,
     )
+
+
+def make_loss(
+    trial: TrialConfig, index: FrameIndex, device: torch.device
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The trial's loss of (pred, target, valid), with the class weights of the training
+    frames when ``trial.class_weights`` asks for them (EXPR)."""
+    weights = trial_class_weights(trial, index.labels, index.valid, index.splits["train"])
+    if weights is not None:
+        weights = weights.to(device)
+    return lambda pred, target, valid: task_loss(trial, pred, target, valid, weights)
 
 
 class BackboneSequenceModel(nn.Module):
@@ -219,98 +291,88 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     trial = TrialConfig.from_dict(config)
-    index: FrameIndex = ray.get(config["bank"][0])
+    index_ref = config["bank"][0]
+    index: FrameIndex = ray.get(index_ref)
+    if trial.shuffle_labels:  # the control: training labels and masks shifted together
+        labels, valid = shifted_labels(index, trial.seed)
+        index = replace(index, labels=labels, valid=valid)
+        index_ref = ray.put(index)  # what the decode actors read
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     seed_everything(trial.seed)
     device = ray.train.torch.get_device()
-    backbone = trial.feature_keys[0]
-    name, _, suffix = backbone.partition(".")
+    name, _, suffix = trial.feature_keys[0].partition(".")
     model = BackboneSequenceModel(
         name, suffix == "tiny", trial.model, trial.task, trial.model_hparams()
     )
     plain = model
     model = ray.train.torch.prepare_model(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=trial.lr, weight_decay=trial.weight_decay)
+    loss_fn = make_loss(trial, index, device)
     metric = PRIMARY_METRIC[trial.task]
-    start_epoch, best, best_epoch = restore_checkpoint(plain, optimizer, device, metric)
-    shard = ray.train.get_dataset_shard("train")
+
+    # Ray Train hands back the kept (best) checkpoint when it retries a failed worker group or
+    # resumes a run: continue after that epoch.
+    start_epoch, best, best_epoch = 0, -math.inf, -1
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state, saved = load_trial_state(Path(d), device)
+        plain.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, best, best_epoch = state["epoch"] + 1, saved["metrics"][metric], state["epoch"]
+
+    windows = training_windows(index, trial.window, trial.stride)
+    val_videos = list(index.splits["val"])
     for epoch in range(start_epoch, trial.epochs):
+        rows = epoch_windows(index, windows, trial.seed, epoch)
+        # Every worker takes the same number of steps (DDP all-reduces each one).
+        per_worker = len(rows) // world
+        mine = rows[rank * per_worker : (rank + 1) * per_worker]
         model.train()
-        losses = []
-        for batch in shard.iter_torch_batches(
-            batch_size=trial.batch_size,
-            device=device,
-            local_shuffle_buffer_size=4 * trial.batch_size,
+        losses, aux_losses = [], []
+        for batch in epoch_dataset(mine, index_ref, trial.window, trial.seed).iter_torch_batches(
+            batch_size=trial.batch_size, device=device
         ):
             out = model(batch["frames"])
-            loss = task_loss(trial, out["pred"], batch["target"], batch["valid"], None)
+            loss = loss_fn(out["pred"], batch["target"], batch["valid"])
             optimizer.zero_grad(set_to_none=True)
             (loss + out["aux_loss"]).backward()
             if trial.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), trial.grad_clip)
             optimizer.step()
             losses.append(float(loss.detach()))
-        val_videos = list(index.splits["val"])
+            aux_losses.append(float(out["aux_loss"].detach()))
+
         val_preds = predict_from_images(plain, index, val_videos, trial.window, device)
         metrics = {
-            "epoch": epoch + 1,
+            "epoch": epoch + 1,  # 1-based: what ASHA counts
             "train_loss": float(np.mean(losses)) if losses else math.nan,
-            **score(index, val_preds, val_videos),
+            "aux_loss": float(np.mean(aux_losses)) if aux_losses else 0.0,
+            **validation_metrics(trial.task, val_preds, val_videos, index.labels, index.valid),
         }
         improved = metrics[metric] > best
         if improved:
             best, best_epoch = metrics[metric], epoch
         metrics[f"best_{metric}"] = best
-        rank0 = ray.train.get_context().get_world_rank() == 0
-        report_epoch(
-            metrics,
-            improved and rank0,
-            lambda folder, epoch=epoch, metrics=metrics, val_preds=val_preds: save_trial_checkpoint(
-                folder,
-                trial,
-                plain,
-                optimizer,
-                epoch,
-                metrics,
-                val_preds,
-                predict_from_images(plain, index, list(index.splits["test"]), trial.window, device),
-                [],
-            ),
-        )
+        if improved and rank == 0:
+            predictions = {
+                "val": val_preds,
+                **{
+                    split: predict_from_images(
+                        plain, index, list(index.splits[split]), trial.window, device
+                    )
+                    for split in ("holdout", "test")
+                },
+            }
+            with tempfile.TemporaryDirectory() as tmp:
+                save_trial_checkpoint(
+                    Path(tmp), trial, plain, optimizer, epoch, metrics, predictions, []
+                )
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
+        if config.get("tracking") and rank == 0:  # a single trial's own MLflow run
+            tracking.log_epoch(config["tracking"], metrics, epoch + 1)
         if epoch - best_epoch >= trial.patience:
             break
-
-
-def build_finetune_trainer(
-    trial: TrialConfig,
-    index: FrameIndex,
-    storage_path: str | Path,
-    name: str,
-    workers: int = 1,
-    gpus_per_worker: float = 0.0,
-    cpus_per_worker: float = 1.0,
-):
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    index_ref = ray.put(index)
-    resources = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
-    return TorchTrainer(
-        finetune_loop_per_worker,
-        train_loop_config={**asdict(trial), "bank": [index_ref]},
-        datasets={
-            "train": window_dataset(index, index_ref, trial.window, trial.stride, trial.seed)
-        },
-        scaling_config=ScalingConfig(
-            num_workers=workers, use_gpu=gpus_per_worker > 0, resources_per_worker=resources
-        ),
-        run_config=RunConfig(
-            name=name,
-            storage_path=str(storage_path),
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=1,
-                checkpoint_score_attribute=PRIMARY_METRIC[trial.task],
-                checkpoint_score_order="max",
-            ),
-            failure_config=FailureConfig(max_failures=2),
-        ),
-    )

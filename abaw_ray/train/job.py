@@ -4,6 +4,7 @@ Train ``TorchTrainer``, its scores printed, every epoch in MLflow."""
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import asdict, fields, replace
 from pathlib import Path
@@ -13,7 +14,8 @@ import yaml
 
 from abaw_ray import tracking
 from abaw_ray.cluster import init_ray
-from abaw_ray.data.corpus import load_corpus
+from abaw_ray.data.corpus import load_corpus, preflight
+from abaw_ray.errors import CorpusNotFoundError
 from abaw_ray.features.store import store_key
 from abaw_ray.metrics import score_split
 from abaw_ray.models import list_models
@@ -103,6 +105,12 @@ def train_parser(task: Task, doc: str | None, default_model: str) -> argparse.Ar
 def run_train_job(args: argparse.Namespace, task: Task) -> int:
     if args.data is not None and not args.features:
         raise SystemExit("--features is required with --data")
+    if args.data is not None:
+        try:
+            preflight(args.data, task)
+        except CorpusNotFoundError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     flags = {name: getattr(args, flag[2:]) for flag, (name, *_) in TRIAL_FLAGS.items()}
     overrides = {
         "task": task,

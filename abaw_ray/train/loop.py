@@ -271,7 +271,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             }
             with tempfile.TemporaryDirectory() as tmp:
                 save_trial_checkpoint(
-                    Path(tmp), trial, plain, optimizer, epoch, metrics, predictions,
+                    Path(tmp),
+                    trial,
+                    plain,
+                    optimizer,
+                    epoch,
+                    metrics,
+                    predictions,
                     sampler.input_dims,
                 )
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))

@@ -1,4 +1,4 @@
-"""The Ray Train side of a trial: a ``TorchTrainer`` around ``train_loop_per_worker``."""
+"""The Ray Train side of a trial: a ``TorchTrainer`` around the worker loop of its mode."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from abaw_ray.train.loop import PRIMARY_METRIC, TrialConfig, train_loop_per_work
 
 def build_trainer(
     trial: TrialConfig,
-    bank_ref: ray.ObjectRef,
+    data_ref: ray.ObjectRef,
     storage_path: str | Path,
     name: str,
     workers: int = 1,
@@ -23,16 +23,30 @@ def build_trainer(
     cpus_per_worker: float = 1.0,
     callbacks: list[Any] | None = None,
     max_failures: int = 2,
+    tracking: dict[str, str] | None = None,
 ) -> TorchTrainer:
-    """``bank_ref`` travels inside a list so Ray hands the workers the reference, and each
-    node fetches the bank from the object store once."""
+    """``data_ref``: the object reference of the trial's data, a ``FeatureBank`` when
+    ``trial.mode`` is ``frozen`` (``train_loop_per_worker``), a ``FrameIndex`` when it is
+    ``finetune`` (``finetune_loop_per_worker``, whose workers read and augment each epoch's
+    windows with Ray Data). It travels inside a list so Ray hands the workers the reference,
+    and each node fetches the data from the object store once. ``tracking`` (``uri``,
+    ``run_id``): an MLflow run the workers log each epoch's metrics to (a single trial's run;
+    a search's trials are logged by its Tune callback instead)."""
+    if trial.mode == "frozen":
+        loop = train_loop_per_worker
+    elif trial.mode == "finetune":
+        from abaw_ray.train.finetune import finetune_loop_per_worker
+
+        loop = finetune_loop_per_worker
+    else:
+        raise ValueError(f"unknown trial mode {trial.mode!r}: expected 'frozen' or 'finetune'")
     resources = {"CPU": cpus_per_worker}
     if gpus_per_worker:
         resources["GPU"] = gpus_per_worker
     metric = PRIMARY_METRIC[trial.task]
     return TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={**asdict(trial), "bank": [bank_ref]},
+        loop,
+        train_loop_config={**asdict(trial), "bank": [data_ref], "tracking": tracking},
         scaling_config=ScalingConfig(
             num_workers=workers, use_gpu=gpus_per_worker > 0, resources_per_worker=resources
         ),

@@ -20,7 +20,9 @@ import ray
 
 from abaw_ray import report, tracking
 from abaw_ray.cluster import init_ray
+from abaw_ray.data.corpus import preflight
 from abaw_ray.ensemble import EnsembleResult, Member, build_ensemble
+from abaw_ray.errors import CorpusNotFoundError
 from abaw_ray.fsutil import atomic_write_text
 from abaw_ray.metrics import score_split
 from abaw_ray.submission import write_submission
@@ -142,9 +144,12 @@ def majority_baseline(bank: FeatureBank) -> float:
     return score_split("expr", preds, videos, bank.labels, bank.valid)["f1"]
 
 
-def train_control(best: TrialOutcome, prepared: Prepared, cfg: SearchConfig) -> float:
+def train_control(
+    best: TrialOutcome, prepared: Prepared, cfg: SearchConfig, run: dict[str, str]
+) -> float:
     """The best trial's settings trained on shifted labels (and masks); its selection score.
-    Stored under the search's own folder, so it can never be taken for a search."""
+    Stored under the search's own folder, so it can never be taken for a search; every epoch
+    is logged to the MLflow run ``run`` (``uri``, ``run_id``)."""
     trial = replace(TrialConfig.from_dict(best.config), shuffle_labels=True)
     trainer = build_trainer(
         trial,
@@ -153,10 +158,14 @@ def train_control(best: TrialOutcome, prepared: Prepared, cfg: SearchConfig) -> 
         f"control-{best.trial_id}-{time.strftime('%Y%m%d-%H%M%S')}",
         gpus_per_worker=cfg.gpus_per_trial,
         cpus_per_worker=cfg.cpus_per_worker,
+        tracking=run,
     )
     result = trainer.fit()
     metric = PRIMARY_METRIC[trial.task]
-    return float(result.best_checkpoints[0][1][metric]) if result.best_checkpoints else np.nan
+    score = float(result.best_checkpoints[0][1][metric]) if result.best_checkpoints else np.nan
+    status = "FAILED" if np.isnan(score) else "FINISHED"
+    tracking.finish_run(run["uri"], run["run_id"], {f"best_{metric}": score}, status)
+    return score
 
 
 def ensemble_summary(task: Task, ens: EnsembleResult) -> dict[str, float]:
@@ -220,6 +229,12 @@ def run_search_job(args: argparse.Namespace) -> int:
     started = time.time()
     space = load_search_space(args.space)
     task = space.task
+    if args.data is not None:
+        try:
+            preflight(args.data, task)
+        except CorpusNotFoundError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     output = args.output.resolve()
     storage = args.storage or str(output / "ray_results")
     if args.name is None:
@@ -298,7 +313,15 @@ def run_search_job(args: argparse.Namespace) -> int:
     if task == "expr":
         summary["majority_baseline_val_f1"] = majority_baseline(bank)
     if args.control:
-        summary[f"control_{PRIMARY_METRIC[task]}"] = train_control(outcomes[0], prepared, cfg)
+        best = outcomes[0]
+        control_params = {**best.config, "shuffle_labels": True, "controls": best.trial_id}
+        run = {
+            "uri": uri,
+            "run_id": tracking.child_run(
+                uri, experiment, parent, f"control-{best.trial_id}", control_params
+            ),
+        }
+        summary[f"control_{PRIMARY_METRIC[task]}"] = train_control(best, prepared, cfg, run)
     tracking.log_ensemble(
         uri,
         experiment,

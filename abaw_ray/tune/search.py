@@ -10,6 +10,7 @@ ones continue from their last checkpoint (same storage path and trainer names).
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -143,6 +144,10 @@ def build_tuner(
     trainable = tune.with_resources(
         trainable, tune.PlacementGroupFactory([{"CPU": 0, "memory": 1e6}])
     )
+    # Tune saves its experiment state (trials, searcher) at most every 10 s by default: a
+    # trial started since the last save is unknown to a resumed search, which would replace it
+    # by a new one. Saving at every controller step keeps resume exact; the state is small.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     if resume:
         return tune.Tuner.restore(
             cfg.experiment_uri(), trainable=trainable, resume_unfinished=True, resume_errored=True
