@@ -14,3 +14,8 @@ class InputFormatError(ValueError):
         self.message = message
         where = f"{self.path}:{line}" if line is not None else f"{self.path}"
         super().__init__(f"{where}: {message}")
+
+
+class CorpusNotFoundError(ValueError):
+    """A ``--data`` root that is missing, empty or not laid out as Aff-Wild2: one line naming
+    what is missing, raised before a job starts anything."""

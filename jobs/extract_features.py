@@ -16,7 +16,9 @@ from pathlib import Path
 
 from abaw_ray.cluster import init_ray
 from abaw_ray.data import load_corpus
+from abaw_ray.data.corpus import preflight
 from abaw_ray.data.synthetic import ensure_default_corpus
+from abaw_ray.errors import CorpusNotFoundError, InputFormatError
 from abaw_ray.features.pipeline import ExtractionConfig, extract_features
 from abaw_ray.features.registry import list_extractors
 from abaw_ray.features.store import FeatureStore
@@ -73,7 +75,12 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         num_actors=args.actors,
     )
-    corpus = load_corpus(root)
+    try:
+        preflight(root, None)
+        corpus = load_corpus(root)
+    except (CorpusNotFoundError, InputFormatError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     init_ray(args.num_cpus)
     try:
         report = extract_features(corpus, FeatureStore(args.store), config)

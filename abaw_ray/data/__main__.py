@@ -38,6 +38,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    labelled = [
+        task
+        for task, splits in summary["splits"].items()
+        if splits.get("train", {}).get("valid_frames") and splits.get("val", {}).get("valid_frames")
+    ]
+    if not labelled:
+        print(
+            f"error: {root}: no task has labelled training and validation videos "
+            "(VA_Estimation_Challenge or EXPR_Recognition_Challenge, Train_Set and Validation_Set)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

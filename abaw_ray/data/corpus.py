@@ -21,7 +21,7 @@ import numpy as np
 
 from abaw_ray.data.labels import FrameLabels, read_labels
 from abaw_ray.data.media import VIDEO_SUFFIXES, MediaInfo, probe_media
-from abaw_ray.errors import InputFormatError
+from abaw_ray.errors import CorpusNotFoundError, InputFormatError
 from abaw_ray.tasks import TASKS, Task
 
 Split = Literal["train", "val", "test"]
@@ -408,6 +408,41 @@ def read_test_list(path: str | Path, known_videos: Mapping[str, object]) -> tupl
         seen[name] = i
         names.append(name)
     return tuple(names)
+
+
+def preflight(root: str | Path, task: Task | None) -> None:
+    """What a job needs of ``root`` before it starts Ray or writes anything, checked cheaply
+    (no label file is read): the root, the task's annotation folder with training and
+    validation label files (``task`` None: no annotations needed, as for extraction), and face
+    folders or raw videos. Raises CorpusNotFoundError naming the first thing missing."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise CorpusNotFoundError(f"{root}: no such directory (--data is the Aff-Wild2 root)")
+    if not root.is_dir():
+        raise CorpusNotFoundError(f"{root}: not a directory (--data is the Aff-Wild2 root)")
+    if not find_face_dirs(root) and not find_raw_videos(root):
+        raise CorpusNotFoundError(
+            f"{root}: no cropped_aligned*/<video>/ face folders and no raw videos below it"
+        )
+    if task is None:
+        return
+    challenge = _choose_challenge_dir(task, find_annotation_dirs(root)[task])
+    if challenge is None:
+        raise CorpusNotFoundError(
+            f"{root}: no {CHALLENGE_DIRS[task][0]} folder (expected "
+            f"'<N>th ABAW Annotations/{CHALLENGE_DIRS[task][0]}/Train_Set/<video>.txt' "
+            f"within 4 levels)"
+        )
+    found = {
+        SPLIT_DIRS[d.name.lower()]: d
+        for d in challenge.iterdir()
+        if d.is_dir() and d.name.lower() in SPLIT_DIRS
+    }
+    for split, folder in (("train", "Train_Set"), ("val", "Validation_Set")):
+        if split not in found:
+            raise CorpusNotFoundError(f"{challenge}: no {folder} folder")
+        if next(found[split].glob("*.txt"), None) is None:
+            raise CorpusNotFoundError(f"{found[split]}: no label files (<video>.txt)")
 
 
 def load_corpus(
