@@ -1,16 +1,150 @@
-"""Connecting a job to Ray: the cluster it was submitted to, or a local instance."""
+"""Connecting a job to Ray and keeping Ray's own output out of the user's way.
+
+A job joins the cluster it was submitted to (``ray job submit`` sets RAY_ADDRESS for it), the
+one ``--address`` or an exported RAY_ADDRESS names, and otherwise starts a fresh local
+instance: never whatever cluster ``/tmp/ray/ray_current_cluster`` happens to point at, which
+may be stale or somebody else's.
+"""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
 import ray
+import ray.data
+
+# Set by Ray's job supervisor in the environment of a submitted job's entrypoint.
+JOB_SUBMIT_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+RAY_LOGGERS = ("ray", "py.warnings")  # ray.tune, ray.train, ray.data ... propagate to "ray"
 
 
-def init_ray(num_cpus: int | None = None) -> None:
-    """Under ``ray job submit`` (or with RAY_ADDRESS) this joins that cluster. ``num_cpus``
-    asks for a fresh local instance of that size instead, even if another runs on the host."""
+def add_ray_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of every job that say which Ray to use and what of Ray's output to show."""
+    parser.add_argument(
+        "--address",
+        help="Ray cluster to join, e.g. ray://head:10001 or auto (default: RAY_ADDRESS, which "
+        "ray job submit sets; else a new local instance, never a stale one)",
+    )
+    parser.add_argument(
+        "--num-cpus", type=int, help="CPUs of a new local Ray instance (default: all)"
+    )
+    parser.add_argument(
+        "--ray-logs",
+        action="store_true",
+        help="show Ray's logs, progress tables and workers' output here (default: off, they "
+        "go to OUTPUT/logs/<name>.log)",
+    )
+
+
+def submitted_job() -> bool:
+    """Whether this process is the entrypoint of a ``ray job submit``."""
+    return JOB_SUBMIT_ENV in os.environ
+
+
+def check_output_dir(output: Path) -> str | None:
+    """Why ``output`` cannot hold a submitted job's results, or None. Under ``ray job submit``
+    the job runs in a temporary copy of its working directory, deleted with the job: a
+    relative ``--output`` would land there."""
+    if submitted_job() and not output.is_absolute():
+        return (
+            f"--output {output} is relative: under ray job submit it would be written inside "
+            f"the job's temporary working directory ({Path.cwd()}) and lost with it; pass an "
+            "absolute path on storage every node shares, e.g. --output /shared/abaw"
+        )
+    return None
+
+
+def init_ray(
+    address: str | None = None,
+    num_cpus: int | None = None,
+    log_file: Path | None = None,
+    show_logs: bool = False,
+) -> None:
+    """Join ``address`` (default: RAY_ADDRESS, which ``ray job submit`` sets) or start a local
+    instance (of ``num_cpus`` CPUs, default all). Ray's logs, its workers' output and Python
+    warnings go to ``log_file`` unless ``show_logs``; the job prints only its own lines."""
     if ray.is_initialized():
         return
-    if num_cpus is not None:
-        ray.init(address="local", num_cpus=num_cpus)
-    else:
-        ray.init()
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    if not show_logs and log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        logging.captureWarnings(True)
+        for name in RAY_LOGGERS:
+            logger = logging.getLogger(name)
+            logger.handlers = [handler]
+            logger.propagate = False
+    ray.init(
+        address=address,
+        num_cpus=num_cpus if address == "local" else None,
+        log_to_driver=show_logs,
+    )
+    if not show_logs:
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        if log_file is not None:  # Ray configures its loggers again when it starts
+            for name in RAY_LOGGERS:
+                logging.getLogger(name).handlers = [handler]
+                logging.getLogger(name).propagate = False
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM reached the job outside a Tune run: stop, write nothing more."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stoppable_search() -> Iterator[threading.Event]:
+    """Around ``Tuner.fit()``: SIGINT or SIGTERM asks Tune to stop the way it stops on its own
+    SIGUSR1 (trials stopped, the experiment state saved once more, ``fit`` returns) and sets
+    the event yielded, so the caller knows the search did not end. A second signal, or one
+    before Tune is listening, raises ``Interrupted`` at once. Elsewhere in a job both signals
+    raise ``Interrupted`` (``interruptible_job``)."""
+    event = threading.Event()
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, frame: object) -> None:
+        tune_listens = callable(signal.getsignal(signal.SIGUSR1))
+        if event.is_set() or not tune_listens:
+            raise Interrupted(signum)
+        event.signum = signum  # type: ignore[attr-defined]
+        event.set()
+        signal.raise_signal(signal.SIGUSR1)
+
+    # Tune would otherwise take SIGINT for itself and print its own (Tuner.restore) advice.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    for s in previous:
+        signal.signal(s, handler)
+    try:
+        yield event
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def interruptible_job() -> Iterator[None]:
+    """SIGINT and SIGTERM raise ``Interrupted`` inside the block (SIGTERM would otherwise end
+    the process without cleaning up)."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupted(signum)
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

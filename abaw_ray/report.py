@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -272,3 +273,44 @@ def search_plots(
         )
     )
     return paths
+
+
+def trial_progress(metric: str, total: int) -> Any:
+    """A Tune callback printing one line per finished trial: its number, settings, best
+    selection score and epochs, and whether it was stopped early or failed."""
+    from ray.tune import Callback
+
+    class TrialProgress(Callback):
+        def __init__(self) -> None:
+            self.best: dict[str, tuple[float, int]] = {}  # trial id -> (best score, its epoch)
+            self.last_epoch: dict[str, int] = {}
+
+        def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+            epoch = int(result.get("epoch", iteration))
+            self.last_epoch[trial.trial_id] = epoch
+            score = result.get(metric)
+            if score is not None and score > self.best.get(trial.trial_id, (-np.inf, 0))[0]:
+                self.best[trial.trial_id] = (float(score), epoch)
+
+        def line(self, trials: list, trial: Any, outcome: str) -> None:
+            finished = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
+            done = len(finished | {trial.trial_id})  # a resumed search counts earlier ones
+            cfg = trial.config
+            score, epoch = self.best.get(trial.trial_id, (np.nan, 0))
+            ran = self.last_epoch.get(trial.trial_id, 0)
+            if outcome == "done" and ran < int(cfg.get("epochs", ran)):
+                outcome = f"stopped early after epoch {ran}"
+            print(
+                f"trial {done}/{total} {trial.trial_id} {cfg.get('model')} "
+                f"{cfg.get('features')}: best {metric} {score:.4f} at epoch {epoch}"
+                + ("" if outcome == "done" else f" ({outcome})"),
+                flush=True,
+            )
+
+        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+            self.line(trials, trial, "done")
+
+        def on_trial_error(self, iteration, trials, trial, **info) -> None:
+            self.line(trials, trial, "failed: see the log")
+
+    return TrialProgress()

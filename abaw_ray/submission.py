@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from abaw_ray.data.corpus import Corpus, SubmissionTemplate, read_template
+from abaw_ray.data.corpus import Corpus, SubmissionTemplate, load_corpus, read_template
 from abaw_ray.data.timeline import nearest_available
 from abaw_ray.errors import InputFormatError
 from abaw_ray.fsutil import atomic_write_text
@@ -215,17 +215,34 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m abaw_ray.submission")
     sub = parser.add_subparsers(dest="command", required=True)
     val = sub.add_parser("validate", help="check a submission file against its template")
-    val.add_argument("--task", choices=("va", "expr"), required=True)
-    val.add_argument("--template", type=Path, required=True)
-    val.add_argument("file", type=Path)
+    val.add_argument("--task", choices=("va", "expr"), required=True, help="VA or EXPR")
+    where = val.add_mutually_exclusive_group()
+    where.add_argument(
+        "--data",
+        type=Path,
+        help="Aff-Wild2 root whose test template to check against (default: the embedded corpus)",
+    )
+    where.add_argument("--template", type=Path, help="the template file itself")
+    val.add_argument("file", type=Path, help="the submission file")
     args = parser.parse_args(argv)
     try:
-        template = read_template(args.template, task=args.task)
+        if args.template is not None:
+            template = read_template(args.template, task=args.task)
+        else:
+            from abaw_ray.data.synthetic import ensure_default_corpus
+
+            corpus = load_corpus(args.data or ensure_default_corpus())
+            if args.task not in corpus.templates:
+                print(
+                    f"invalid: {corpus.root} has no {args.task.upper()} template", file=sys.stderr
+                )
+                return 1
+            template = corpus.templates[args.task]
         n = validate_submission(args.file, template)
     except (InputFormatError, FileNotFoundError) as err:
         print(f"invalid: {err}", file=sys.stderr)
         return 1
-    print(f"valid: {args.file} has all {n} lines of {args.template.name} in order")
+    print(f"valid: {args.file} has all {n} lines of {template.path} in order")
     return 0
 
 

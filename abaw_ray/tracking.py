@@ -1,5 +1,5 @@
-"""MLflow tracking: one parent run per search, a child run per trial (Ray's
-``MLflowLoggerCallback``), and an ensemble run holding the submission, recipe and plots. A
+"""MLflow tracking: one parent run per search, a child run per trial (``trial_callback``),
+and an ensemble run holding the submission, recipe and plots. A
 single trial (``jobs/train_*.py``) is one run that its rank-0 worker logs every epoch to.
 
 The tracking URI is ``sqlite:///<output>/mlflow.db`` unless MLFLOW_TRACKING_URI says otherwise
@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 PARENT_TAG = "mlflow.parentRunId"
+TRIAL_TAG = "trial_id"
+# MLflow 3 opens an experiment without this tag in its GenAI (traces) view.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def tracking_uri(output: Path) -> str:
@@ -38,6 +41,16 @@ def _client(uri: str):
     return mlflow.MlflowClient(uri)
 
 
+def experiment_id(client: Any, uri: str, experiment: str) -> str:
+    """The experiment's id, created (opening on the training-runs view) if it is new."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is not None:
+        return exp.experiment_id
+    return client.create_experiment(
+        experiment, artifact_location=artifact_location(uri), tags=EXPERIMENT_KIND
+    )
+
+
 def parent_run(
     uri: str, experiment: str, run_name: str, params: dict[str, Any], state_file: Path, resume: bool
 ) -> str:
@@ -47,13 +60,7 @@ def parent_run(
         run_id = json.loads(state_file.read_text())["parent_run_id"]
         client.update_run(run_id, status="RUNNING")
         return run_id
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = (
-        exp.experiment_id
-        if exp
-        else client.create_experiment(experiment, artifact_location=artifact_location(uri))
-    )
-    run = client.create_run(exp_id, run_name=run_name)
+    run = client.create_run(experiment_id(client, uri, experiment), run_name=run_name)
     for k, v in params.items():
         client.log_param(run.info.run_id, k, str(v)[:500])
     state_file.parent.mkdir(parents=True, exist_ok=True)
@@ -61,15 +68,74 @@ def parent_run(
     return run.info.run_id
 
 
-def trial_callback(uri: str, experiment: str, parent_id: str):
-    from ray.air.integrations.mlflow import MLflowLoggerCallback
+def trial_callback(uri: str, experiment: str, parent_id: str) -> Any:
+    """A Tune callback logging one MLflow run per trial under the search's parent run. A
+    resumed search finds each trial's run again (by its ``trial_id`` tag) and continues it:
+    one run per trial, however often the search is resumed. Steps are the reported epochs."""
+    from ray.tune.logger import LoggerCallback
 
-    return MLflowLoggerCallback(
-        tracking_uri=uri,
-        experiment_name=experiment,
-        tags={PARENT_TAG: parent_id},
-        save_artifact=False,
+    class TrialRuns(LoggerCallback):
+        def __init__(self) -> None:
+            self.runs: dict[str, str] = {}
+
+        def run_id(self, trial: Any) -> str:
+            if trial.trial_id in self.runs:
+                return self.runs[trial.trial_id]
+            client = _client(uri)
+            exp_id = experiment_id(client, uri, experiment)
+            found = client.search_runs(
+                [exp_id],
+                f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.{TRIAL_TAG} = '{trial.trial_id}'",
+            )
+            if found:
+                rid = found[0].info.run_id
+                client.update_run(rid, status="RUNNING")
+            else:
+                run = client.create_run(
+                    exp_id,
+                    run_name=f"trial-{trial.trial_id}",
+                    tags={PARENT_TAG: parent_id, TRIAL_TAG: trial.trial_id},
+                )
+                rid = run.info.run_id
+                for k, v in trial.config.items():
+                    client.log_param(rid, k, str(v)[:500])
+            self.runs[trial.trial_id] = rid
+            return rid
+
+        def log_trial_start(self, trial: Any) -> None:
+            self.run_id(trial)
+
+        def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
+            from mlflow.entities import Metric
+
+            step = int(result.get("epoch", iteration))
+            now = int(result.get("timestamp", 0) * 1000)
+            metrics = [
+                Metric(k, float(v), now, step)
+                for k, v in result.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            ]
+            _client(uri).log_batch(self.run_id(trial), metrics=metrics)
+
+        def log_trial_end(self, trial: Any, failed: bool = False) -> None:
+            _client(uri).set_terminated(self.run_id(trial), "FAILED" if failed else "FINISHED")
+
+    return TrialRuns()
+
+
+def kill_runs(uri: str, parent_id: str) -> int:
+    """Marks the search's parent run and its children still RUNNING as KILLED (an
+    interrupted search); the number of children marked."""
+    client = _client(uri)
+    parent = client.get_run(parent_id)
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        f"tags.`{PARENT_TAG}` = '{parent_id}' and attributes.status = 'RUNNING'",
     )
+    for run in children:
+        client.set_terminated(run.info.run_id, "KILLED")
+    client.set_terminated(parent_id, "KILLED")
+    return len(children)
 
 
 def child_run(
@@ -77,8 +143,8 @@ def child_run(
 ) -> str:
     """A run under the search's parent run (the ensemble, a control); its id."""
     client = _client(uri)
-    exp = client.get_experiment_by_name(experiment)
-    run = client.create_run(exp.experiment_id, run_name=run_name, tags={PARENT_TAG: parent_id})
+    exp_id = experiment_id(client, uri, experiment)
+    run = client.create_run(exp_id, run_name=run_name, tags={PARENT_TAG: parent_id})
     for k, v in params.items():
         client.log_param(run.info.run_id, k, str(v)[:500])
     return run.info.run_id

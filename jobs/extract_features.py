@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
-from abaw_ray.cluster import init_ray
+from abaw_ray.cluster import add_ray_flags, check_output_dir, init_ray
 from abaw_ray.data import load_corpus
 from abaw_ray.data.corpus import preflight
 from abaw_ray.data.synthetic import ensure_default_corpus
@@ -27,14 +28,14 @@ from abaw_ray.features.weights import WeightsNotFoundError
 EMBEDDED_EXTRACTORS = "face_hog,logmel"
 
 
-def main(argv: list[str] | None = None) -> int:
+def extraction_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", type=Path, help="Aff-Wild2 root (default: the embedded corpus)")
     p.add_argument(
         "--store",
         type=Path,
         default=Path("outputs/features"),
-        help="feature store folder (shared storage on a cluster)",
+        help="feature store folder, shared storage on a cluster (default: outputs/features)",
     )
     p.add_argument(
         "--extractors",
@@ -45,19 +46,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--tiny",
         action="store_true",
-        help="tiny random-weight variants (tests, dry runs); default on the embedded corpus",
+        help="tiny random-weight variants (tests, dry runs; default: on for the embedded corpus)",
     )
-    p.add_argument("--weights-dir", type=Path, help="folder with <extractor>/ weight folders")
-    p.add_argument("--force", action="store_true", help="redo videos already in the store")
-    p.add_argument("--no-denoise", action="store_true", help="skip spectral-gating denoising")
+    p.add_argument(
+        "--weights-dir",
+        type=Path,
+        help="folder with <extractor>/ weight folders (default: $ABAW_RAY_WEIGHTS, then the "
+        "Hugging Face cache)",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="redo videos already in the store (default: off)"
+    )
+    p.add_argument(
+        "--no-denoise", action="store_true", help="skip spectral-gating denoising (default: off)"
+    )
     p.add_argument(
         "--isolate-vocals",
         action="store_true",
-        help="Hybrid Demucs vocal isolation before the audio models",
+        help="Hybrid Demucs vocal isolation before the audio models (default: off)",
     )
-    p.add_argument("--batch-size", type=int)
+    p.add_argument(
+        "--batch-size", type=int, help="frames per model call (default: the extractor's own)"
+    )
     p.add_argument("--actors", type=int, help="extraction actors (default: one per GPU, else 1)")
-    p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray instance")
+    add_ray_flags(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = extraction_parser()
     args = p.parse_args(argv)
 
     embedded = args.data is None
@@ -81,7 +98,16 @@ def main(argv: list[str] | None = None) -> int:
     except (CorpusNotFoundError, InputFormatError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    init_ray(args.num_cpus)
+    problem = check_output_dir(args.store)
+    if problem is not None:
+        print(f"error: {problem.replace('--output', '--store')}", file=sys.stderr)
+        return 2
+    log_file = (
+        args.store.resolve().parent / "logs" / f"extract-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    )
+    if not args.ray_logs:
+        print(f"Ray's logs in {log_file}", flush=True)
+    init_ray(args.address, args.num_cpus, log_file, args.ray_logs)
     try:
         report = extract_features(corpus, FeatureStore(args.store), config)
     except WeightsNotFoundError as err:

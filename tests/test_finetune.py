@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from abaw_ray.data import load_corpus
 from abaw_ray.metrics import score_split
+from abaw_ray.train.data import training_windows
 from abaw_ray.train.finetune import (
     BackboneSequenceModel,
     DecodeWindows,
@@ -21,7 +22,6 @@ from abaw_ray.train.finetune import (
     make_loss,
     predict_from_images,
     resize_square,
-    training_windows,
 )
 from abaw_ray.train.loop import TrialConfig, load_predictions
 

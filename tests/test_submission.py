@@ -127,9 +127,15 @@ def test_validator_names_the_first_bad_line(corpus, tmp_path, edit, line, messag
 def test_validate_cli(corpus, tmp_path, capsys):
     path, lines = _valid_file(corpus, tmp_path)
     tmpl = str(corpus.templates["va"].path)
+    root = str(corpus.root)
     assert submission_main(["validate", "--task", "va", "--template", tmpl, str(path)]) == 0
+    # The template the corpus holds, found from its root: what README shows a user.
+    assert submission_main(["validate", "--task", "va", "--data", root, str(path)]) == 0
+    assert tmpl in capsys.readouterr().out
     path.write_text("\n".join(lines[:3] + [lines[3].split(",")[0] + ",2,0"] + lines[4:]) + "\n")
     assert submission_main(["validate", "--task", "va", "--template", tmpl, str(path)]) == 1
+    assert f"{path.name}:4" in capsys.readouterr().err
+    assert submission_main(["validate", "--task", "va", "--data", root, str(path)]) == 1
     assert f"{path.name}:4" in capsys.readouterr().err
 
 

@@ -134,7 +134,11 @@ class CyclicTranslationNetwork(nn.Module):
     def _record(self, losses: dict[str, torch.Tensor], zero: torch.Tensor) -> None:
         trans = [v for k, v in losses.items() if k.startswith("translation_")]
         cycles = [v for k, v in losses.items() if k.startswith("cycle_")]
-        batch = {"translation": sum(trans, zero), "cycle": sum(cycles, zero), **losses}
+        batch = dict(losses)  # a single modality translates nothing: no losses to log
+        if trans:
+            batch["translation"] = sum(trans, zero)
+        if cycles:
+            batch["cycle"] = sum(cycles, zero)
         self._last = batch
         for k, v in batch.items():
             self._sums[k] = self._sums[k] + v if k in self._sums else v

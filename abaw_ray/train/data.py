@@ -173,7 +173,9 @@ def training_windows(
 ) -> np.ndarray:
     """int64 [W, 2] rows of (index into the train videos, start frame) of the windows with a
     valid frame (by ``valid``, default the bank's). A video shorter than ``length`` gives one
-    window (padded); the last window of a video ends at its last frame."""
+    window (padded); the last window of a video ends at its last frame. ``bank``: a
+    ``FeatureBank`` or anything with its ``splits``, ``num_frames`` and ``valid`` (fine-tune
+    mode's ``FrameIndex``)."""
     valid = valid or bank.valid
     rows = []
     for i, v in enumerate(bank.splits["train"]):

@@ -31,12 +31,19 @@ from abaw_ray.features.pipeline import decode_faces
 from abaw_ray.features.registry import create_extractor
 from abaw_ray.models import create_model
 from abaw_ray.tasks import PRIMARY_METRIC, Task
-from abaw_ray.train.data import SPLITS, inference_chunks, shifted_labels, split_holdout
+from abaw_ray.train.data import (
+    SPLITS,
+    inference_chunks,
+    shifted_labels,
+    split_holdout,
+    training_windows,
+)
 from abaw_ray.train.loop import (
     TrialConfig,
-    load_trial_state,
+    resume_point,
     save_trial_checkpoint,
     seed_everything,
+    stop_requested,
     task_loss,
     trial_class_weights,
     validation_metrics,
@@ -105,20 +112,6 @@ def build_frame_index(
         out["val"],
         out["mask"],
     )
-
-
-def training_windows(index: FrameIndex, length: int, stride: int) -> np.ndarray:
-    """int64 [W, 2] rows of (index into the train videos, start frame) of the windows with a
-    valid frame, video by video; row ``w`` is window ``w`` in every epoch. A video shorter than
-    ``length`` gives one (padded) window; the last window of a video ends at its last frame."""
-    rows = []
-    for i, v in enumerate(index.splits["train"]):
-        n = index.num_frames[v]
-        starts = list(range(0, max(n - length, 0) + 1, stride))
-        if n > length and starts[-1] != n - length:
-            starts.append(n - length)
-        rows += [(i, s) for s in starts if index.valid[v][s : s + length].any()]
-    return np.array(rows, dtype=np.int64).reshape(-1, 2)
 
 
 def epoch_windows(
@@ -311,20 +304,16 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
     loss_fn = make_loss(trial, index, device)
     metric = PRIMARY_METRIC[trial.task]
 
-    # Ray Train hands back the kept (best) checkpoint when it retries a failed worker group or
-    # resumes a run: continue after that epoch.
-    start_epoch, best, best_epoch = 0, -math.inf, -1
+    # Ray Train hands back the latest (best) checkpoint when it retries a failed worker group
+    # or resumes a run: continue after that epoch.
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state, saved = load_trial_state(Path(d), device)
-        plain.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, best, best_epoch = state["epoch"] + 1, saved["metrics"][metric], state["epoch"]
+    start_epoch, best, best_epoch = resume_point(checkpoint, plain, optimizer, metric, device)
 
     windows = training_windows(index, trial.window, trial.stride)
     val_videos = list(index.splits["val"])
     for epoch in range(start_epoch, trial.epochs):
+        if stop_requested(config):
+            break
         rows = epoch_windows(index, windows, trial.seed, epoch)
         # Every worker takes the same number of steps (DDP all-reduces each one).
         per_worker = len(rows) // world
@@ -355,6 +344,8 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
         if improved:
             best, best_epoch = metrics[metric], epoch
         metrics[f"best_{metric}"] = best
+        if stop_requested(config):  # stopped while this epoch ran: report nothing of it
+            break
         if improved and rank == 0:
             predictions = {
                 "val": val_preds,

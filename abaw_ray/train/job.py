@@ -13,7 +13,13 @@ import ray
 import yaml
 
 from abaw_ray import tracking
-from abaw_ray.cluster import init_ray
+from abaw_ray.cluster import (
+    Interrupted,
+    add_ray_flags,
+    check_output_dir,
+    init_ray,
+    interruptible_job,
+)
 from abaw_ray.data.corpus import load_corpus, preflight
 from abaw_ray.errors import CorpusNotFoundError
 from abaw_ray.features.store import store_key
@@ -88,17 +94,23 @@ def train_parser(task: Task, doc: str | None, default_model: str) -> argparse.Ar
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="any other trial setting, e.g. --set hidden=128 --set gates=reference",
+        help="any other trial setting, e.g. --set hidden=128 --set gates=reference "
+        "(default: TrialConfig's, then the model's own)",
     )
     p.add_argument(
         "--output", type=Path, default=Path("outputs"), help="results folder (default: outputs)"
     )
     p.add_argument(
-        "--name", help=f"run name (default: train_{task}-<model>-<time>); an existing one resumes"
+        "--name",
+        help=f"run name (default: train_{task}-<model>-<start time>; with --resume the latest "
+        f"train_{task}-* under OUTPUT/runs)",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run (default: off)"
     )
     p.add_argument("--store", type=Path, help="feature store (default: OUTPUT/features)")
     p.add_argument("--weights-dir", type=Path, help="local pre-trained weights (default: HF cache)")
-    p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray instance (default: all)")
+    add_ray_flags(p)
     return p
 
 
@@ -120,12 +132,37 @@ def run_train_job(args: argparse.Namespace, task: Task) -> int:
     }
     mode = overrides.get("mode", TrialConfig.mode)
     control = "control-" if args.shuffle_labels else ""
-    # Ray Train resumes a run whose (storage, name) exists: a fresh trial gets a fresh name.
-    name = args.name or f"train_{task}-{args.model}-{control}{time.strftime('%Y%m%d-%H%M%S')}"
+    problem = check_output_dir(args.output)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     output = args.output.resolve()
     storage = output / "runs"
+    # Ray Train resumes a run whose (storage, name) exists: only --resume may reuse a name.
+    name = args.name
+    if name is None and args.resume:
+        runs = sorted(storage.glob(f"train_{task}-*/"), key=lambda d: d.stat().st_mtime)
+        name = runs[-1].name if runs else None
+    name = name or f"train_{task}-{args.model}-{control}{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.resume != (storage / name).is_dir():
+        print(
+            f"error: {storage / name} "
+            + (
+                "holds no run to resume"
+                if args.resume
+                else "holds a run already: pass --resume to continue it, or another --name"
+            ),
+            file=sys.stderr,
+        )
+        return 2
     seed = overrides.get("seed", TrialConfig.seed)
-    init_ray(args.num_cpus)
+    log_file = output / "logs" / f"{name}.log"
+    print(
+        f"{'resuming' if args.resume else 'starting'} trial {name}: results in {output}"
+        + ("" if args.ray_logs else f", Ray's logs in {log_file}"),
+        flush=True,
+    )
+    init_ray(args.address, args.num_cpus, log_file, args.ray_logs)
     if mode == "finetune":
         from abaw_ray.train.finetune import build_frame_index
 
@@ -159,7 +196,7 @@ def run_train_job(args: argparse.Namespace, task: Task) -> int:
         name,
         {**asdict(trial), "holdout_videos": splits["holdout"], "workers": args.workers},
         storage / f"{name}.mlflow.json",
-        resume=args.name is not None,
+        resume=args.resume,
     )
     trainer = build_trainer(
         trial,
@@ -170,7 +207,18 @@ def run_train_job(args: argparse.Namespace, task: Task) -> int:
         gpus_per_worker=args.gpus_per_worker,
         tracking={"uri": uri, "run_id": run_id},
     )
-    result = trainer.fit()
+    try:
+        with interruptible_job():
+            result = trainer.fit()
+    except (Interrupted, KeyboardInterrupt) as err:
+        tracking.finish_run(uri, run_id, {}, status="KILLED")
+        print(
+            f"\ninterrupted ({err or 'SIGINT'}): the run is saved up to its last checkpoint "
+            f"and its MLflow run marked KILLED.\nResume it with the same command plus: "
+            f"--resume --name {name}",
+            file=sys.stderr,
+        )
+        return 128 + getattr(err, "signum", 2)
     metric = PRIMARY_METRIC[task]
     if not result.best_checkpoints:
         tracking.finish_run(uri, run_id, {}, status="FAILED")

@@ -42,6 +42,11 @@ PREDICTIONS = "predictions.npz"
 TRIAL_JSON = "trial.json"
 
 
+# What a worker loop's config holds besides a TrialConfig's fields: the data's object
+# reference, the MLflow run of a single trial, the search's stop flag.
+LOOP_KEYS = frozenset({"bank", "tracking", "stop_flag"})
+
+
 @dataclass(frozen=True)
 class TrialConfig:
     """Every choice of one trial; what a search samples. Unknown keys are refused. Model
@@ -81,7 +86,7 @@ class TrialConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrialConfig:
         known = {f.name for f in fields(cls)}
-        extra = sorted(set(d) - known - {"bank", "tracking"})
+        extra = sorted(set(d) - known - LOOP_KEYS)
         if extra:
             raise ValueError(f"unknown trial settings: {extra}")
         return cls(**{k: v for k, v in d.items() if k in known})
@@ -183,6 +188,39 @@ def load_predictions(folder: str | Path) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
+def resume_point(
+    checkpoint: Any,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    metric: str,
+    device: torch.device,
+) -> tuple[int, float, int]:
+    """(first epoch to run, best score so far, its epoch), after loading ``checkpoint`` (a
+    ``ray.train.Checkpoint`` or None) into the model and optimizer."""
+    if checkpoint is None:
+        return 0, -math.inf, -1
+    with checkpoint.as_directory() as d:
+        state, saved = load_trial_state(Path(d), device)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return state["epoch"] + 1, saved["metrics"][metric], state["epoch"]
+
+
+def stop_requested(config: dict[str, Any]) -> bool:
+    """Whether the search stopped this trial (ASHA, the time budget, an interrupt): the
+    trial's ``stop_flag`` actor says so, or is gone with the Tune trial that owned it. A trial
+    outside a search has no flag and runs to its end."""
+    import ray
+
+    flag = config.get("stop_flag")
+    if not flag:
+        return False
+    try:
+        return bool(ray.get(flag[0].is_set.remote(), timeout=60))
+    except ray.exceptions.RayError:
+        return True
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray
     import ray.train
@@ -209,22 +247,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         weights = weights.to(device)
     metric = PRIMARY_METRIC[trial.task]
 
-    # Ray Train hands back the kept (best) checkpoint when it retries a failed worker group or
-    # resumes a run: continue after that epoch.
-    start_epoch, best, best_epoch = 0, -math.inf, -1
+    # Ray Train hands back the latest (best) checkpoint when it retries a failed worker group
+    # or resumes a run: continue after that epoch.
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state, saved = load_trial_state(Path(d), device)
-        plain.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, best, best_epoch = state["epoch"] + 1, saved["metrics"][metric], state["epoch"]
+    start_epoch, best, best_epoch = resume_point(checkpoint, plain, optimizer, metric, device)
 
     windows = training_windows(bank, trial.window, trial.stride, sampler.valid)
     train_videos = bank.splits["train"]
     val_videos = list(bank.splits["val"])
     tf_epochs = trial.teacher_forcing_epochs or max(1, trial.epochs // 2)
     for epoch in range(start_epoch, trial.epochs):
+        if stop_requested(config):
+            break
         if hasattr(core, "teacher_forcing"):
             core.teacher_forcing = max(0.0, 1.0 - epoch / tf_epochs)
         order = np.random.default_rng([trial.seed, epoch]).permutation(len(windows))
@@ -261,6 +295,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics[f"best_{metric}"] = best
         if config.get("tracking") and rank == 0:  # a single trial's own MLflow run
             tracking.log_epoch(config["tracking"], metrics, epoch + 1)
+        if stop_requested(config):  # stopped while this epoch ran: report nothing of it
+            break
         if improved and rank == 0:
             predictions = {
                 "val": val_preds,

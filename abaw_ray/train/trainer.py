@@ -24,6 +24,8 @@ def build_trainer(
     callbacks: list[Any] | None = None,
     max_failures: int = 2,
     tracking: dict[str, str] | None = None,
+    stop_flag: Any = None,
+    keep_checkpoints: int | None = 1,
 ) -> TorchTrainer:
     """``data_ref``: the object reference of the trial's data, a ``FeatureBank`` when
     ``trial.mode`` is ``frozen`` (``train_loop_per_worker``), a ``FrameIndex`` when it is
@@ -31,7 +33,10 @@ def build_trainer(
     windows with Ray Data). It travels inside a list so Ray hands the workers the reference,
     and each node fetches the data from the object store once. ``tracking`` (``uri``,
     ``run_id``): an MLflow run the workers log each epoch's metrics to (a single trial's run;
-    a search's trials are logged by its Tune callback instead)."""
+    a search's trials are logged by its Tune callback instead). ``stop_flag``: the actor
+    handle a search stops the trial by (``stop_requested``). ``keep_checkpoints``: how many
+    of the best checkpoints to keep (None: all; a checkpoint is written only when the
+    selection score improves)."""
     if trial.mode == "frozen":
         loop = train_loop_per_worker
     elif trial.mode == "finetune":
@@ -46,7 +51,12 @@ def build_trainer(
     metric = PRIMARY_METRIC[trial.task]
     return TorchTrainer(
         loop,
-        train_loop_config={**asdict(trial), "bank": [data_ref], "tracking": tracking},
+        train_loop_config={
+            **asdict(trial),
+            "bank": [data_ref],
+            "tracking": tracking,
+            "stop_flag": [stop_flag] if stop_flag is not None else None,
+        },
         scaling_config=ScalingConfig(
             num_workers=workers, use_gpu=gpus_per_worker > 0, resources_per_worker=resources
         ),
@@ -54,7 +64,9 @@ def build_trainer(
             name=name,
             storage_path=str(storage_path),
             checkpoint_config=CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute=metric, checkpoint_score_order="max"
+                num_to_keep=keep_checkpoints,
+                checkpoint_score_attribute=metric,
+                checkpoint_score_order="max",
             ),
             failure_config=FailureConfig(max_failures=max_failures),
             callbacks=callbacks,

@@ -14,12 +14,20 @@ import sys
 import time
 from dataclasses import asdict, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import ray
 
 from abaw_ray import report, tracking
-from abaw_ray.cluster import init_ray
+from abaw_ray.cluster import (
+    Interrupted,
+    add_ray_flags,
+    check_output_dir,
+    init_ray,
+    interruptible_job,
+    stoppable_search,
+)
 from abaw_ray.data.corpus import preflight
 from abaw_ray.ensemble import EnsembleResult, Member, build_ensemble
 from abaw_ray.errors import CorpusNotFoundError
@@ -104,7 +112,7 @@ def search_parser(task: Task, doc: str | None) -> argparse.ArgumentParser:
     )
     p.add_argument("--store", type=Path, help="feature store (default: OUTPUT/features)")
     p.add_argument("--weights-dir", type=Path, help="local pre-trained weights (default: HF cache)")
-    p.add_argument("--num-cpus", type=int, help="CPUs for a local Ray instance (default: all)")
+    add_ray_flags(p)
     return p
 
 
@@ -226,15 +234,20 @@ def write_outputs(
 
 
 def run_search_job(args: argparse.Namespace) -> int:
+    """The job, end to end; its exit status (0 done, 2 bad input, 1 no trial finished,
+    130/143 interrupted by SIGINT/SIGTERM, with no ensemble or submission written)."""
     started = time.time()
     space = load_search_space(args.space)
     task = space.task
-    if args.data is not None:
+    problem = check_output_dir(args.output)
+    if problem is None and args.data is not None:
         try:
             preflight(args.data, task)
         except CorpusNotFoundError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+            problem = str(err)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     output = args.output.resolve()
     storage = args.storage or str(output / "ray_results")
     if args.name is None:
@@ -254,49 +267,99 @@ def run_search_job(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    init_ray(args.num_cpus)
+    log_file = output / "logs" / f"{cfg.name}.log"
+    uri, experiment = tracking.tracking_uri(output), f"abaw-{task}"
+    print(
+        f"{'resuming' if args.resume else 'starting'} search {cfg.name}: results in {output}"
+        + ("" if args.ray_logs else f", Ray's logs in {log_file}"),
+        flush=True,
+    )
+    init_ray(args.address, args.num_cpus, log_file, args.ray_logs)
+    parent = None
+    try:
+        with interruptible_job():  # after init_ray, which sets its own SIGTERM handler
+            prepared = prepare_search(args, space, cfg, output)
+            combos = space.combinations(prepared.keys)
+            parent = tracking.parent_run(
+                uri,
+                experiment,
+                cfg.name,
+                {
+                    "space": args.space,
+                    "data": args.data or "embedded",
+                    "combinations": combos,
+                    "holdout_videos": prepared.bank.splits["holdout"],
+                    **{k: v for k, v in asdict(cfg).items() if k not in ("space", "name")},
+                },
+                output / f"{cfg.name}.mlflow.json",
+                args.resume,
+            )
+            tuner = build_tuner(
+                cfg,
+                prepared.bank_ref,
+                combos,
+                callbacks=[
+                    tracking.trial_callback(uri, experiment, parent),
+                    report.trial_progress(cfg.metric, cfg.num_samples),
+                ],
+                resume=args.resume,
+                verbose=1 if args.ray_logs else 0,
+            )
+            with stoppable_search() as stopped:
+                results = tuner.fit()
+            if stopped.is_set():
+                raise Interrupted(stopped.signum)
+            return finish_search(args, cfg, prepared, results, uri, experiment, parent, started)
+    except Interrupted as err:
+        killed = tracking.kill_runs(uri, parent) if parent else 0
+        print(
+            f"\ninterrupted by {err}: the search is saved; no ensemble or submission was "
+            f"written; {killed + (parent is not None)} MLflow run(s) marked KILLED.\n"
+            f"Resume it with the same command plus: --resume --name {cfg.name}",
+            file=sys.stderr,
+        )
+        return 128 + err.signum
 
+
+def prepare_search(
+    args: argparse.Namespace, space: SearchSpace, cfg: SearchConfig, output: Path
+) -> Prepared:
     alignments = next((p.args for p in space.parameters if p.name == "alignment"), ("interp",))
-    prepared = prepare(
+    return prepare(
         args.data,
         args.store or output / "features",
         space.extractors,
-        task,
+        space.task,
         tiny=True if args.tiny else None,
         weights_dir=args.weights_dir,
         alignments=alignments,
         holdout=cfg.holdout,
         seed=cfg.seed,
     )
-    bank = prepared.bank
-    combos = space.combinations(prepared.keys)
 
-    uri, experiment = tracking.tracking_uri(output), f"abaw-{task}"
-    parent = tracking.parent_run(
-        uri,
-        experiment,
-        cfg.name,
-        {
-            "space": args.space,
-            "data": args.data or "embedded",
-            "combinations": combos,
-            "holdout_videos": bank.splits["holdout"],
-            **{k: v for k, v in asdict(cfg).items() if k not in ("space", "name")},
-        },
-        output / f"{cfg.name}.mlflow.json",
-        args.resume,
-    )
-    tuner = build_tuner(
-        cfg,
-        prepared.bank_ref,
-        combos,
-        callbacks=[tracking.trial_callback(uri, experiment, parent)],
-        resume=args.resume,
-    )
-    outcomes = collect_outcomes(cfg, tuner.fit())
+
+def finish_search(
+    args: argparse.Namespace,
+    cfg: SearchConfig,
+    prepared: Prepared,
+    results: Any,
+    uri: str,
+    experiment: str,
+    parent: str,
+    started: float,
+) -> int:
+    """Trials -> ensemble -> outputs -> MLflow -> the summary, printed last."""
+    task, bank = cfg.space.task, prepared.bank
+    outcomes = collect_outcomes(cfg, results)
     report.print_trials(task, outcomes)
-
     members = load_members(outcomes, cfg.top_k)
+    if not members:
+        tracking.finish_run(uri, parent, {}, status="FAILED")
+        print(
+            f"error: no trial of {cfg.name} finished an epoch; see {cfg.experiment_uri()}",
+            file=sys.stderr,
+        )
+        return 1
     ens = build_ensemble(
         task,
         members,
@@ -306,6 +369,7 @@ def run_search_job(args: argparse.Namespace) -> int:
         bank.labels,
         bank.valid,
     )
+    output = args.output.resolve()
     submission, artifacts = write_outputs(
         task, output / cfg.name, prepared, ens, members, outcomes, started
     )
@@ -331,9 +395,9 @@ def run_search_job(args: argparse.Namespace) -> int:
         artifacts,
     )
     tracking.finish_parent(uri, parent, summary)
+    print(f"\nMLflow: {uri}  (mlflow ui --backend-store-uri {uri})")
+    print(f"Ray results: {cfg.experiment_uri()}   wall time {time.time() - started:.0f} s")
     report.print_summary(
         task, ens, members, bank, summary, submission, outcomes[0] if args.control else None
     )
-    print(f"MLflow: {uri}  (mlflow ui --backend-store-uri {uri})")
-    print(f"Ray results: {cfg.experiment_uri()}   wall time {time.time() - started:.0f} s")
     return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +75,21 @@ class TrialOutcome:
         return float("-inf") if not self.best else float(self.best.get("_score", float("-inf")))
 
 
+@ray.remote(num_cpus=0)
+class StopFlag:
+    """Set when Tune stops the trial that owns it; the trial's workers read it each epoch
+    (``stop_requested``). It dies with its trial, which the workers read as a stop too."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+
+    def set(self) -> None:
+        self.stopped = True
+
+    def is_set(self) -> bool:
+        return self.stopped
+
+
 def run_trial(
     config: dict[str, Any],
     bank_ref: list[ray.ObjectRef],
@@ -84,9 +100,20 @@ def run_trial(
 ) -> None:
     """The Tune function trainable: one TorchTrainer whose rank-0 reports reach Tune through
     ``TuneReportCallback``. The trainer's name is the Tune trial id, so a restored search
-    finds and resumes the same Train run."""
+    finds and resumes the same Train run. When Tune stops the trial (ASHA, the time budget,
+    an interrupt) its workers stop before their next epoch or checkpoint: Tune sets the
+    session's stop event, which a thread relays to the workers' ``StopFlag``."""
+    from ray.train._internal.session import get_session
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    stop_flag = StopFlag.remote()
+    stop_event = get_session().stop_event
+
+    def relay_stop() -> None:
+        stop_event.wait()
+        stop_flag.set.remote()
+
+    threading.Thread(target=relay_stop, daemon=True).start()
     trial = TrialConfig.from_dict(config)
     trainer = build_trainer(
         trial,
@@ -97,6 +124,8 @@ def run_trial(
         gpus_per_worker=gpus_per_worker,
         cpus_per_worker=cpus_per_worker,
         callbacks=[TuneReportCallback()],
+        stop_flag=stop_flag,
+        keep_checkpoints=None,  # a stopped trial's last epochs must not evict what Tune saw
     )
     trainer.fit()
 
@@ -125,6 +154,7 @@ def build_tuner(
     combos: list[str],
     callbacks: list[Any] | None = None,
     resume: bool = False,
+    verbose: int = 1,
 ) -> tune.Tuner:
     import optuna
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -182,7 +212,7 @@ def build_tuner(
             time_budget_s=cfg.time_budget_s,
         ),
         run_config=tune.RunConfig(
-            name=cfg.name, storage_path=cfg.storage_path, callbacks=callbacks, verbose=1
+            name=cfg.name, storage_path=cfg.storage_path, callbacks=callbacks, verbose=verbose
         ),
     )
 
@@ -221,8 +251,11 @@ def latest_search(storage_path: str, task: str) -> str | None:
     return restorable[-1] if restorable else None
 
 
-def best_checkpoint(trainer_uri: str, metric: str) -> tuple[dict[str, float], str] | None:
-    """The best checkpoint a trial's trainer kept: (its metrics, its URI)."""
+def best_checkpoint(
+    trainer_uri: str, metric: str, last_epoch: int | None = None
+) -> tuple[dict[str, float], str] | None:
+    """The best checkpoint a trial's trainer kept, of the epochs up to ``last_epoch`` (the
+    last one Tune recorded; None: all): (its metrics, its URI)."""
     fs, root = _filesystem(trainer_uri)
     try:
         infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
@@ -238,6 +271,8 @@ def best_checkpoint(trainer_uri: str, metric: str) -> tuple[dict[str, float], st
         except (OSError, FileNotFoundError):
             continue  # a checkpoint being written when the search was killed
         metrics = saved["metrics"]
+        if last_epoch is not None and metrics["epoch"] > last_epoch:
+            continue  # finished after Tune stopped the trial: Tune and MLflow never saw it
         if best is None or metrics[metric] > best[0][metric]:
             prefix = trainer_uri.split("://")[0] + "://" if "://" in trainer_uri else ""
             best = (metrics, f"{prefix}{info.path}" if prefix else info.path)
@@ -249,7 +284,8 @@ def collect_outcomes(cfg: SearchConfig, results: tune.ResultGrid) -> list[TrialO
     for r in results:
         trial_id = (r.metrics or {}).get("trial_id") or Path(r.path).name.split("_")[-2]
         status = "error" if r.error else "done"
-        found = best_checkpoint(f"{cfg.trainers_uri()}/train-{trial_id}", cfg.metric)
+        last_epoch = (r.metrics or {}).get("epoch")
+        found = best_checkpoint(f"{cfg.trainers_uri()}/train-{trial_id}", cfg.metric, last_epoch)
         config = {k: v for k, v in (r.config or {}).items()}
         outcome = TrialOutcome(trial_id, config, status, last=dict(r.metrics or {}))
         if found:

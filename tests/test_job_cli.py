@@ -1,0 +1,125 @@
+"""What every job's command line promises before any work starts: help with defaults, the
+registered models as choices, one meaning of --name, which Ray a job joins, and where a
+submitted job may write."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from abaw_ray import cluster
+from abaw_ray.models import list_models
+from abaw_ray.train.job import train_parser
+from abaw_ray.tune.job import search_parser
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _extraction_parser() -> argparse.ArgumentParser:
+    spec = importlib.util.spec_from_file_location("extract_job", REPO / "jobs/extract_features.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.extraction_parser()
+
+
+PARSERS = {
+    "search_va": lambda: search_parser("va", None),
+    "search_expr": lambda: search_parser("expr", None),
+    "train_va": lambda: train_parser("va", None, "mfn"),
+    "train_expr": lambda: train_parser("expr", None, "expr_transformer"),
+    "extract_features": _extraction_parser,
+}
+
+
+@pytest.mark.parametrize("job", sorted(PARSERS))
+def test_every_flag_says_what_it_does_and_its_default(job):
+    parser = PARSERS[job]()
+    flags = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert len(flags) >= 10
+    undocumented = [a.option_strings[0] for a in flags if not a.help or "default" not in a.help]
+    assert undocumented == []
+
+
+@pytest.mark.parametrize("job", ["train_va", "train_expr"])
+def test_model_flag_lists_the_registered_models(job):
+    (model,) = [a for a in PARSERS[job]()._actions if "--model" in a.option_strings]
+    assert sorted(model.choices) == sorted(list_models())
+    assert {"attention", "mfn", "mctn", "transformer", "expr_transformer"} <= set(model.choices)
+
+
+@pytest.mark.parametrize("job", sorted(PARSERS))
+def test_ray_flags_are_the_same_in_every_job(job):
+    flags = {a.option_strings[0] for a in PARSERS[job]()._actions if a.option_strings}
+    assert {"--address", "--num-cpus", "--ray-logs"} <= flags
+    if job != "extract_features":
+        assert {"--name", "--resume", "--output"} <= flags
+
+
+def _run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_train_name_is_continued_only_with_resume(tmp_path):
+    out = tmp_path / "out"
+    (out / "runs" / "mine").mkdir(parents=True)
+    refused = _run(["jobs/train_va.py", "--output", str(out), "--name", "mine"])
+    assert refused.returncode == 2
+    assert "holds a run already: pass --resume" in refused.stderr
+    missing = _run(["jobs/train_va.py", "--output", str(out), "--name", "other", "--resume"])
+    assert missing.returncode == 2 and "holds no run to resume" in missing.stderr
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["mine"]  # nothing written
+
+
+@pytest.mark.parametrize("job", ["jobs/search_va.py", "jobs/train_va.py"])
+def test_a_submitted_job_refuses_a_relative_output(job):
+    proc = _run([job, "--output", "results"], env={cluster.JOB_SUBMIT_ENV: "{}"})
+    assert proc.returncode == 2
+    assert "--output results is relative" in proc.stderr
+    assert "/shared" in proc.stderr  # says where results should go
+    assert not (REPO / "results").exists()
+
+
+class _FakeRay:
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def is_initialized(self) -> bool:
+        return False
+
+    def init(self, **kwargs) -> None:
+        self.calls.append(kwargs)
+
+
+@pytest.mark.parametrize(
+    "address, env, expected",
+    [
+        (None, None, "local"),  # never /tmp/ray/ray_current_cluster
+        ("ray://head:10001", None, "ray://head:10001"),
+        (None, "10.0.0.1:6379", "10.0.0.1:6379"),  # what ray job submit sets
+        ("auto", "10.0.0.1:6379", "auto"),
+    ],
+)
+def test_a_job_joins_only_the_cluster_it_is_asked_to(address, env, expected, monkeypatch):
+    fake = _FakeRay()
+    monkeypatch.setattr(cluster, "ray", fake)
+    if env is None:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    else:
+        monkeypatch.setenv("RAY_ADDRESS", env)
+    cluster.init_ray(address, num_cpus=2, show_logs=True)
+    (call,) = fake.calls
+    assert call["address"] == expected
+    assert call["num_cpus"] == (2 if expected == "local" else None)
