@@ -235,8 +235,11 @@ def _free_port() -> int:
 
 
 def test_job_runs_under_ray_job_submit(corpus_root, tmp_path):
-    env = {**_env(), "RAY_AUTH_MODE": "token"}
-    port, dash = _free_port(), _free_port()
+    # The head keeps Ray 2.60's default authentication (a token); the client passes it the
+    # way README says: RAY_AUTH_MODE=token and the token (here the one the head saved).
+    head_env = {k: v for k, v in _env().items() if not k.startswith("RAY_AUTH")}
+    env = {**head_env, "RAY_AUTH_MODE": "token"}
+    port, dash, agent = _free_port(), _free_port(), _free_port()
     head = subprocess.Popen(
         [
             "ray",
@@ -246,10 +249,11 @@ def test_job_runs_under_ray_job_submit(corpus_root, tmp_path):
             "2",
             f"--port={port}",
             f"--dashboard-port={dash}",
+            f"--dashboard-agent-listen-port={agent}",  # not another instance's default port
             "--include-dashboard=true",
             "--disable-usage-stats",
         ],
-        env=env,
+        env=head_env,
         start_new_session=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -260,32 +264,41 @@ def test_job_runs_under_ray_job_submit(corpus_root, tmp_path):
         assert head.returncode == 0, out
         address = f"http://127.0.0.1:{dash}"
         output = tmp_path / "out"
-        submit = subprocess.run(
-            [
-                "ray",
-                "job",
-                "submit",
-                f"--address={address}",
-                "--working-dir",
-                str(REPO),
-                "--no-wait",
-                "--",
-                "python",
-                "jobs/search_va.py",
-                "--data",
-                str(corpus_root),
-                "--output",
-                str(output),
-                "--space",
-                str(SPACE),
-                "--num-samples",
-                "2",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+
+        def submit_job() -> subprocess.CompletedProcess:
+            return subprocess.run(
+                [
+                    "ray",
+                    "job",
+                    "submit",
+                    f"--address={address}",
+                    "--working-dir",
+                    str(REPO),
+                    "--no-wait",
+                    "--",
+                    "python",
+                    "jobs/search_va.py",
+                    "--data",
+                    str(corpus_root),
+                    "--output",
+                    str(output),
+                    "--space",
+                    str(SPACE),
+                    "--num-samples",
+                    "2",
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+
+        # The head's job agent may still be starting: Ray asks to try again later.
+        submit = submit_job()
+        deadline = time.time() + 120
+        while "No available agent" in submit.stderr and time.time() < deadline:
+            time.sleep(2)
+            submit = submit_job()
         assert submit.returncode == 0, submit.stdout + submit.stderr
         job_id = re.search(r"raysubmit_[A-Za-z0-9]+", submit.stdout).group(0)
         status = ""
@@ -308,6 +321,8 @@ def test_job_runs_under_ray_job_submit(corpus_root, tmp_path):
             text=True,
         ).stdout
         assert "SUCCEEDED" in status, logs[-3000:]
+        assert f"results in {output}" in logs  # it says where its results go
+        assert "validated" in logs.strip().splitlines()[-1]
         corpus = load_corpus(corpus_root)
         (submission,) = output.glob("search_va-*/VA_submission.txt")
         assert validate_submission(submission, corpus.templates["va"]) > 0
