@@ -13,9 +13,12 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import ray
 import ray.data
@@ -148,3 +151,47 @@ def interruptible_job() -> Iterator[None]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+@dataclass
+class Console:
+    """Where a job's own lines go while Ray's output is sent elsewhere: ``out`` / ``err``, and
+    ``fd``, the descriptor of ``out`` (for Tune callbacks, which must pickle)."""
+
+    out: TextIO
+    err: TextIO
+    fd: int
+
+
+@contextlib.contextmanager
+def ray_output_to(log_file: Path | None) -> Iterator[Console]:
+    """Inside the block, all that this process writes to its standard output and error, Ray's
+    and Tune's logs and tables, library warnings and native code's lines alike, is appended to
+    ``log_file``; the job prints its own lines to the ``Console`` yielded, the terminal.
+    ``log_file`` None: nothing is redirected."""
+    if log_file is None:
+        yield Console(sys.stdout, sys.stderr, sys.stdout.fileno())
+        return
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = (os.dup(1), os.dup(2))
+    console = Console(
+        os.fdopen(os.dup(saved[0]), "w", buffering=1),
+        os.fdopen(os.dup(saved[1]), "w", buffering=1),
+        -1,
+    )
+    console.fd = console.out.fileno()
+    with open(log_file, "a") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield console
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, original in zip((1, 2), saved):
+                os.dup2(original, fd)
+                os.close(original)
+            console.out.close()
+            console.err.close()

@@ -3,6 +3,7 @@ to MLflow)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -275,9 +276,10 @@ def search_plots(
     return paths
 
 
-def trial_progress(metric: str, total: int) -> Any:
-    """A Tune callback printing one line per finished trial: its number, settings, best
-    selection score and epochs, and whether it was stopped early or failed."""
+def trial_progress(metric: str, total: int, fd: int) -> Any:
+    """A Tune callback writing one line per finished trial to the file descriptor ``fd``
+    (the job's console): its number, settings, best selection score and its epoch, and
+    whether it was stopped early or failed."""
     from ray.tune import Callback
 
     class TrialProgress(Callback):
@@ -299,13 +301,13 @@ def trial_progress(metric: str, total: int) -> Any:
             score, epoch = self.best.get(trial.trial_id, (np.nan, 0))
             ran = self.last_epoch.get(trial.trial_id, 0)
             if outcome == "done" and ran < int(cfg.get("epochs", ran)):
-                outcome = f"stopped early after epoch {ran}"
-            print(
+                outcome = f"ended after epoch {ran} of {cfg['epochs']}: ASHA or patience"
+            line = (
                 f"trial {done}/{total} {trial.trial_id} {cfg.get('model')} "
                 f"{cfg.get('features')}: best {metric} {score:.4f} at epoch {epoch}"
-                + ("" if outcome == "done" else f" ({outcome})"),
-                flush=True,
+                + ("" if outcome == "done" else f" ({outcome})")
             )
+            os.write(fd, (line + "\n").encode())
 
         def on_trial_complete(self, iteration, trials, trial, **info) -> None:
             self.line(trials, trial, "done")

@@ -123,3 +123,31 @@ def test_a_job_joins_only_the_cluster_it_is_asked_to(address, env, expected, mon
     (call,) = fake.calls
     assert call["address"] == expected
     assert call["num_cpus"] == (2 if expected == "local" else None)
+
+
+def test_ray_output_goes_to_the_log_and_the_jobs_own_lines_to_the_terminal(tmp_path):
+    log = tmp_path / "logs" / "job.log"
+    script = f"""
+import logging, os, sys
+from pathlib import Path
+from abaw_ray.cluster import ray_output_to
+with ray_output_to(Path({str(log)!r})) as console:
+    print("a Tune table")
+    logging.getLogger("ray").warning("a Ray warning")
+    os.write(1, b"native stdout\\n")
+    os.write(2, b"native stderr\\n")
+    print("trial 1/1 done", file=console.out)
+    os.write(console.fd, b"trial progress\\n")
+    print("an error of ours", file=console.err)
+print("summary, last")
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["trial 1/1 done", "trial progress", "summary, last"]
+    assert proc.stderr.splitlines() == ["an error of ours"]
+    logged = log.read_text()
+    for noise in ("a Tune table", "a Ray warning", "native stdout", "native stderr"):
+        assert noise in logged
+    assert "summary" not in logged and "trial 1/1" not in logged

@@ -14,11 +14,13 @@ import yaml
 
 from abaw_ray import tracking
 from abaw_ray.cluster import (
+    Console,
     Interrupted,
     add_ray_flags,
     check_output_dir,
     init_ray,
     interruptible_job,
+    ray_output_to,
 )
 from abaw_ray.data.corpus import load_corpus, preflight
 from abaw_ray.errors import CorpusNotFoundError
@@ -162,7 +164,24 @@ def run_train_job(args: argparse.Namespace, task: Task) -> int:
         + ("" if args.ray_logs else f", Ray's logs in {log_file}"),
         flush=True,
     )
-    init_ray(args.address, args.num_cpus, log_file, args.ray_logs)
+    with ray_output_to(None if args.ray_logs else log_file) as console:
+        init_ray(args.address, args.num_cpus, log_file, args.ray_logs)
+        return train_on_ray(args, task, overrides, mode, name, output, storage, seed, console)
+
+
+def train_on_ray(
+    args: argparse.Namespace,
+    task: Task,
+    overrides: dict,
+    mode: str,
+    name: str,
+    output: Path,
+    storage: Path,
+    seed: int,
+    console: Console,
+) -> int:
+    """prepare -> one TorchTrainer -> its scores, printed to ``console`` (Ray's own output goes
+    to the job's log); the exit status."""
     if mode == "finetune":
         from abaw_ray.train.finetune import build_frame_index
 
@@ -216,13 +235,13 @@ def run_train_job(args: argparse.Namespace, task: Task) -> int:
             f"\ninterrupted ({err or 'SIGINT'}): the run is saved up to its last checkpoint "
             f"and its MLflow run marked KILLED.\nResume it with the same command plus: "
             f"--resume --name {name}",
-            file=sys.stderr,
+            file=console.err,
         )
         return 128 + getattr(err, "signum", 2)
     metric = PRIMARY_METRIC[task]
     if not result.best_checkpoints:
         tracking.finish_run(uri, run_id, {}, status="FAILED")
-        print(f"trial {name}: no epoch finished")
+        print(f"trial {name}: no epoch finished", file=console.err)
         return 1
     checkpoint, best = result.best_checkpoints[0]
     final = {f"best_{k}": v for k, v in best.items() if k.startswith("val_")}
@@ -233,21 +252,27 @@ def run_train_job(args: argparse.Namespace, task: Task) -> int:
         scores = score_split(task, held, splits["holdout"], data.labels, data.valid)
         final.update({f"holdout_{k}": v for k, v in scores.items()})
     tracking.finish_run(uri, run_id, final)
+    out = console.out
     print(
         f"trial {name}: {mode} model {trial.model}, features {trial.features}, "
-        f"{args.workers} worker(s){', shifted-label control' if trial.shuffle_labels else ''}"
+        f"{args.workers} worker(s){', shifted-label control' if trial.shuffle_labels else ''}",
+        file=out,
     )
     if task == "va":
         print(
             f"  best epoch {best['epoch']}: val CCC {best[metric]:.4f} "
             f"(valence {best['val_ccc_valence']:.4f}, arousal {best['val_ccc_arousal']:.4f})"
-            f" on {len(splits['val'])} validation videos"
+            f" on {len(splits['val'])} validation videos",
+            file=out,
         )
     else:
-        print(f"  best epoch {best['epoch']}: val macro F1 {best[metric]:.4f}")
+        print(f"  best epoch {best['epoch']}: val macro F1 {best[metric]:.4f}", file=out)
     if splits["holdout"]:
         n = len(splits["holdout"])
-        print(f"  held out ({n} videos, not selected on): {key} {final[f'holdout_{key}']:.4f}")
-    print(f"  checkpoint: {checkpoint.path}")
-    print(f"  MLflow: {uri} (experiment abaw-{task}-trials, run {name})")
+        print(
+            f"  held out ({n} videos, not selected on): {key} {final[f'holdout_{key}']:.4f}",
+            file=out,
+        )
+    print(f"  checkpoint: {checkpoint.path}", file=out)
+    print(f"  MLflow: {uri} (experiment abaw-{task}-trials, run {name})", file=out)
     return 0

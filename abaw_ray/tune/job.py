@@ -9,6 +9,7 @@ outputs (submission, recipe, plots, MLflow) -> summary.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -21,11 +22,13 @@ import ray
 
 from abaw_ray import report, tracking
 from abaw_ray.cluster import (
+    Console,
     Interrupted,
     add_ray_flags,
     check_output_dir,
     init_ray,
     interruptible_job,
+    ray_output_to,
     stoppable_search,
 )
 from abaw_ray.data.corpus import preflight
@@ -274,7 +277,22 @@ def run_search_job(args: argparse.Namespace) -> int:
         + ("" if args.ray_logs else f", Ray's logs in {log_file}"),
         flush=True,
     )
-    init_ray(args.address, args.num_cpus, log_file, args.ray_logs)
+    with ray_output_to(None if args.ray_logs else log_file) as console:
+        init_ray(args.address, args.num_cpus, log_file, args.ray_logs)
+        return search_on_ray(args, space, cfg, output, uri, experiment, console, started)
+
+
+def search_on_ray(
+    args: argparse.Namespace,
+    space: SearchSpace,
+    cfg: SearchConfig,
+    output: Path,
+    uri: str,
+    experiment: str,
+    console: Console,
+    started: float,
+) -> int:
+    """prepare -> search -> (``finish_search``); stops cleanly on SIGINT / SIGTERM."""
     parent = None
     try:
         with interruptible_job():  # after init_ray, which sets its own SIGTERM handler
@@ -300,7 +318,7 @@ def run_search_job(args: argparse.Namespace) -> int:
                 combos,
                 callbacks=[
                     tracking.trial_callback(uri, experiment, parent),
-                    report.trial_progress(cfg.metric, cfg.num_samples),
+                    report.trial_progress(cfg.metric, cfg.num_samples, console.fd),
                 ],
                 resume=args.resume,
                 verbose=1 if args.ray_logs else 0,
@@ -309,14 +327,16 @@ def run_search_job(args: argparse.Namespace) -> int:
                 results = tuner.fit()
             if stopped.is_set():
                 raise Interrupted(stopped.signum)
-            return finish_search(args, cfg, prepared, results, uri, experiment, parent, started)
+            return finish_search(
+                args, cfg, prepared, results, uri, experiment, parent, console, started
+            )
     except Interrupted as err:
         killed = tracking.kill_runs(uri, parent) if parent else 0
         print(
             f"\ninterrupted by {err}: the search is saved; no ensemble or submission was "
             f"written; {killed + (parent is not None)} MLflow run(s) marked KILLED.\n"
             f"Resume it with the same command plus: --resume --name {cfg.name}",
-            file=sys.stderr,
+            file=console.err,
         )
         return 128 + err.signum
 
@@ -346,18 +366,20 @@ def finish_search(
     uri: str,
     experiment: str,
     parent: str,
+    console: Console,
     started: float,
 ) -> int:
     """Trials -> ensemble -> outputs -> MLflow -> the summary, printed last."""
     task, bank = cfg.space.task, prepared.bank
     outcomes = collect_outcomes(cfg, results)
-    report.print_trials(task, outcomes)
+    with contextlib.redirect_stdout(console.out):
+        report.print_trials(task, outcomes)
     members = load_members(outcomes, cfg.top_k)
     if not members:
         tracking.finish_run(uri, parent, {}, status="FAILED")
         print(
             f"error: no trial of {cfg.name} finished an epoch; see {cfg.experiment_uri()}",
-            file=sys.stderr,
+            file=console.err,
         )
         return 1
     ens = build_ensemble(
@@ -395,9 +417,10 @@ def finish_search(
         artifacts,
     )
     tracking.finish_parent(uri, parent, summary)
-    print(f"\nMLflow: {uri}  (mlflow ui --backend-store-uri {uri})")
-    print(f"Ray results: {cfg.experiment_uri()}   wall time {time.time() - started:.0f} s")
-    report.print_summary(
-        task, ens, members, bank, summary, submission, outcomes[0] if args.control else None
-    )
+    with contextlib.redirect_stdout(console.out):
+        print(f"\nMLflow: {uri}  (mlflow ui --backend-store-uri {uri})")
+        print(f"Ray results: {cfg.experiment_uri()}   wall time {time.time() - started:.0f} s")
+        report.print_summary(
+            task, ens, members, bank, summary, submission, outcomes[0] if args.control else None
+        )
     return 0

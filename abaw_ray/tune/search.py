@@ -179,9 +179,13 @@ def build_tuner(
     # by a new one. Saving at every controller step keeps resume exact; the state is small.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     if resume:
-        return tune.Tuner.restore(
+        tuner = tune.Tuner.restore(
             cfg.experiment_uri(), trainable=trainable, resume_unfinished=True, resume_errored=True
         )
+        # Restore brings back the callbacks pickled by the first run (their console and
+        # counters); this process's own take their place.
+        tuner._local_tuner.get_run_config().callbacks = callbacks
+        return tuner
     sampler = (
         optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=min(4, cfg.num_samples))
         if cfg.searcher == "tpe"
