@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Iterator
@@ -44,6 +45,12 @@ def add_ray_flags(parser: argparse.ArgumentParser) -> None:
         help="show Ray's logs, progress tables and workers' output here (default: off, they "
         "go to OUTPUT/logs/<name>.log)",
     )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def submitted_job() -> bool:
@@ -85,11 +92,16 @@ def init_ray(
             logger = logging.getLogger(name)
             logger.handlers = [handler]
             logger.propagate = False
-    ray.init(
-        address=address,
-        num_cpus=num_cpus if address == "local" else None,
-        log_to_driver=show_logs,
-    )
+    local = {}
+    if address == "local":
+        # Ray Train's placement-group cleaner asks the State API for its controller, and the
+        # State API finds the cluster by scanning the host: with another Ray instance on the
+        # machine it fails, the cleaner dies, and a stopped trial's CPUs are never freed. The
+        # instance's own dashboard address, inherited by every Ray process, settles it.
+        port = free_port()
+        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+        local = {"num_cpus": num_cpus, "dashboard_port": port}
+    ray.init(address=address, log_to_driver=show_logs, **local)
     if not show_logs:
         ray.data.DataContext.get_current().enable_progress_bars = False
         if log_file is not None:  # Ray configures its loggers again when it starts
