@@ -166,7 +166,10 @@ def run_train_job(args: argparse.Namespace, task: Task) -> int:
     )
     with ray_output_to(None if args.ray_logs else log_file) as console:
         init_ray(args.address, args.num_cpus, log_file, args.ray_logs)
-        return train_on_ray(args, task, overrides, mode, name, output, storage, seed, console)
+        try:
+            return train_on_ray(args, task, overrides, mode, name, output, storage, seed, console)
+        finally:
+            ray.shutdown()  # inside the block: Ray's late warnings go to the log, not after us
 
 
 def train_on_ray(

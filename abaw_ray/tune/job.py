@@ -279,7 +279,10 @@ def run_search_job(args: argparse.Namespace) -> int:
     )
     with ray_output_to(None if args.ray_logs else log_file) as console:
         init_ray(args.address, args.num_cpus, log_file, args.ray_logs)
-        return search_on_ray(args, space, cfg, output, uri, experiment, console, started)
+        try:
+            return search_on_ray(args, space, cfg, output, uri, experiment, console, started)
+        finally:
+            ray.shutdown()  # inside the block: Ray's late warnings go to the log, not after us
 
 
 def search_on_ray(
