@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from abaw_ray.fsutil import atomic_write_text
+
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "trial_id"
 # MLflow 3 opens an experiment without this tag in its GenAI (traces) view.
@@ -64,7 +66,7 @@ def parent_run(
     for k, v in params.items():
         client.log_param(run.info.run_id, k, str(v)[:500])
     state_file.parent.mkdir(parents=True, exist_ok=True)
-    state_file.write_text(json.dumps({"parent_run_id": run.info.run_id}))
+    atomic_write_text(state_file, json.dumps({"parent_run_id": run.info.run_id}))
     return run.info.run_id
 
 

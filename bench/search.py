@@ -68,7 +68,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--budget", type=float, default=180.0, help="seconds per search")
     p.add_argument("--target", type=float, default=0.6)
-    p.add_argument("--space", type=Path, default=REPO / "search_spaces" / "va.yaml")
+    p.add_argument("--space", type=Path, default=REPO / "search_spaces" / "embedded_va.yaml")
     p.add_argument("--repeats", type=int, default=3, help="seeds 0, 1, ... (at least 3)")
     p.add_argument("--num-cpus", type=int, default=2)
     args = p.parse_args()

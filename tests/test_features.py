@@ -165,3 +165,19 @@ def test_real_timm_loading_reads_a_local_checkpoint(tmp_path):
     model.eval()
     expected = model.forward_head(model.forward_features(x), pre_logits=True)
     np.testing.assert_allclose(ex(images), expected.detach().numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "total, node_cpus, expected",
+    [
+        ({"CPU": 2.0}, 1.0, (1, 0.0, 0.75)),  # two 1-CPU nodes: the actor fits on one
+        ({"CPU": 2.0}, 2.0, (1, 0.0, 1.75)),  # one 2-CPU machine: all but a decode task
+        ({"CPU": 128.0}, 16.0, (1, 0.0, 15.75)),  # 8 x 16 CPUs: not 127.75 on one node
+        ({"CPU": 64.0, "GPU": 4.0}, 16.0, (4, 1.0, 4.0)),  # one actor per GPU, <= 4 CPUs
+        ({"CPU": 4.0, "GPU": 4.0}, 1.0, (4, 1.0, 0.75)),
+    ],
+)
+def test_extraction_actors_fit_on_one_node(total, node_cpus, expected):
+    from abaw_ray.features.pipeline import ExtractionConfig, actor_resources
+
+    assert actor_resources(ExtractionConfig(extractors=("face_hog",)), total, node_cpus) == expected

@@ -115,7 +115,9 @@ class _FakeRay:
 def test_a_job_joins_only_the_cluster_it_is_asked_to(address, env, expected, monkeypatch):
     fake = _FakeRay()
     monkeypatch.setattr(cluster, "ray", fake)
-    monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
+    # setenv first, so that undoing restores the variable's absence (init_ray sets it)
+    monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "unset-by-the-test")
+    monkeypatch.delenv("RAY_API_SERVER_ADDRESS")
     if env is None:
         monkeypatch.delenv("RAY_ADDRESS", raising=False)
     else:

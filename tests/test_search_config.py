@@ -36,7 +36,7 @@ def test_default_names_sort_by_start_time():
 
 
 def test_flags_override_the_config_defaults_and_only_those():
-    space = load_search_space(REPO / "search_spaces" / "va.yaml")
+    space = load_search_space(REPO / "search_spaces" / "embedded_va.yaml")
     parser = search_parser("va", None)
     defaults = search_config(parser.parse_args([]), space, "/s")
     assert defaults == SearchConfig(space=space, storage_path="/s", name=None)

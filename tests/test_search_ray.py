@@ -28,7 +28,11 @@ SPACE = REPO / "tests" / "data" / "small_va.yaml"
 
 
 def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"))
+    }
 
 
 def _job(args: list[str]) -> subprocess.Popen:

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_va_space_loads_and_combines_features():
-    space = load_search_space(REPO / "search_spaces" / "va.yaml")
+    space = load_search_space(REPO / "search_spaces" / "embedded_va.yaml")
     assert space.task == "va"
     combos = space.combinations({"wavlm_large": "wavlm_large.tiny"})
     assert "face_hog+logmel" in combos and "face_pixels+wavlm_large.tiny" in combos
@@ -24,7 +24,7 @@ def test_va_space_loads_and_combines_features():
 
 
 def test_conditional_parameters_follow_the_model():
-    space = load_search_space(REPO / "search_spaces" / "va.yaml")
+    space = load_search_space(REPO / "search_spaces" / "embedded_va.yaml")
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = {}
     fn = space.define_by_run(space.combinations())
@@ -85,3 +85,24 @@ def test_malformed_space_names_the_key(tmp_path, old, new, key):
     with pytest.raises(SearchSpaceError) as err:
         load_search_space(path)
     assert str(err.value).startswith(f"{path}: {key}:")
+
+
+@pytest.mark.parametrize("task", ["va", "expr"])
+def test_the_real_corpus_is_searched_on_the_papers_features(task):
+    from abaw_ray.features.registry import list_extractors
+    from abaw_ray.tune.job import default_space
+
+    real = load_search_space(default_space(task, embedded=False))
+    embedded = load_search_space(default_space(task, embedded=True))
+    assert default_space(task, embedded=False).name == f"{task}.yaml"
+    assert default_space(task, embedded=True).name == f"embedded_{task}.yaml"
+    assert real.task == embedded.task == task
+    assert {"clip_large", "eva02_large"} <= set(real.visual)
+    assert "wavlm_large" in real.audio and None in real.audio
+    if task == "va":
+        assert "whisper_v3" in real.audio
+    else:
+        assert {"mobilenetv3", "efficientnetv2"} <= set(real.visual)
+    assert not {"face_hog", "face_pixels", "logmel"} & set(real.extractors)
+    assert set(real.extractors) <= set(list_extractors())
+    assert "face_hog" in embedded.extractors

@@ -200,16 +200,26 @@ class AudioFeatures:
         }
 
 
-def _actor_resources(config: ExtractionConfig) -> tuple[int, float, float]:
-    """(actors, GPUs per actor, CPUs per actor) from what the cluster has."""
-    res = ray.cluster_resources()
-    gpus = int(res.get("GPU", 0))
-    cpus = float(res.get("CPU", 1))
+def actor_resources(
+    config: ExtractionConfig, total: dict[str, float], node_cpus: float
+) -> tuple[int, float, float]:
+    """(actors, GPUs per actor, CPUs per actor) from the cluster's ``total`` resources and
+    the CPUs of its largest node: an actor must fit on one node, whatever the total."""
+    gpus = int(total.get("GPU", 0))
+    cpus = float(total.get("CPU", 1))
+    fits = max(0.5, node_cpus - config.decode_cpus)  # beside one decode task on its node
     if gpus:
         actors = config.num_actors or gpus
-        return actors, 1.0, max(1.0, min(4.0, cpus / actors - config.decode_cpus))
+        return actors, 1.0, max(0.5, min(4.0, fits, cpus / actors - config.decode_cpus))
     actors = config.num_actors or 1
-    return actors, 0.0, max(0.5, (cpus - config.decode_cpus) / actors)
+    return actors, 0.0, max(0.5, min(fits, (cpus - config.decode_cpus) / actors))
+
+
+def _actor_resources(config: ExtractionConfig) -> tuple[int, float, float]:
+    node_cpus = max(
+        (n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=1.0
+    )
+    return actor_resources(config, ray.cluster_resources(), node_cpus)
 
 
 def extract_faces(

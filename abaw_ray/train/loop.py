@@ -164,12 +164,17 @@ def save_trial_checkpoint(
         folder / PREDICTIONS,
         **{f"{split}/{v}": p for split, per in predictions.items() for v, p in per.items()},
     )
-    (folder / TRIAL_JSON).write_text(
-        json.dumps(
-            {"trial": asdict(trial), "epoch": epoch, "metrics": metrics, "input_dims": input_dims},
-            indent=1,
-        )
-    )
+    import ray
+
+    saved = {
+        "trial": asdict(trial),
+        "epoch": epoch,
+        "metrics": metrics,
+        "input_dims": input_dims,
+        # Where the worker that wrote it ran (None outside Ray).
+        "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
+    }
+    (folder / TRIAL_JSON).write_text(json.dumps(saved, indent=1))
 
 
 def load_trial_state(folder: Path, device: torch.device) -> tuple[dict[str, Any], dict[str, Any]]:

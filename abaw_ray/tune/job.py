@@ -87,9 +87,10 @@ def search_parser(task: Task, doc: str | None) -> argparse.ArgumentParser:
     p.add_argument(
         "--space",
         type=Path,
-        default=REPO / "search_spaces" / f"{task}.yaml",
-        help=f"search space YAML; its task decides the job (default: search_spaces/{task}.yaml)",
+        help=f"search space YAML; its task decides the job (default: search_spaces/{task}.yaml, "
+        f"the paper's features, with --data; search_spaces/embedded_{task}.yaml without)",
     )
+    p.set_defaults(task=task)
     p.add_argument(
         "--tiny", action="store_true", help="tiny random extractors on any corpus (default: off)"
     )
@@ -117,6 +118,12 @@ def search_parser(task: Task, doc: str | None) -> argparse.ArgumentParser:
     p.add_argument("--weights-dir", type=Path, help="local pre-trained weights (default: HF cache)")
     add_ray_flags(p)
     return p
+
+
+def default_space(task: Task, embedded: bool) -> Path:
+    """The shipped space: the paper's pre-trained features for a real corpus, the model-free
+    and tiny features that carry signal on the embedded one."""
+    return REPO / "search_spaces" / (f"embedded_{task}.yaml" if embedded else f"{task}.yaml")
 
 
 def search_config(args: argparse.Namespace, space: SearchSpace, storage: str) -> SearchConfig:
@@ -240,6 +247,8 @@ def run_search_job(args: argparse.Namespace) -> int:
     """The job, end to end; its exit status (0 done, 2 bad input, 1 no trial finished,
     130/143 interrupted by SIGINT/SIGTERM, with no ensemble or submission written)."""
     started = time.time()
+    if args.space is None:
+        args.space = default_space(args.task, embedded=args.data is None)
     space = load_search_space(args.space)
     task = space.task
     problem = check_output_dir(args.output)
