@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import ray
 import ray.data
@@ -83,15 +83,6 @@ def init_ray(
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or "local"
-    if not show_logs and log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(log_file)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-        logging.captureWarnings(True)
-        for name in RAY_LOGGERS:
-            logger = logging.getLogger(name)
-            logger.handlers = [handler]
-            logger.propagate = False
     local = {}
     if address == "local":
         # Ray Train's placement-group cleaner asks the State API for its controller, and the
@@ -102,12 +93,46 @@ def init_ray(
         os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
         local = {"num_cpus": num_cpus, "dashboard_port": port}
     ray.init(address=address, log_to_driver=show_logs, **local)
-    if not show_logs:
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        if log_file is not None:  # Ray configures its loggers again when it starts
-            for name in RAY_LOGGERS:
-                logging.getLogger(name).handlers = [handler]
-                logging.getLogger(name).propagate = False
+    if show_logs:
+        return
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    if log_file is not None:  # after ray.init, which sets up Ray's loggers
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        logging.captureWarnings(True)
+        for name in RAY_LOGGERS:
+            logger = logging.getLogger(name)
+            logger.handlers = [handler]
+            logger.propagate = False
+
+
+@contextlib.contextmanager
+def job_on_ray(args: argparse.Namespace, kind: str, name: str, output: Path) -> Iterator[Console]:
+    """The part of a job that runs on Ray. Says where its results and Ray's logs go, sends
+    Ray's output to ``OUTPUT/logs/<name>.log`` (``--ray-logs``: shows it), connects
+    (``add_ray_flags``), yields the console for the job's own lines, and shuts Ray down
+    before the output is restored, so that nothing of Ray's follows the job's last line."""
+    log_file = output / "logs" / f"{name}.log"
+    print(
+        f"{'resuming' if args.resume else 'starting'} {kind} {name}: results in {output}"
+        + ("" if args.ray_logs else f", Ray's logs in {log_file}"),
+        flush=True,
+    )
+    with ray_output_to(None if args.ray_logs else log_file) as console:
+        init_ray(args.address, args.num_cpus, log_file, args.ray_logs)
+        try:
+            yield console
+        finally:
+            ray.shutdown()
+
+
+def name_refusal(where: str, kind: str, resume: bool) -> str:
+    """The error when ``--resume`` and the run at ``where`` disagree: ``--name`` means the
+    same in every job, a run continued only with ``--resume``, never overwritten."""
+    if resume:
+        return f"error: {where} holds no {kind} to resume"
+    return f"error: {where} holds a {kind} already: pass --resume to continue it, or another --name"
 
 
 class Interrupted(Exception):
@@ -126,7 +151,6 @@ def stoppable_search() -> Iterator[threading.Event]:
     before Tune is listening, raises ``Interrupted`` at once. Elsewhere in a job both signals
     raise ``Interrupted`` (``interruptible_job``)."""
     event = threading.Event()
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def handler(signum: int, frame: object) -> None:
         tune_listens = callable(signal.getsignal(signal.SIGUSR1))
@@ -138,13 +162,8 @@ def stoppable_search() -> Iterator[threading.Event]:
 
     # Tune would otherwise take SIGINT for itself and print its own (Tuner.restore) advice.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    for s in previous:
-        signal.signal(s, handler)
-    try:
+    with _stop_signals_call(handler):
         yield event
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 @contextlib.contextmanager
@@ -155,6 +174,13 @@ def interruptible_job() -> Iterator[None]:
     def handler(signum: int, frame: object) -> None:
         raise Interrupted(signum)
 
+    with _stop_signals_call(handler):
+        yield
+
+
+@contextlib.contextmanager
+def _stop_signals_call(handler: Any) -> Iterator[None]:
+    """SIGINT and SIGTERM call ``handler`` inside the block; the previous handlers after."""
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     for s in previous:
         signal.signal(s, handler)

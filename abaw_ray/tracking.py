@@ -170,10 +170,6 @@ def log_ensemble(
     return rid
 
 
-def finish_parent(uri: str, parent_id: str, metrics: dict[str, float]) -> None:
-    finish_run(uri, parent_id, metrics)
-
-
 def log_epoch(tracking: dict[str, str], metrics: dict[str, float], step: int) -> None:
     """From a Train worker (rank 0): one epoch's metrics into the run the driver opened
     (``tracking``: ``{"uri": ..., "run_id": ...}``)."""

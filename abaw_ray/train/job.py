@@ -18,9 +18,9 @@ from abaw_ray.cluster import (
     Interrupted,
     add_ray_flags,
     check_output_dir,
-    init_ray,
     interruptible_job,
-    ray_output_to,
+    job_on_ray,
+    name_refusal,
 )
 from abaw_ray.data.corpus import load_corpus, preflight
 from abaw_ray.errors import CorpusNotFoundError
@@ -147,29 +147,11 @@ def run_train_job(args: argparse.Namespace, task: Task) -> int:
         name = runs[-1].name if runs else None
     name = name or f"train_{task}-{args.model}-{control}{time.strftime('%Y%m%d-%H%M%S')}"
     if args.resume != (storage / name).is_dir():
-        print(
-            f"error: {storage / name} "
-            + (
-                "holds no run to resume"
-                if args.resume
-                else "holds a run already: pass --resume to continue it, or another --name"
-            ),
-            file=sys.stderr,
-        )
+        print(name_refusal(str(storage / name), "run", args.resume), file=sys.stderr)
         return 2
     seed = overrides.get("seed", TrialConfig.seed)
-    log_file = output / "logs" / f"{name}.log"
-    print(
-        f"{'resuming' if args.resume else 'starting'} trial {name}: results in {output}"
-        + ("" if args.ray_logs else f", Ray's logs in {log_file}"),
-        flush=True,
-    )
-    with ray_output_to(None if args.ray_logs else log_file) as console:
-        init_ray(args.address, args.num_cpus, log_file, args.ray_logs)
-        try:
-            return train_on_ray(args, task, overrides, mode, name, output, storage, seed, console)
-        finally:
-            ray.shutdown()  # inside the block: Ray's late warnings go to the log, not after us
+    with job_on_ray(args, "trial", name, output) as console:
+        return train_on_ray(args, task, overrides, mode, name, output, storage, seed, console)
 
 
 def train_on_ray(

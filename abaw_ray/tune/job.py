@@ -26,9 +26,9 @@ from abaw_ray.cluster import (
     Interrupted,
     add_ray_flags,
     check_output_dir,
-    init_ray,
     interruptible_job,
-    ray_output_to,
+    job_on_ray,
+    name_refusal,
     stoppable_search,
 )
 from abaw_ray.data.corpus import preflight
@@ -269,29 +269,11 @@ def run_search_job(args: argparse.Namespace) -> int:
             return 2
     cfg = search_config(args, space, storage)
     if args.resume != can_resume(cfg):
-        print(
-            f"error: {cfg.experiment_uri()} "
-            + (
-                "holds no search to resume"
-                if args.resume
-                else "holds a search already: pass --resume to continue it, or another --name"
-            ),
-            file=sys.stderr,
-        )
+        print(name_refusal(cfg.experiment_uri(), "search", args.resume), file=sys.stderr)
         return 2
-    log_file = output / "logs" / f"{cfg.name}.log"
     uri, experiment = tracking.tracking_uri(output), f"abaw-{task}"
-    print(
-        f"{'resuming' if args.resume else 'starting'} search {cfg.name}: results in {output}"
-        + ("" if args.ray_logs else f", Ray's logs in {log_file}"),
-        flush=True,
-    )
-    with ray_output_to(None if args.ray_logs else log_file) as console:
-        init_ray(args.address, args.num_cpus, log_file, args.ray_logs)
-        try:
-            return search_on_ray(args, space, cfg, output, uri, experiment, console, started)
-        finally:
-            ray.shutdown()  # inside the block: Ray's late warnings go to the log, not after us
+    with job_on_ray(args, "search", cfg.name, output) as console:
+        return search_on_ray(args, space, cfg, output, uri, experiment, console, started)
 
 
 def search_on_ray(
@@ -428,7 +410,7 @@ def finish_search(
         {"members": len(members), "smoothing": ens.submitted.recipe.smoothing},
         artifacts,
     )
-    tracking.finish_parent(uri, parent, summary)
+    tracking.finish_run(uri, parent, summary)
     with contextlib.redirect_stdout(console.out):
         print(f"\nMLflow: {uri}  (mlflow ui --backend-store-uri {uri})")
         print(f"Ray results: {cfg.experiment_uri()}   wall time {time.time() - started:.0f} s")
