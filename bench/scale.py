@@ -2,14 +2,17 @@
 Aff-Wild2 VA geometry (594 videos, lengths drawn like Aff-Wild2's from a few hundred to 54,000
 frames, about 2.9M frames in all, 30 fps; 356 training, 76 validation, 162 test videos), the
 paper's features at their real dims and rates (CLIP-L 768 and EVA02-L 1024 per frame, WavLM-L
-1024 and Whisper-L 1280 at 50 Hz, float16), at ``--fraction`` of the videos.
+1024 and Whisper-L 1280 at 50 Hz, float16), at ``--fraction`` of the videos, written by Ray
+tasks.
 
-It runs the search job's preparation (the feature bank of ``search_spaces/va.yaml``'s
-extractors and alignments, put in the object store) and one trial's data loading on a local
-Ray instance, and prints: the driver's peak RSS, the object-store bytes, the bytes one trial
-fetches and the preparation wall time, at the fraction and extrapolated to the full corpus
-(linear in frames; RSS as the process's baseline plus the rest scaled). The median of
-``--repeats`` preparations (at least 3) is the time; the memory is the run's peak.
+It runs the search job's preparation (``build_bank`` over ``search_spaces/va.yaml``'s
+extractors and alignments: one Ray task per feature variant builds its shard in the object
+store) and one trial's data loading (a Ray task that fetches its combination, as a trial does)
+on a local Ray instance, and prints: the driver's peak RSS, the object-store bytes, the bytes
+one trial fetched, the peak RSS of the task that streams the largest variant, and the
+preparation wall time, at the fraction and extrapolated to the full corpus (linear in frames;
+RSS as the process's baseline plus the rest scaled). The median of ``--repeats``
+preparations (at least 3) is the time; the memory is the run's peak.
 
     python bench/scale.py [--fraction 0.03125] [--repeats 3]
 """
@@ -17,7 +20,6 @@ fetches and the preparation wall time, at the fraction and extrapolated to the f
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import tempfile
 import time
@@ -31,7 +33,13 @@ from abaw_ray.data.labels import FrameLabels
 from abaw_ray.data.media import MediaInfo
 from abaw_ray.features.registry import get_spec
 from abaw_ray.features.store import FeatureStore
-from abaw_ray.train.data import build_bank
+from abaw_ray.train.data import (
+    SHARD_BYTES,
+    FeatureBank,
+    FeatureShard,
+    build_bank,
+    build_shards,
+)
 from abaw_ray.tune.space import load_search_space
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,41 +73,61 @@ def synthetic_corpus(root: Path, fraction: float, seed: int) -> Corpus:
     return Corpus(root, videos, {"va": splits}, {"va": labels, "expr": {}}, {}, {})
 
 
-def write_store(store: FeatureStore, corpus: Corpus, names: list[str], seed: int) -> int:
-    """Random float16 features of every video, written one video at a time; bytes written."""
+def write_features(store_root: str, name: str, lengths: dict[str, int], seed: int) -> int:
+    """Random float16 features of ``name`` for every video, one video at a time (a Ray task's
+    body); bytes written."""
+    store = FeatureStore(store_root)
+    spec = get_spec(name)
+    key = store.open(spec, tiny=False, weights="synthetic (bench/scale.py)")
     rng = np.random.default_rng(seed)
     written = 0
-    for name in names:
-        spec = get_spec(name)
-        key = store.open(spec, tiny=False, weights="synthetic (bench/scale.py)")
-        for video in corpus.videos:
-            n = corpus.num_frames(video)
-            if spec.modality == "visual":
-                values = rng.standard_normal((n, spec.dim), np.float32)
-                store.write(key, video, values, mask=np.ones(n, bool))
-            else:
-                rows = int(n / FPS * spec.rate_hz)
-                values = rng.standard_normal((rows, spec.dim), np.float32)
-                store.write(key, video, values, times=np.arange(rows) / spec.rate_hz)
-            written += values.shape[0] * spec.dim * 2
+    for video, n in lengths.items():
+        if spec.modality == "visual":
+            values = rng.standard_normal((n, spec.dim), np.float32)
+            store.write(key, video, values, mask=np.ones(n, bool))
+        else:
+            rows = int(n / FPS * spec.rate_hz)
+            values = rng.standard_normal((rows, spec.dim), np.float32)
+            store.write(key, video, values, times=np.arange(rows) / spec.rate_hz)
+        written += values.shape[0] * spec.dim * 2
     return written
 
 
-def bank_bytes(bank, variants: set[str] | None = None) -> int:
-    """Bytes of the bank's arrays (of ``variants`` only, if given)."""
-    total = 0
-    for variant, per_video in bank.frames.items():
-        if variants is None or variant in variants:
-            total += sum(a.nbytes for a in per_video.values())
-    for key, per_video in bank.native.items():
-        if variants is None or f"{key}|native" in variants:
-            total += sum(a.nbytes for a in per_video.values())
-            total += sum(a.nbytes for a in bank.positions[key].values())
-    return total
+def shard_bytes(shard: FeatureShard) -> int:
+    return shard.values.nbytes + (shard.positions.nbytes if shard.positions is not None else 0)
+
+
+def trial_fetch(index: FeatureBank, keys: list[str], alignment: str) -> int:
+    """What a trial does first (``train_loop_per_worker``): fetch its combination's shards;
+    the bytes it got."""
+    bank = index.fetch(index.variants_for(keys, alignment))
+    arrays = [*bank.frames.values(), *bank.native.values(), *bank.positions.values()]
+    return sum(a.nbytes for per_video in arrays for a in per_video.values())
+
+
+def reset_peak_rss() -> int:
+    """Start this process's peak afresh (Linux: ``clear_refs`` 5); its resident set now."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return peak_rss()
+
+
+def shard_task_peak(corpus, store_root: str, variant: str, bank: FeatureBank) -> tuple[int, int]:
+    """(resident set before, peak while) a worker streams ``variant``'s shards into the object
+    store, as ``build_bank``'s tasks do."""
+    before = reset_peak_rss()
+    videos, train = list(bank.num_frames), bank.splits["train"]
+    for item in build_shards(corpus, store_root, variant, videos, train):
+        ray.put(item)  # what yielding it does: a copy into the object store
+    return before, peak_rss()
 
 
 def peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    """This process's peak resident set (Linux ``VmHWM``: unlike ``ru_maxrss``, it starts
+    afresh at exec, so a Ray worker does not inherit its spawner's peak)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024  # kB
+    raise RuntimeError("no VmHWM in /proc/self/status (bench/scale.py measures on Linux)")
 
 
 def main() -> None:
@@ -113,33 +141,45 @@ def main() -> None:
     space = load_search_space(REPO / "search_spaces" / "va.yaml")
     alignments = next((q.args for q in space.parameters if q.name == "alignment"), ("interp",))
     names = list(space.extractors)
-    with tempfile.TemporaryDirectory() as tmp:
-        corpus = synthetic_corpus(Path(tmp), args.fraction, args.seed)
-        frames = sum(corpus.num_frames(v) for v in corpus.videos)
-        store = FeatureStore(Path(tmp) / "features")
-        stored = write_store(store, corpus, names, args.seed)
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        baseline = peak_rss()
-        times, refs = [], []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    baseline = peak_rss()  # the process with Ray and the project imported, before any data
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            corpus = synthetic_corpus(Path(tmp), args.fraction, args.seed)
+            lengths = {v: corpus.num_frames(v) for v in corpus.videos}
+            frames = sum(lengths.values())
+            store = FeatureStore(Path(tmp) / "features")
+            root = str(store.root)
+            writer = ray.remote(write_features)
+            stored = sum(
+                ray.get(
+                    [writer.remote(root, n, lengths, args.seed + i) for i, n in enumerate(names)]
+                )
+            )
+            times = []
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                bank = build_bank(corpus, store, names, "va", alignments)
+                times.append(time.perf_counter() - start)
+                sizer = ray.remote(shard_bytes)
+                in_store = {
+                    x: sum(ray.get([sizer.remote(r) for r in refs]))
+                    for x, refs in bank.shards.items()
+                }
+                count = sum(len(refs) for refs in bank.shards.values())
+                del bank  # one bank at a time in the object store
             bank = build_bank(corpus, store, names, "va", alignments)
-            refs.append(ray.put(bank))  # what prepare() does
-            times.append(time.perf_counter() - start)
-            put = bank_bytes(bank)
+            driver = peak_rss()
+            combo = space.combinations()[0].split("+")
+            fetched = ray.get(ray.remote(trial_fetch).remote(ray.put(bank), combo, "interp"))
+            largest = max(in_store, key=in_store.get)
+            task = ray.remote(shard_task_peak)
+            worker_base, shard_peak = ray.get(task.remote(ray.put(corpus), root, largest, bank))
             del bank
-            refs.clear()  # one bank at a time in the object store
-        driver = peak_rss()
-        # One trial of the first combination: what it needs, and what it fetches today.
-        combo = space.combinations()[0].split("+")
-        bank = build_bank(corpus, store, names, "va", alignments)
-        needed = {bank.variant(k, "interp") for k in combo} | {f"{k}|native" for k in combo}
-        trial_needs = bank_bytes(bank, needed)
-        ref = ray.put(bank)
-        del bank
-        fetched = bank_bytes(ray.get(ref))  # the whole bank: every trial gets it all
+    finally:
         ray.shutdown()
 
+    put = sum(in_store.values())
     scale = FRAMES / frames
     gb = 1e9
     full_rss = baseline + (driver - baseline) * scale
@@ -151,23 +191,31 @@ def main() -> None:
     print(
         f"  store on disk           : {stored / gb:7.2f} GB  -> full {stored * scale / gb:7.1f} GB"
     )
-    print(f"  bank in the object store: {put / gb:7.2f} GB  -> full {put * scale / gb:7.1f} GB")
     print(
-        f"  driver peak RSS         : {driver / gb:7.2f} GB  -> full {full_rss / gb:7.1f} GB "
+        f"  shards in object store  : {put / gb:7.2f} GB  -> full {put * scale / gb:7.1f} GB "
+        f"({len(in_store)} variants in {count} shards of <= {SHARD_BYTES / 2**20:.0f} MiB or one "
+        f"video; largest variant {largest}: {in_store[largest] * scale / gb:.1f} GB full)"
+    )
+    print(
+        f"  driver peak RSS         : {driver / gb:7.2f} GB  -> full {full_rss / gb:7.2f} GB "
         f"(baseline {baseline / gb:.2f} GB)"
     )
     print(
-        f"  one trial ({'+'.join(combo)}): fetches {fetched / gb:.2f} GB, needs "
-        f"{trial_needs / gb:.2f} GB -> full: fetches {fetched * scale / gb:.1f} GB, needs "
-        f"{trial_needs * scale / gb:.1f} GB"
+        f"  one trial ({'+'.join(combo)}, interp): fetches {fetched / gb:.2f} GB -> full "
+        f"{fetched * scale / gb:.1f} GB"
+    )
+    print(
+        f"  shard task peak RSS     : {shard_peak / gb:7.2f} GB (streams {largest}; "
+        f"{(shard_peak - worker_base) / gb:.2f} GB above its resident set before: one shard "
+        f"and one video's work at a time, whatever the corpus size)"
     )
     print(
         f"  preparation wall time   : {statistics.median(times):7.1f} s [{min(times):.1f}, "
         f"{max(times):.1f}] (median of {args.repeats}) -> full "
-        f"{statistics.median(times) * scale / 60:.1f} min"
+        f"{statistics.median(times) * scale / 60:.1f} min at these 2 CPUs"
     )
     print(
-        f"scale: full-corpus driver peak RSS {full_rss / gb:.1f} GB, trial fetch "
+        f"scale: full-corpus driver peak RSS {full_rss / gb:.2f} GB, trial fetch "
         f"{fetched * scale / gb:.1f} GB of {put * scale / gb:.1f} GB stored"
     )
 

@@ -66,6 +66,7 @@ def _bank() -> FeatureBank:
         labels=labels,
         valid=valid,
         face_mask={v: np.ones(len(labels[v]), bool) for v in labels},
+        dims={"f": 3},
     )
 
 

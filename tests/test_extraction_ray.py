@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from abaw_ray.data import load_corpus
-from abaw_ray.features.pipeline import ExtractionConfig, extract_features
+from abaw_ray.features import create_extractor
+from abaw_ray.features.pipeline import ExtractionConfig, decode_faces, extract_features
 from abaw_ray.features.store import FeatureStore
 from tests.media import write_video_without_audio
 from tests.raytools import kill_session
@@ -136,6 +137,17 @@ def test_bad_images_and_silent_video_are_reported_not_fatal(corpus_root, tmp_pat
     k = int(name.split(".")[0]) - 1
     assert not stored.mask[k]  # flagged
     assert stored.values.shape[0] == corpus.num_frames(video)
+    # Rows from every batch of the stream sit at their own frames: each equals the descriptor
+    # of its own image; the flagged frame holds a nearest readable frame's row.
+    hog = create_extractor("face_hog")
+    readable = np.flatnonzero(stored.mask)
+    for row in (readable[0], readable[len(readable) // 2], readable[-1]):
+        path = np.array([str(corpus.videos[video].face_path(int(row) + 1))], dtype=object)
+        expected = hog(decode_faces({"path": path})["image"]).astype(np.float16)[0]
+        np.testing.assert_array_equal(stored.values[row], expected)
+    gap = np.abs(readable - k).min()
+    nearest = [j for j in readable if abs(j - k) == gap]
+    assert any(np.array_equal(stored.values[k], stored.values[j]) for j in nearest)
     left = [v for v in usable if v.endswith("_left")][0]
     right = left.replace("_left", "_right")
     np.testing.assert_array_equal(

@@ -11,6 +11,7 @@ from typing import Literal
 import numpy as np
 
 AlignMethod = Literal["interp", "pool"]
+DIM_BLOCK = 64  # feature columns aligned at a time
 
 
 def align_to_frames(
@@ -23,21 +24,33 @@ def align_to_frames(
     centre (holding the edge values outside the audio); ``pool`` averages the audio frames
     inside each frame's span, and interpolates where a span holds none.
     """
+    features = np.asarray(features)
+    if features.ndim != 2 or np.shape(times) != (features.shape[0],):
+        raise ValueError(f"features {features.shape} and times {np.shape(times)} do not match")
+    out = np.zeros((len(frame_times), features.shape[1]), np.float32)
+    if len(frame_times) == 0 or features.shape[0] == 0:
+        return out
+    # Columns are independent: a block at a time keeps the float64 work to [N, DIM_BLOCK]
+    # however long the video (a 54,000-frame video's 90,000 Whisper rows at once: ~3 GB).
+    for d in range(0, features.shape[1], DIM_BLOCK):
+        out[:, d : d + DIM_BLOCK] = _align_block(
+            features[:, d : d + DIM_BLOCK], times, frame_times, method
+        )
+    return out
+
+
+def _align_block(
+    features: np.ndarray, times: np.ndarray, frame_times: np.ndarray, method: AlignMethod
+) -> np.ndarray:
     x = np.asarray(features, dtype=np.float64)
     t = np.asarray(times, dtype=np.float64)
     ft = np.asarray(frame_times, dtype=np.float64)
-    if x.ndim != 2 or t.shape != (x.shape[0],):
-        raise ValueError(f"features {x.shape} and times {t.shape} do not match")
-    if len(ft) == 0:
-        return np.zeros((0, x.shape[1]), np.float32)
-    if x.shape[0] == 0:
-        return np.zeros((len(ft), x.shape[1]), np.float32)
     step = np.diff(ft).mean() if len(ft) > 1 else 1.0
     ends = np.append(ft[1:], ft[-1] + step)
     centres = (ft + ends) / 2
     interp = np.stack([np.interp(centres, t, x[:, d]) for d in range(x.shape[1])], axis=1)
     if method == "interp":
-        return interp.astype(np.float32)
+        return interp
     if method != "pool":
         raise ValueError(f"unknown alignment {method!r}; expected 'interp' or 'pool'")
     lo = np.searchsorted(t, ft, side="left")
@@ -46,7 +59,7 @@ def align_to_frames(
     count = (hi - lo)[:, None]
     with np.errstate(invalid="ignore", divide="ignore"):
         pooled = (csum[hi] - csum[lo]) / count
-    return np.where(count > 0, pooled, interp).astype(np.float32)
+    return np.where(count > 0, pooled, interp)
 
 
 def frame_features(

@@ -1,10 +1,16 @@
 """Feature extraction on Ray Data: faces and audio of a corpus into the feature store.
 
-Faces: frame paths -> ``map_batches(decode_faces)`` (parallel CPU tasks) ->
-``map_batches(FaceFeatures)`` (a callable class: every model loaded once per actor, one GPU
-per actor where GPUs exist) -> streamed back in order, one video at a time, into the store.
-Audio: raw files -> ``map_batches(decode_waveforms)`` -> ``map_batches(AudioFeatures)``.
-A ``_left``/``_right`` pair shares one raw file: its audio is decoded and encoded once.
+Faces: one row per video -> ``map_batches(decode_video_faces)`` (parallel CPU tasks, one per
+video: list its face images, decode them a batch at a time) -> ``map_batches(FaceFeatures)``
+(a callable class: every model loaded once per actor, one GPU per actor where GPUs exist) ->
+``map_batches(FaceWriter)`` (one actor fills each video's output array as its rows arrive and
+writes it to the store when the video is complete).
+Audio: raw files -> ``map_batches(decode_waveforms)`` -> ``map_batches(AudioFeatures)``, whose
+actors write each file's features to the store. A ``_left``/``_right`` pair shares one raw file:
+its audio is decoded and encoded once.
+
+Workers write the arrays (on a cluster the store must be shared storage); what flows back to the
+driver is one small row per finished video, from which it alone writes the manifest.
 
 Videos already in the store (manifest entry and row count) are skipped; corrupt or empty JPEGs
 and videos without audio are reported, never fatal, and the rest of the corpus goes on.
@@ -17,6 +23,7 @@ import json
 import math
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +85,28 @@ class ExtractionReport:
         return "\n".join(lines)
 
 
+def decode_video_faces(batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+    """Ray Data task, one video per call: lists the video's face images on its timeline and
+    yields them decoded, ``DECODE_BATCH`` at a time, each row carrying the video's timeline
+    length and how many images to expect. A task holds one batch of images, whatever the
+    video's length."""
+    for video, face_dir, width, frames, rows in zip(
+        batch["video"], batch["face_dir"], batch["width"], batch["frames"], batch["rows"]
+    ):
+        frames = np.asarray(frames, np.int64)
+        frames = frames[(frames >= 1) & (frames <= rows)]
+        for a in range(0, len(frames), DECODE_BATCH):
+            chunk = frames[a : a + DECODE_BATCH]
+            paths = np.array([f"{face_dir}/{int(k):0{int(width)}d}.jpg" for k in chunk], object)
+            yield {
+                **decode_faces({"path": paths}),
+                "video": np.full(len(chunk), video, dtype=object),
+                "frame": chunk,
+                "rows": np.full(len(chunk), int(rows), np.int64),
+                "expected": np.full(len(chunk), len(frames), np.int64),
+            }
+
+
 def decode_faces(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Ray Data task: JPEG paths -> uint8 [B, 112, 112, 3]; a bad file gives ok=False."""
     n = len(batch["path"])
@@ -124,10 +153,62 @@ class FaceFeatures:
         }
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = {k: batch[k] for k in ("video", "frame", "ok", "error")}
+        out = {k: batch[k] for k in ("video", "frame", "rows", "expected", "ok", "error")}
         for key, model in self.models.items():
             out[f"f:{key}"] = model(batch["image"]).astype(np.float16)
         return out
+
+
+class FaceWriter:
+    """Ray Data callable class, one actor: fills each video's output arrays as its rows arrive
+    (in any order, across batches) and writes the video to the store once every expected
+    image is in. It holds the output arrays of the videos in flight, nothing more."""
+
+    def __init__(self, store_root: str, keys: list[str]) -> None:
+        self.store = FeatureStore(store_root)
+        self.keys = keys
+        self.open: dict[str, dict[str, Any]] = {}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        finished, results = [], []
+        for video in np.unique(batch["video"]):
+            sel = batch["video"] == video
+            state = self.open.get(video)
+            if state is None:
+                rows = int(batch["rows"][sel][0])
+                state = self.open[video] = {
+                    "expected": int(batch["expected"][sel][0]),
+                    "received": 0,
+                    "mask": np.zeros(rows, bool),
+                    "bad": {},
+                    "values": {
+                        k: np.zeros((rows, batch[f"f:{k}"].shape[1]), np.float16) for k in self.keys
+                    },
+                }
+            frames, ok = batch["frame"][sel], batch["ok"][sel]
+            state["received"] += int(sel.sum())
+            state["mask"][frames[ok] - 1] = True
+            for f, err in zip(frames[~ok], batch["error"][sel][~ok]):
+                state["bad"][f"{int(f):05d}.jpg"] = str(err)
+            for k in self.keys:
+                state["values"][k][frames[ok] - 1] = batch[f"f:{k}"][sel][ok]
+            if state["received"] == state["expected"]:
+                finished.append(video)
+                results.append(json.dumps(self._write(video, self.open.pop(video))))
+        return {"video": np.array(finished, dtype=object), "result": np.array(results, object)}
+
+    def _write(self, video: str, state: dict[str, Any]) -> dict[str, Any]:
+        mask, bad = state["mask"], state["bad"]
+        result: dict[str, Any] = {"frames": state["expected"], "bad": bad, "entries": {}}
+        if not mask.any():
+            result["gap"] = "no readable face image"
+            return result
+        info = {"faces": int(mask.sum()), "filled": int((~mask).sum()), "unreadable": bad}
+        for key, values in state["values"].items():
+            result["entries"][key] = self.store.write_arrays(
+                key, video, fill_from_nearest(values, mask), mask=mask, info=info
+            )
+        return result
 
 
 def decode_waveforms(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -156,8 +237,10 @@ class AudioFeatures:
         weights_dir: str | None,
         frontend: AudioFrontEnd,
         num_cpus: float,
+        store_root: str,
     ) -> None:
         _set_threads(num_cpus)
+        self.store = FeatureStore(store_root)
         device = _device()
         self.frontend = frontend
         self.isolator = (
@@ -174,8 +257,10 @@ class AudioFeatures:
         from abaw_ray.features.audio import spectral_gate
 
         results = []
-        for raw, error in zip(batch["wave"], batch["error"]):
-            item: dict[str, Any] = {}
+        for source, raw, error, videos in zip(
+            batch["source"], batch["wave"], batch["error"], batch["videos"]
+        ):
+            entries: dict[str, dict[str, Any]] = {}
             if not error:
                 wave = np.load(io.BytesIO(raw))
                 if self.isolator is not None:
@@ -184,19 +269,17 @@ class AudioFeatures:
                     wave = spectral_gate(wave)
                 for key, model in self.models.items():
                     feats, times = model.extract(wave.astype(np.float32))
-                    item[key] = (feats.astype(np.float16), times)
-            buf = io.BytesIO()
-            np.savez(
-                buf,
-                **{f"{k}/values": v[0] for k, v in item.items()},
-                **{f"{k}/times": v[1] for k, v in item.items()},
-            )
-            results.append(buf.getvalue())
+                    info = {"source": Path(source).name}
+                    entries[key] = {  # a _left/_right pair: one decode, one encode, two entries
+                        video: self.store.write_arrays(key, video, feats, times=times, info=info)
+                        for video in json.loads(videos)
+                    }
+            results.append(json.dumps(entries))
         return {
             "source": batch["source"],
             "videos": batch["videos"],
             "error": batch["error"],
-            "features": np.array(results, dtype=object),
+            "entries": np.array(results, dtype=object),
         }
 
 
@@ -261,14 +344,15 @@ def extract_faces(
         return
 
     items = [
-        {"video": video, "frame": int(k), "path": str(corpus.videos[video].face_path(int(k)))}
-        for video in todo
-        for k in corpus.videos[video].face_frames
-        if 1 <= k <= todo[video]
+        {
+            "video": video,
+            "face_dir": str(corpus.videos[video].face_dir),
+            "width": corpus.videos[video].face_name_width,
+            "frames": corpus.videos[video].face_frames.astype(np.int32),
+            "rows": rows,
+        }
+        for video, rows in todo.items()
     ]
-    expected = defaultdict(int)
-    for it in items:
-        expected[it["video"]] += 1
     actors, gpus, cpus = _actor_resources(config)
     batch_size = config.batch_size or min(get_spec(n).batch_size for n in names)
     if not gpus:
@@ -276,8 +360,8 @@ def extract_faces(
 
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # videos finish one after another
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items) // 512))
-    ds = ds.map_batches(decode_faces, batch_size=DECODE_BATCH, num_cpus=config.decode_cpus)
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map_batches(decode_video_faces, batch_size=1, num_cpus=config.decode_cpus)
     ds = ds.map_batches(
         FaceFeatures,
         fn_constructor_kwargs=dict(
@@ -291,53 +375,30 @@ def extract_faces(
         num_gpus=gpus,
         num_cpus=cpus,
     )
+    ds = ds.map_batches(
+        FaceWriter,
+        fn_constructor_kwargs=dict(store_root=_shared(store), keys=list(keys.values())),
+        batch_size=None,
+        compute=ray.data.ActorPoolStrategy(size=1),  # a video's rows meet in one place
+        num_cpus=0,  # file writes; it must not take a core from decoding or the models
+    )
+    for row in ds.iter_rows():
+        video, result = str(row["video"]), json.loads(row["result"])
+        for name, why in result["bad"].items():
+            report.bad_frames[f"{video}/{name}"] = why
+        report.frames += result["frames"]
+        for key in keys.values():
+            if "gap" in result:
+                report.gaps[key][video] = result["gap"]
+                store.record_gap(key, video, result["gap"])
+            else:
+                store.record(key, {video: result["entries"][key]})
+                report.written[key].append(video)
 
-    parts: dict[str, list[dict[str, np.ndarray]]] = defaultdict(list)
-    received: dict[str, int] = defaultdict(int)
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
-        for video in np.unique(batch["video"]):
-            sel = batch["video"] == video
-            parts[video].append({k: v[sel] for k, v in batch.items()})
-            received[video] += int(sel.sum())
-            if received[video] == expected[video]:
-                _write_faces(store, keys, video, todo[video], parts.pop(video), report)
-                report.frames += expected[video]
 
-
-def _write_faces(
-    store: FeatureStore,
-    keys: dict[str, str],
-    video: str,
-    rows: int,
-    parts: list[dict[str, np.ndarray]],
-    report: ExtractionReport,
-) -> None:
-    frames = np.concatenate([p["frame"] for p in parts])
-    ok = np.concatenate([p["ok"] for p in parts])
-    errors = np.concatenate([p["error"] for p in parts])
-    for f, good, err in zip(frames, ok, errors):
-        if not good:
-            report.bad_frames[f"{video}/{int(f):05d}.jpg"] = str(err)
-    mask = np.zeros(rows, bool)
-    mask[frames[ok] - 1] = True
-    bad = {f"{int(f):05d}.jpg": str(e) for f, g, e in zip(frames, ok, errors) if not g}
-    for key in keys.values():
-        feats = np.concatenate([p[f"f:{key}"] for p in parts])
-        if not mask.any():
-            report.gaps[key][video] = "no readable face image"
-            store.record_gap(key, video, "no readable face image")
-            continue
-        full = np.zeros((rows, feats.shape[1]), np.float16)
-        full[frames[ok] - 1] = feats[ok]
-        full = fill_from_nearest(full, mask)
-        store.write(
-            key,
-            video,
-            full,
-            mask=mask,
-            info={"faces": int(mask.sum()), "filled": int((~mask).sum()), "unreadable": bad},
-        )
-        report.written[key].append(video)
+def _shared(store: FeatureStore) -> str:
+    """The store's path as workers must see it (absolute: their working folder differs)."""
+    return str(Path(store.root).resolve())
 
 
 def extract_audio(
@@ -402,34 +463,23 @@ def extract_audio(
             weights_dir=str(config.weights_dir or "") or None,
             frontend=frontend,
             num_cpus=cpus,
+            store_root=_shared(store),
         ),
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_gpus=gpus,
         num_cpus=cpus,
     )
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        for source, videos_json, error, blob in zip(
-            batch["source"], batch["videos"], batch["error"], batch["features"]
-        ):
-            videos = json.loads(videos_json)
+    for row in ds.iter_rows():
+        videos, error = json.loads(row["videos"]), str(row["error"])
+        for key in keys.values():
             if error:
-                for key in keys.values():
-                    for video in videos:
-                        report.gaps[key][video] = str(error)
-                        store.record_gap(key, video, str(error))
+                for video in videos:
+                    report.gaps[key][video] = error
+                    store.record_gap(key, video, error)
                 continue
-            data = np.load(io.BytesIO(blob))
-            for key in keys.values():
-                for video in videos:  # a _left/_right pair: one decode, one encode, two entries
-                    store.write(
-                        key,
-                        video,
-                        data[f"{key}/values"],
-                        times=data[f"{key}/times"],
-                        info={"source": Path(source).name},
-                    )
-                    report.written[key].append(video)
+            store.record(key, json.loads(row["entries"])[key])
+            report.written[key] += videos
 
 
 def extract_features(

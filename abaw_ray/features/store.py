@@ -8,7 +8,9 @@
 
 ``key`` is the extractor's name, with ``.tiny`` appended for tiny random weights so the two
 never mix. Every file is written atomically and a video enters the manifest only after its
-arrays are in place, so an interrupted extraction resumes where it stopped.
+arrays are in place, so an interrupted extraction resumes where it stopped. Extraction workers
+write the arrays (the store must be shared storage on a cluster); the driver alone writes the
+manifest.
 """
 
 from __future__ import annotations
@@ -126,7 +128,7 @@ class FeatureStore:
         with atomic_path(path, suffix=".npy") as tmp:
             np.save(tmp, arr)
 
-    def write(
+    def write_arrays(
         self,
         key: str,
         video: str,
@@ -135,7 +137,10 @@ class FeatureStore:
         mask: np.ndarray | None = None,
         times: np.ndarray | None = None,
         info: dict[str, Any] | None = None,
-    ) -> None:
+    ) -> dict[str, Any]:
+        """Write a video's arrays (atomically, each) and return its manifest entry; the video
+        is not in the store until ``record`` adds that entry. Workers write arrays; one
+        process, the driver, owns the manifest."""
         d = self.dir(key)
         values = np.asarray(values, dtype=np.float16)
         if mask is not None:
@@ -143,12 +148,16 @@ class FeatureStore:
         if times is not None:
             self._save(d / f"{video}.times.npy", np.asarray(times, dtype=np.float64))
         self._save(d / f"{video}.npy", values)
-        self._update(
-            key,
-            lambda m: m["videos"].__setitem__(
-                video, {"rows": int(values.shape[0]), **(info or {})}
-            ),
-        )
+        return {"rows": int(values.shape[0]), **(info or {})}
+
+    def record(self, key: str, entries: dict[str, dict[str, Any]]) -> None:
+        """Add the manifest entries of videos whose arrays are written."""
+        if entries:
+            self._update(key, lambda m: m["videos"].update(entries))
+
+    def write(self, key: str, video: str, values: np.ndarray, **arrays: Any) -> None:
+        """``write_arrays`` then ``record``, in one process."""
+        self.record(key, {video: self.write_arrays(key, video, values, **arrays)})
 
     def record_gap(self, key: str, video: str, reason: str) -> None:
         self._update(key, lambda m: m["gaps"].__setitem__(video, reason))

@@ -1,5 +1,11 @@
-"""What a trial trains on: a feature bank (every stored feature on the frame timeline, built
-once per search and put in the object store) and windows over it.
+"""What a trial trains on: a feature bank and windows over it.
+
+The bank's features are shards: objects in Ray's object store, each one feature variant (a
+visual feature, an audio feature aligned by ``interp`` or ``pool``, or an audio feature at its
+native rate) of a group of whole videos, streamed by one Ray task per variant that reads the
+feature store; never by the driver. The driver holds the
+bank's index (splits, labels, masks, normalisation statistics and the shards' references); a
+trial fetches the shards of its own combination only (``FeatureBank.fetch``), once per node.
 
 Training windows come from training videos only; validation and test run over whole videos in
 overlapping chunks that are stitched back, so every frame of every timeline gets a prediction
@@ -13,10 +19,13 @@ is scored once at the end (``split_holdout``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import ray
 import torch
 
 from abaw_ray.data.corpus import Corpus
@@ -28,17 +37,43 @@ from abaw_ray.tasks import Task
 ALIGNMENTS = ("interp", "pool", "conv")
 SPLITS = ("train", "val", "holdout", "test")
 CONV_MARGIN = 4  # native frames kept either side of a window for the conv's receptive field
+SHARD_BYTES = 256 * 2**20  # a shard's size: what a builder task holds at a time
+
+
+@dataclass(frozen=True, eq=False)
+class FeatureShard:
+    """One feature variant of a group of whole videos, one object in the object store: the
+    videos' rows concatenated (a trial maps it zero-copy).
+
+    ``values``: float16 [rows, D], video ``v`` at ``values[slice(*bounds[v])]``. A native
+    audio shard also holds ``positions``: float32 [frames], the fractional native index of each
+    frame's centre, video ``v`` at ``positions[slice(*frame_bounds[v])]``.
+    """
+
+    values: np.ndarray
+    bounds: dict[str, tuple[int, int]]
+    positions: np.ndarray | None = None
+    frame_bounds: dict[str, tuple[int, int]] | None = None
+
+    def per_video(self) -> dict[str, np.ndarray]:
+        return {v: self.values[a:b] for v, (a, b) in self.bounds.items()}
+
+    def positions_per_video(self) -> dict[str, np.ndarray]:
+        assert self.positions is not None and self.frame_bounds is not None
+        return {v: self.positions[a:b] for v, (a, b) in self.frame_bounds.items()}
 
 
 @dataclass(frozen=True, eq=False)
 class FeatureBank:
-    """Features of every video for a set of store keys, labels and splits, as plain numpy
-    arrays (shared zero-copy through Ray's object store).
+    """Features of every video for a set of store keys, labels and splits.
 
-    ``frames[variant][video]``: float16 [T, D] on the frame timeline, where ``variant`` is a
-    visual key, or ``"<audio key>|interp"`` / ``"|pool"``. ``native[key][video]``: float16
-    [N, D] audio at its own rate, with ``positions[key][video]``: float32 [T] the fractional
-    native index of each frame's centre (for the learned ``conv`` alignment).
+    ``shards[variant]``: the references of the variant's ``FeatureShard``s, where ``variant`` is
+    a visual key, ``"<audio key>|interp"`` / ``"|pool"`` (on the frame timeline) or
+    ``"<audio key>|native"``. The arrays themselves are empty until ``fetch``:
+    ``frames[variant][video]``: float16 [T, D] on the frame timeline; ``native[key][video]``:
+    float16 [N, D] audio at its own rate, with ``positions[key][video]``: float32 [T] the
+    fractional native index of each frame's centre (for the learned ``conv`` alignment).
+    ``mean``/``std`` are per variant, over the training videos.
     """
 
     task: Task
@@ -55,14 +90,132 @@ class FeatureBank:
     valid: dict[str, np.ndarray]
     face_mask: dict[str, np.ndarray]
     fps: dict[str, float] = field(default_factory=dict)
+    dims: dict[str, int] = field(default_factory=dict)  # store key -> feature dim
+    shards: dict[str, list[Any]] = field(default_factory=dict)  # variant -> its ObjectRefs
 
     def variant(self, key: str, alignment: str) -> str:
         return key if self.modality[key] == "visual" else f"{key}|{alignment}"
 
     def dim(self, key: str) -> int:
-        if self.modality[key] == "visual":
-            return int(self.mean[key].shape[0])
-        return int(self.mean[f"{key}|interp"].shape[0])
+        return self.dims[key]
+
+    def variants_for(self, keys: Sequence[str], alignment: str) -> list[str]:
+        """The variants a trial of ``keys`` with ``alignment`` reads."""
+        missing = [k for k in keys if k not in self.keys]
+        if missing:
+            raise KeyError(f"features {missing} are not in the bank ({self.keys})")
+        native = "native" if alignment == "conv" else alignment
+        return [self.variant(k, native) for k in keys]
+
+    def fetch(self, variants: Sequence[str]) -> FeatureBank:
+        """This bank with the arrays of ``variants`` (only) fetched from the object store."""
+        missing = [x for x in variants if x not in self.shards]
+        if missing:
+            raise KeyError(f"variants {missing} are not in the bank ({sorted(self.shards)})")
+        refs = [(x, ref) for x in variants for ref in self.shards[x]]
+        frames: dict[str, dict[str, np.ndarray]] = {}
+        native: dict[str, dict[str, np.ndarray]] = {}
+        positions: dict[str, dict[str, np.ndarray]] = {}
+        for (variant, _), shard in zip(refs, ray.get([ref for _, ref in refs])):
+            key, _, kind = variant.partition("|")
+            if kind == "native":
+                native.setdefault(key, {}).update(shard.per_video())
+                positions.setdefault(key, {}).update(shard.positions_per_video())
+            else:
+                frames.setdefault(variant, {}).update(shard.per_video())
+        return replace(self, frames=frames, native=native, positions=positions)
+
+
+class RunningMoments:
+    """Per-dimension mean and standard deviation of rows streamed in, in float64."""
+
+    def __init__(self, dim: int) -> None:
+        self.count = 0
+        self.total = np.zeros(dim, np.float64)
+        self.squares = np.zeros(dim, np.float64)
+
+    def add(self, rows: np.ndarray, chunk: int = 8192) -> None:
+        for a in range(0, len(rows), chunk):  # bounded float64 copies, however long the video
+            x = np.asarray(rows[a : a + chunk], np.float64)
+            self.count += len(x)
+            self.total += x.sum(0)
+            self.squares += np.square(x).sum(0)
+
+    def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self.count:
+            raise ValueError("no rows to normalise with (no training video)")
+        mean = self.total / self.count
+        var = np.maximum(self.squares / self.count - np.square(mean), 0.0)
+        return mean.astype(np.float32), (np.sqrt(var) + 1e-5).astype(np.float32)
+
+
+def build_shards(
+    corpus: Corpus,
+    store_root: str,
+    variant: str,
+    videos: Sequence[str],
+    train: Sequence[str],
+    shard_bytes: int = SHARD_BYTES,
+) -> Iterator[FeatureShard | tuple[np.ndarray, np.ndarray]]:
+    """The body of a Ray streaming-generator task: yields ``variant``'s shards over
+    ``videos`` (whole videos, about ``shard_bytes`` each, read from the store one video at a
+    time), then its normalisation statistics over the ``train`` videos, streamed. The task
+    holds one shard at a time, however large the corpus."""
+    store = FeatureStore(store_root)
+    key, _, kind = variant.partition("|")
+    manifest = store.manifest(key)
+    dim, entries = int(manifest["dim"]), manifest.get("videos", {})
+    train = set(train)
+    moments = RunningMoments(dim)
+    frame_rows = {v: corpus.num_frames(v) for v in videos}
+    if kind == "native":
+        rows = {v: max(1, int(entries.get(v, {}).get("rows", 0))) for v in videos}
+    else:
+        rows = frame_rows
+    for group in _groups(videos, rows, dim * 2, shard_bytes):
+        values = np.zeros((sum(rows[v] for v in group), dim), np.float16)
+        bounds = _bounds(group, rows)
+        positions, frame_bounds = None, None
+        if kind == "native":
+            positions = np.zeros(sum(frame_rows[v] for v in group), np.float32)
+            frame_bounds = _bounds(group, frame_rows)
+        for v in group:
+            a, b = bounds[v]
+            if kind != "native":
+                values[a:b] = frame_features(store, key, corpus, v, kind or "interp")[0]
+            elif v in entries:
+                stored = store.load(key, v, mmap=True)
+                if len(stored.times):
+                    values[a:b] = stored.values
+                    centres = corpus.frame_times(v) + 0.5 / corpus.videos[v].fps
+                    idx = np.arange(len(stored.times), dtype=np.float64)
+                    fa, fb = frame_bounds[v]
+                    positions[fa:fb] = np.interp(centres, stored.times, idx)
+            if v in train:
+                moments.add(values[a:b])
+        yield FeatureShard(values, bounds, positions, frame_bounds)
+        del values, positions  # before the next shard is allocated
+    yield moments.mean_std()
+
+
+def _groups(
+    videos: Sequence[str], rows: dict[str, int], row_bytes: int, limit: int
+) -> list[list[str]]:
+    """Consecutive videos in groups of at most ``limit`` bytes (a longer video alone)."""
+    groups: list[list[str]] = [[]]
+    size = 0
+    for v in videos:
+        if groups[-1] and size + rows[v] * row_bytes > limit:
+            groups.append([])
+            size = 0
+        groups[-1].append(v)
+        size += rows[v] * row_bytes
+    return [g for g in groups if g]
+
+
+def _bounds(videos: Sequence[str], rows: dict[str, int]) -> dict[str, tuple[int, int]]:
+    ends = np.cumsum([rows[v] for v in videos])
+    return {v: (int(e - rows[v]), int(e)) for v, e in zip(videos, ends)}
 
 
 def split_holdout(
@@ -91,56 +244,40 @@ def build_bank(
     alignments: Sequence[str] = ALIGNMENTS,
     holdout: float = 0.0,
     seed: int = 0,
+    shard_bytes: int = SHARD_BYTES,
 ) -> FeatureBank:
-    """Load ``keys`` from the store for every video of the task's splits; ``holdout`` and
+    """The bank of ``keys`` over every video of the task's splits: one Ray task per feature
+    variant builds its shard into the object store (Ray must be initialised; the store must be
+    readable where the tasks run); the driver gets only the statistics. ``holdout`` and
     ``seed`` split the validation videos (``split_holdout``)."""
     splits = {s: tuple(corpus.split_videos(task, s)) for s in ("train", "val", "test")}
     if not splits["train"] or not splits["val"]:
         raise ValueError(f"the corpus has no {task.upper()} training or validation videos")
     splits["val"], splits["holdout"] = split_holdout(splits["val"], holdout, seed)
     videos = [v for s in SPLITS for v in splits[s]]
-    modality = {k: store.manifest(k).get("modality") for k in keys}
-    for k, m in modality.items():
-        if m is None:
+    manifests = {k: store.manifest(k) for k in keys}
+    for k, m in manifests.items():
+        if not m.get("modality"):
             raise FileNotFoundError(f"{store.dir(k)}: no features extracted for {k}")
-    frames: dict[str, dict[str, np.ndarray]] = {}
-    native: dict[str, dict[str, np.ndarray]] = {}
-    positions: dict[str, dict[str, np.ndarray]] = {}
+    modality = {k: str(m["modality"]) for k, m in manifests.items()}
+    variants = []
     for k in keys:
         if modality[k] == "visual":
-            frames[k] = {
-                v: frame_features(store, k, corpus, v)[0].astype(np.float16) for v in videos
-            }
+            variants.append(k)
             continue
-        for method in ("interp", "pool"):
-            if method in alignments or "conv" in alignments:
-                frames[f"{k}|{method}"] = {
-                    v: frame_features(store, k, corpus, v, method)[0].astype(np.float16)
-                    for v in videos
-                }
+        variants += [f"{k}|{m}" for m in ("interp", "pool") if m in alignments]
         if "conv" in alignments:
-            native[k], positions[k] = {}, {}
-            for v in videos:
-                try:
-                    stored = store.load(k, v)
-                except FileNotFoundError:
-                    stored = None
-                t = corpus.frame_times(v)
-                centres = t + 0.5 / corpus.videos[v].fps
-                if stored is None or len(stored.times) == 0:
-                    native[k][v] = np.zeros((1, store.manifest(k)["dim"]), np.float16)
-                    positions[k][v] = np.zeros(len(t), np.float32)
-                else:
-                    native[k][v] = np.asarray(stored.values, np.float16)
-                    idx = np.arange(len(stored.times), dtype=np.float64)
-                    positions[k][v] = np.interp(centres, stored.times, idx).astype(np.float32)
-    mean, std = {}, {}
-    for variant, per_video in frames.items():
-        x = np.concatenate([per_video[v] for v in splits["train"]]).astype(np.float32)
-        mean[variant], std[variant] = x.mean(0), x.std(0) + 1e-5
-    for k, per_video in native.items():
-        x = np.concatenate([per_video[v] for v in splits["train"]]).astype(np.float32)
-        mean[f"{k}|native"], std[f"{k}|native"] = x.mean(0), x.std(0) + 1e-5
+            variants.append(f"{k}|native")
+    corpus_ref = ray.put(corpus)
+    builder = ray.remote(num_returns="streaming", scheduling_strategy="SPREAD")(build_shards)
+    root = str(Path(store.root).resolve())  # as the tasks see it: their working folder differs
+    streams = {
+        x: builder.remote(corpus_ref, root, x, videos, splits["train"], shard_bytes) for x in variants
+    }
+    shards, stats = {}, {}
+    for x, stream in streams.items():
+        refs = list(stream)  # references only: the shards stay where the task put them
+        shards[x], stats[x] = refs[:-1], ray.get(refs[-1])
     labels, valid, faces, num_frames, fps = {}, {}, {}, {}, {}
     for v in videos:
         n = corpus.num_frames(v)
@@ -156,15 +293,17 @@ def build_bank(
         modality,
         splits,
         num_frames,
-        frames,
-        native,
-        positions,
-        mean,
-        std,
-        labels,
-        valid,
-        faces,
-        fps,
+        frames={},
+        native={},
+        positions={},
+        mean={x: m for x, (m, _) in stats.items()},
+        std={x: sd for x, (_, sd) in stats.items()},
+        labels=labels,
+        valid=valid,
+        face_mask=faces,
+        fps=fps,
+        dims={k: int(m["dim"]) for k, m in manifests.items()},
+        shards=shards,
     )
 
 

@@ -232,7 +232,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     trial = TrialConfig.from_dict(config)
-    bank: FeatureBank = ray.get(config["bank"][0])  # once per node: zero-copy numpy views
+    index: FeatureBank = ray.get(config["bank"][0])
+    # Only this combination's shards, once per node: zero-copy views of the object store.
+    bank = index.fetch(index.variants_for(trial.feature_keys, trial.alignment))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     seed_everything(trial.seed)

@@ -1,5 +1,5 @@
 """From a corpus root to a feature bank in the object store: the set-up every trial job shares
-(extract what the store lacks, then load the bank once)."""
+(extract what the store lacks, then build the bank's shards once, in Ray tasks)."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ EMBEDDED_FEATURES = ("face_hog", "logmel")
 class Prepared:
     corpus: Corpus
     store: FeatureStore
-    bank: FeatureBank
-    bank_ref: ray.ObjectRef
+    bank: FeatureBank  # the index: splits, labels, statistics, the shards' references
+    bank_ref: ray.ObjectRef  # what trials get
     keys: dict[str, str]  # extractor name -> store key
     extraction: ExtractionReport
     embedded: bool
