@@ -272,7 +272,8 @@ def build_bank(
     builder = ray.remote(num_returns="streaming", scheduling_strategy="SPREAD")(build_shards)
     root = str(Path(store.root).resolve())  # as the tasks see it: their working folder differs
     streams = {
-        x: builder.remote(corpus_ref, root, x, videos, splits["train"], shard_bytes) for x in variants
+        x: builder.remote(corpus_ref, root, x, videos, splits["train"], shard_bytes)
+        for x in variants
     }
     shards, stats = {}, {}
     for x, stream in streams.items():
