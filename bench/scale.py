@@ -9,7 +9,7 @@ It runs the search job's preparation (``build_bank`` over ``search_spaces/va.yam
 extractors and alignments: one Ray task per feature variant builds its shard in the object
 store) and one trial's data loading (a Ray task that fetches its combination, as a trial does)
 on a local Ray instance, and prints: the driver's peak RSS, the object-store bytes, the bytes
-one trial fetched, the peak RSS of the task that streams the largest variant, and the
+one trial fetched, the private memory peak of the task that streams the largest variant, and the
 preparation wall time, at the fraction and extrapolated to the full corpus (linear in frames;
 RSS as the process's baseline plus the rest scaled). The median of ``--repeats``
 preparations (at least 3) is the time; the memory is the run's peak.
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -105,29 +106,41 @@ def trial_fetch(index: FeatureBank, keys: list[str], alignment: str) -> int:
     return sum(a.nbytes for per_video in arrays for a in per_video.values())
 
 
-def reset_peak_rss() -> int:
-    """Start this process's peak afresh (Linux: ``clear_refs`` 5); its resident set now."""
-    Path("/proc/self/clear_refs").write_text("5")
-    return peak_rss()
-
-
 def shard_task_peak(corpus, store_root: str, variant: str, bank: FeatureBank) -> tuple[int, int]:
-    """(resident set before, peak while) a worker streams ``variant``'s shards into the object
-    store, as ``build_bank``'s tasks do."""
-    before = reset_peak_rss()
+    """(private memory before, its peak while) a worker streams ``variant``'s shards into the
+    object store, as ``build_bank``'s tasks do. Private memory is ``RssAnon``, sampled every
+    5 ms: the object store's shared pages the worker writes are counted with the store."""
+    before = status_bytes("RssAnon")
+    peak, done = [before], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], status_bytes("RssAnon"))
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     videos, train = list(bank.num_frames), bank.splits["train"]
     for item in build_shards(corpus, store_root, variant, videos, train):
         ray.put(item)  # what yielding it does: a copy into the object store
-    return before, peak_rss()
+        del item  # as the streaming task drops what it yielded
+    done.set()
+    sampler.join()
+    return before, peak[0]
+
+
+def status_bytes(field: str) -> int:
+    """A size from this process's ``/proc/self/status`` (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024  # kB
+    raise RuntimeError(f"no {field} in /proc/self/status (bench/scale.py measures on Linux)")
 
 
 def peak_rss() -> int:
-    """This process's peak resident set (Linux ``VmHWM``: unlike ``ru_maxrss``, it starts
-    afresh at exec, so a Ray worker does not inherit its spawner's peak)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024  # kB
-    raise RuntimeError("no VmHWM in /proc/self/status (bench/scale.py measures on Linux)")
+    """This process's peak resident set (``VmHWM``: unlike ``ru_maxrss``, it starts afresh at
+    exec, so it is this process's own)."""
+    return status_bytes("VmHWM")
 
 
 def main() -> None:
@@ -205,9 +218,9 @@ def main() -> None:
         f"{fetched * scale / gb:.1f} GB"
     )
     print(
-        f"  shard task peak RSS     : {shard_peak / gb:7.2f} GB (streams {largest}; "
-        f"{(shard_peak - worker_base) / gb:.2f} GB above its resident set before: one shard "
-        f"and one video's work at a time, whatever the corpus size)"
+        f"  shard task private peak : {(shard_peak - worker_base) / gb:7.2f} GB above its "
+        f"{worker_base / gb:.2f} GB before (streams {largest}: one shard and one video's "
+        f"work at a time, whatever the corpus size)"
     )
     print(
         f"  preparation wall time   : {statistics.median(times):7.1f} s [{min(times):.1f}, "
