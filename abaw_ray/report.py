@@ -71,16 +71,20 @@ def plot_per_video_ccc(
     return _save(fig, path)
 
 
-def plot_best_over_time(
-    path: Path, finish_times: Sequence[float], scores: Sequence[float], metric: str
+def plot_best_by_cost(
+    path: Path,
+    curve: Sequence[tuple[float, float]],
+    scores: Sequence[float],
+    unit: str,
+    metric: str,
 ) -> Path:
-    order = np.argsort(finish_times)
-    t = np.asarray(finish_times)[order] / 60
-    best = np.maximum.accumulate(np.asarray(scores)[order])
+    """The best selection score against the hours the trials held (``curve`` from
+    ``cost.best_by_hours``), each trial a dot at the hours spent when it ended."""
+    hours = [h for h, _ in curve]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.step(t, best, where="post")
-    ax.scatter(t, np.asarray(scores)[order], s=12, color="gray", label="trials")
-    ax.set_xlabel("minutes since the search started")
+    ax.step(hours, [b for _, b in curve], where="post", label="best so far")
+    ax.scatter(hours, scores, s=12, color="gray", label="trials")
+    ax.set_xlabel(f"{unit.upper()}-hours spent by the trials")
     ax.set_ylabel(f"best {metric}")
     ax.legend()
     return _save(fig, path)
@@ -227,11 +231,9 @@ def print_summary(task, ens, members, bank, summary, submission, control_of=None
     )
 
 
-def search_plots(
-    task, out_dir: Path, ens, best, bank, outcomes, metric: str, started: float
-) -> list[Path]:
+def search_plots(task, out_dir: Path, ens, best, bank) -> list[Path]:
     """The search's figures: VA traces and per-video CCC, or EXPR confusion matrices and
-    per-class F1, and the best score over time."""
+    per-class F1."""
     videos = list(ens.submitted.videos)
     if task == "va":
         paths = [
@@ -265,15 +267,20 @@ def search_plots(
                     title=name,
                 )
             )
-    done = [
-        (o.last.get("timestamp", started) - started, o.best[metric]) for o in outcomes if o.best
-    ]
-    paths.append(
-        plot_best_over_time(
-            out_dir / "best_over_time.png", [d[0] for d in done], [d[1] for d in done], metric
-        )
-    )
     return paths
+
+
+def print_cost(costs: Sequence, summary: dict[str, float], metric: str) -> None:
+    """The search's cost, last: what its trials held times how long they held it."""
+    unit = "gpu" if summary["cost_gpu_hours"] else "cpu"
+    each = costs[0] if costs else None
+    held = f"{each.cpus:g} CPU, {each.gpus:g} GPU each" if each else "no trial"
+    best = max((c.score for c in costs), default=float("-inf"))
+    print(
+        f"cost: {len(costs)} trials ({held}) held {summary['cost_cpu_hours']:.3f} CPU-hours "
+        f"and {summary['cost_gpu_hours']:.3f} GPU-hours; best {metric} {best:.4f} after "
+        f"{summary[f'cost_{unit}_hours_to_best']:.3f} {unit.upper()}-hours"
+    )
 
 
 def trial_progress(metric: str, total: int, fd: int) -> Any:

@@ -170,6 +170,18 @@ def log_ensemble(
     return rid
 
 
+def log_trial_metrics(
+    uri: str, experiment: str, parent_id: str, metrics: dict[str, dict[str, float]]
+) -> None:
+    """Adds ``metrics[trial_id]`` to each trial's run (found by its ``trial_id`` tag)."""
+    client = _client(uri)
+    exp_id = experiment_id(client, uri, experiment)
+    for run in client.search_runs([exp_id], f"tags.`{PARENT_TAG}` = '{parent_id}'"):
+        trial_id = run.data.tags.get(TRIAL_TAG)
+        for k, v in metrics.get(trial_id, {}).items():
+            client.log_metric(run.info.run_id, k, float(v))
+
+
 def log_epoch(tracking: dict[str, str], metrics: dict[str, float], step: int) -> None:
     """From a Train worker (rank 0): one epoch's metrics into the run the driver opened
     (``tracking``: ``{"uri": ..., "run_id": ...}``)."""

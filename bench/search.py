@@ -7,6 +7,10 @@ until the best trial so far first reached the target (a seed that never reaches 
 never).
 
     python bench/search.py [--budget 180] [--target 0.6] [--repeats 3] [--space FILE]
+                           [--gpus-per-trial 0.25]
+
+``--gpus-per-trial`` packs trials on the machine's GPUs (0.25: four trials a GPU), so the
+trials-per-hour column is the packing's throughput.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ def run(scheduler: str, seed: int, args, prepared, space, storage: Path) -> dict
         scheduler=scheduler,
         time_budget_s=args.budget,
         seed=seed,
+        gpus_per_trial=args.gpus_per_trial,
     )
     start = time.time()
     results = build_tuner(cfg, prepared.bank_ref, space.combinations(prepared.keys)).fit()
@@ -71,6 +76,7 @@ def main() -> None:
     p.add_argument("--space", type=Path, default=REPO / "search_spaces" / "embedded_va.yaml")
     p.add_argument("--repeats", type=int, default=3, help="seeds 0, 1, ... (at least 3)")
     p.add_argument("--num-cpus", type=int, default=2)
+    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="0.25: four trials a GPU")
     args = p.parse_args()
     if args.repeats < 3:
         p.error("--repeats must be at least 3 (the figure printed is a median)")
@@ -83,6 +89,8 @@ def main() -> None:
                 # A fresh Ray instance per search: nothing the previous one left running
                 # (trials cut by the time budget) may hold resources the next one needs.
                 ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+                if args.gpus_per_trial and not ray.cluster_resources().get("GPU"):
+                    p.error("--gpus-per-trial needs a GPU, and this machine has none")
                 prepared = prepare(
                     None,
                     Path(tmp) / "features",
@@ -95,7 +103,8 @@ def main() -> None:
                 )
                 ray.shutdown()
     print(
-        f"\nsearch efficiency on the embedded corpus, {args.num_cpus} CPUs, budget "
+        f"\nsearch efficiency on the embedded corpus, {args.num_cpus} CPUs, "
+        f"{args.gpus_per_trial:g} GPU a trial, budget "
         f"{args.budget:.0f} s each, target val CCC {args.target}; median [min, max] over "
         f"{args.repeats} seeds"
     )

@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"feature store {args.store.resolve()} for {root}")
     print(report.summary())
-    return 0
+    return 1 if report.unfinished else 0
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -18,7 +20,7 @@ from abaw_ray.features import create_extractor
 from abaw_ray.features.pipeline import ExtractionConfig, decode_faces, extract_features
 from abaw_ray.features.store import FeatureStore
 from tests.media import write_video_without_audio
-from tests.raytools import kill_session
+from tests.raytools import kill_session, session_pids
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -157,3 +159,65 @@ def test_bad_images_and_silent_video_are_reported_not_fatal(corpus_root, tmp_pat
     assert manifest["videos"][video]["unreadable"] == {name: report.bad_frames[corrupt]}
     assert manifest["weights"] == "none (model-free descriptor)"
     assert store.manifest("wavlm_large.tiny")["weights"] == "tiny-random(seed=0)"
+
+
+def test_a_writer_killed_mid_extraction_leaves_no_truncated_array(corpus_root, tmp_path):
+    store_dir = tmp_path / "store"
+    args = [
+        "--data",
+        str(corpus_root),
+        "--store",
+        str(store_dir),
+        "--extractors",
+        "mobilenetv3",
+        "--tiny",
+        "--num-cpus",
+        "2",
+        "--batch-size",
+        "8",
+    ]
+    manifest = store_dir / "mobilenetv3.tiny" / "manifest.json"
+    total = len(load_corpus(corpus_root).videos)
+    proc = _run_job(args)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if manifest.is_file() and json.loads(manifest.read_text())["videos"]:
+                break
+            time.sleep(0.05)
+        # The worker that writes the arrays, found among this job's own processes.
+        (writer,) = [
+            pid
+            for pid in session_pids(proc.pid)
+            if b"FaceWriter" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        os.kill(writer, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        kill_session(proc.pid)
+    done = json.loads(manifest.read_text())["videos"]
+    # Ray Data restarts the writer and retries the block it lost: a video whose rows were all
+    # in that block is written; one with rows in earlier blocks is reported, never dropped
+    # silently, and the job fails so that a rerun finishes it.
+    if proc.returncode == 0:
+        assert len(done) == total, out[-3000:]
+    else:
+        assert proc.returncode == 1 and "rerun the same command" in out, out[-3000:]
+        unfinished = re.search(r"unfinished: (\d+) video", out)
+        assert unfinished and int(unfinished.group(1)) == total - len(done), out[-3000:]
+    for f in store_dir.rglob("*.npy"):  # whatever was written loads whole
+        np.load(f)
+
+    rerun = _run_job(args)
+    out, _ = rerun.communicate(timeout=300)
+    kill_session(rerun.pid)
+    assert rerun.returncode == 0, out
+    line = next(ln for ln in out.splitlines() if ln.strip().startswith("mobilenetv3.tiny"))
+    assert int(line.split()[2]) == total - len(done) and int(line.split()[5]) == len(done)
+    store = FeatureStore(store_dir)
+    corpus = load_corpus(corpus_root)
+    final = store.manifest("mobilenetv3.tiny")["videos"]
+    assert len(final) == total
+    for v in final:
+        assert store.is_complete("mobilenetv3.tiny", v, corpus.num_frames(v))
+    assert not list(store_dir.rglob("*.partial*"))

@@ -76,6 +76,17 @@ def _wait_for_trainers(proc: subprocess.Popen, output: Path, count: int) -> None
     raise AssertionError(f"the search never started trial {count}: {_trainers(output)}")
 
 
+def _read_until(proc: subprocess.Popen, text: str) -> list[str]:
+    """The job's output lines up to and including the first holding ``text`` (its lines are
+    line-buffered, so the line arrives as it is printed)."""
+    seen = []
+    for line in proc.stdout:
+        seen.append(line.rstrip("\n"))
+        if text in line:
+            return seen
+    raise AssertionError(f"the job ended without printing {text!r}: {seen[-20:]}")
+
+
 def _runs(output: Path) -> list[tuple[str, str, str | None]]:
     """MLflow runs: (name, status, trial_id tag)."""
     with sqlite3.connect(output / "mlflow.db") as db:
@@ -150,15 +161,31 @@ def test_killed_and_interrupted_search_resumes_exactly(corpus_root, tmp_path):
     assert not [r for r in runs if r[1] == "RUNNING"], runs
     assert any(n == search.name and status == "KILLED" for n, status, _ in runs)
 
-    # 3. Resumed to the end: four trials in all, none started twice, the first not re-run.
+    # 3. Resumed to the end of its trials, then killed outright (SIGKILL to the job and its
+    # Ray) while it builds the ensemble: after the trials table, before any output.
     final = _job([*args, "--resume"])
-    out, _ = final.communicate(timeout=900)
-    kill_session(final.pid)
-    assert final.returncode == 0, out[-3000:]
+    try:
+        seen = _read_until(final, "top trials by")
+    finally:
+        kill_session(final.pid)
+        final.communicate()
+    assert any(line.startswith("trial 4/4 ") for line in seen), seen[-20:]
+    assert not (output / search.name / "VA_submission.txt").exists()
+    assert not any(n == "ensemble" for n, *_ in _runs(output))
+    trained = {n: (search / "trainers" / n).stat().st_mtime_ns for n in _trainers(output)}
+    assert len(trained) == 4 and trained[first] == mtime, trained  # the first never re-ran
+
+    # 4. Resumed once more: it finishes the ensemble without re-running a trial. Four trials
+    # in all, none started twice, none touched since.
+    last = _job([*args, "--resume"])
+    out, _ = last.communicate(timeout=900)
+    kill_session(last.pid)
+    assert last.returncode == 0, out[-3000:]
     after = _trainers(output)
     assert len(after) == 4, after
     assert after[first] == first_ckpts
-    assert (search / "trainers" / first).stat().st_mtime_ns == mtime
+    assert {n: (search / "trainers" / n).stat().st_mtime_ns for n in after} == trained
+    assert not re.search(r"^trial \d/4 ", out, re.M)  # no trial ran in this last part
     runs = _runs(output)
     trial_runs = [r for r in runs if r[2] is not None]
     assert sorted(r[2] for r in trial_runs) == sorted(n.split("-")[1] for n in after)
@@ -167,9 +194,12 @@ def test_killed_and_interrupted_search_resumes_exactly(corpus_root, tmp_path):
 
     # Quiet, clear output: a line per finished trial, no Ray worker noise, summary last.
     lines = out.strip().splitlines()
-    assert not [line for line in lines if "RayTrainWorker" in line or "INFO" in line]
-    assert any(line.startswith("trial 4/4 ") for line in lines), out[-3000:]
-    assert "validated" in lines[-1]
+    assert not [line for line in [*seen, *lines] if "RayTrainWorker" in line or "INFO" in line]
+    assert lines[-2].startswith("submission: ") and lines[-2].endswith("(validated)")
+    # The output ends with the search's cost: 4 trials of 1 CPU, each held for the wall time
+    # Tune measured; the total agrees with Tune's own records.
+    cost = re.match(r"cost: 4 trials \(1 CPU, 0 GPU each\) held ([\d.]+) CPU-hours", lines[-1])
+    assert cost, lines[-1]
 
     corpus = load_corpus(corpus_root)
     submission = output / search.name / "VA_submission.txt"
@@ -199,6 +229,14 @@ def test_killed_and_interrupted_search_resumes_exactly(corpus_root, tmp_path):
             ).fetchall()
             assert sorted(step for _, step in history) == [r["epoch"] for r in rows]
             assert max(history) == pytest.approx((best["val_ccc"], epoch), abs=1e-9)
+            # Its cost: 1 CPU for the wall time Tune measured up to its last report.
+            (cpu_seconds,) = db.execute(
+                "select value from metrics where run_uuid = ? and key = 'cpu_seconds'",
+                (run_uuid,),
+            ).fetchone()
+            assert cpu_seconds == pytest.approx(rows[-1]["time_total_s"])
+    hours = sum(rows[-1]["time_total_s"] for rows in tune_results.values()) / 3600
+    assert float(cost.group(1)) == pytest.approx(hours, abs=6e-4)
 
     # Each trial's reported score is the official global CCC of its checkpointed predictions
     # on the selection videos alone: the held-out videos took no part.
@@ -326,7 +364,15 @@ def test_job_runs_under_ray_job_submit(corpus_root, tmp_path):
         ).stdout
         assert "SUCCEEDED" in status, logs[-3000:]
         assert f"results in {output}" in logs  # it says where its results go
-        assert "validated" in logs.strip().splitlines()[-1]
+        lines = logs.strip().splitlines()
+        assert lines[-1].startswith("cost: 2 trials (1 CPU, 0 GPU each)"), lines[-3:]
+        assert lines[-2].startswith("submission: ") and lines[-2].endswith("(validated)")
+        # No secret in what the job printed or wrote: the cluster's token appears nowhere.
+        token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+        assert len(token) >= 16 and token not in logs
+        for path in output.rglob("*"):
+            if path.is_file():
+                assert token.encode() not in path.read_bytes(), path
         corpus = load_corpus(corpus_root)
         (submission,) = output.glob("search_va-*/VA_submission.txt")
         assert validate_submission(submission, corpus.templates["va"]) > 0

@@ -61,6 +61,7 @@ class ExtractionReport:
     skipped: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     bad_frames: dict[str, str] = field(default_factory=dict)  # image path -> why
     gaps: dict[str, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))
+    unfinished: list[str] = field(default_factory=list)  # lost with a worker: rerun
     frames: int = 0
     seconds: float = 0.0
 
@@ -80,6 +81,12 @@ class ExtractionReport:
             )
             for path, why in list(self.bad_frames.items())[:20]:
                 lines.append(f"      {path}: {why}")
+        if self.unfinished:
+            lines.append(
+                f"  unfinished: {len(self.unfinished)} video(s) lost with a worker "
+                f"({', '.join(self.unfinished[:5])}{', ...' if len(self.unfinished) > 5 else ''}"
+                f"): rerun the same command to finish them; finished videos are kept"
+            )
         rate = self.frames / self.seconds if self.seconds else 0.0
         lines.append(f"  {self.frames} face frames in {self.seconds:.1f} s ({rate:.1f} frames/s)")
         return "\n".join(lines)
@@ -384,6 +391,7 @@ def extract_faces(
     )
     for row in ds.iter_rows():
         video, result = str(row["video"]), json.loads(row["result"])
+        todo.pop(video, None)
         for name, why in result["bad"].items():
             report.bad_frames[f"{video}/{name}"] = why
         report.frames += result["frames"]
@@ -394,6 +402,7 @@ def extract_faces(
             else:
                 store.record(key, {video: result["entries"][key]})
                 report.written[key].append(video)
+    report.unfinished += sorted(todo)  # their rows were lost with a worker: a rerun redoes them
 
 
 def _shared(store: FeatureStore) -> str:
@@ -472,6 +481,7 @@ def extract_audio(
     )
     for row in ds.iter_rows():
         videos, error = json.loads(row["videos"]), str(row["error"])
+        by_source.pop(str(row["source"]), None)
         for key in keys.values():
             if error:
                 for video in videos:
@@ -480,6 +490,7 @@ def extract_audio(
                 continue
             store.record(key, json.loads(row["entries"])[key])
             report.written[key] += videos
+    report.unfinished += sorted(v for videos in by_source.values() for v in videos)
 
 
 def extract_features(

@@ -55,6 +55,11 @@ def prepare(
     report = extract_features(
         corpus, store, ExtractionConfig(extractors=tuple(names), tiny=tiny, weights_dir=weights_dir)
     )
+    if report.unfinished:
+        raise RuntimeError(
+            f"feature extraction lost {len(report.unfinished)} video(s) with a worker "
+            f"({', '.join(report.unfinished[:5])}): rerun to finish them\n{report.summary()}"
+        )
     keys = {n: store_key(n, tiny) for n in names}
     bank = build_bank(corpus, store, list(keys.values()), task, alignments, holdout, seed)
     return Prepared(corpus, store, bank, ray.put(bank), keys, report, embedded)

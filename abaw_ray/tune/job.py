@@ -42,6 +42,7 @@ from abaw_ray.train.data import FeatureBank
 from abaw_ray.train.loop import TrialConfig, load_predictions
 from abaw_ray.train.prepare import Prepared, prepare
 from abaw_ray.train.trainer import build_trainer
+from abaw_ray.tune.cost import TrialCost, best_by_hours, cost_summary, trial_costs
 from abaw_ray.tune.search import (
     SearchConfig,
     TrialOutcome,
@@ -205,8 +206,7 @@ def write_outputs(
     prepared: Prepared,
     ens: EnsembleResult,
     members: list[Member],
-    outcomes: list[TrialOutcome],
-    started: float,
+    costs: list[TrialCost],
 ) -> tuple[Path | None, list[Path]]:
     """The submission (under the search's own folder), the recipe and the plots."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -237,8 +237,16 @@ def write_outputs(
     )
     artifacts.append(recipe)
     best = next(m for m in members if m.trial_id == ens.selection.best_single[0])
-    artifacts += report.search_plots(
-        task, out_dir, ens, best, prepared.bank, outcomes, PRIMARY_METRIC[task], started
+    artifacts += report.search_plots(task, out_dir, ens, best, prepared.bank)
+    unit = "gpu" if any(c.gpus for c in costs) else "cpu"
+    artifacts.append(
+        report.plot_best_by_cost(
+            out_dir / "best_by_cost.png",
+            best_by_hours(costs, unit),
+            [c.score for c in costs],
+            unit,
+            PRIMARY_METRIC[task],
+        )
     )
     return submission, artifacts
 
@@ -366,6 +374,7 @@ def finish_search(
     """Trials -> ensemble -> outputs -> MLflow -> the summary, printed last."""
     task, bank = cfg.space.task, prepared.bank
     outcomes = collect_outcomes(cfg, results)
+    costs = trial_costs(cfg, outcomes)
     with contextlib.redirect_stdout(console.out):
         report.print_trials(task, outcomes)
     members = load_members(outcomes, cfg.top_k)
@@ -386,10 +395,8 @@ def finish_search(
         bank.valid,
     )
     output = args.output.resolve()
-    submission, artifacts = write_outputs(
-        task, output / cfg.name, prepared, ens, members, outcomes, started
-    )
-    summary = ensemble_summary(task, ens)
+    submission, artifacts = write_outputs(task, output / cfg.name, prepared, ens, members, costs)
+    summary = {**ensemble_summary(task, ens), **cost_summary(costs)}
     if task == "expr":
         summary["majority_baseline_val_f1"] = majority_baseline(bank)
     if args.control:
@@ -410,11 +417,18 @@ def finish_search(
         {"members": len(members), "smoothing": ens.submitted.recipe.smoothing},
         artifacts,
     )
+    tracking.log_trial_metrics(
+        uri,
+        experiment,
+        parent,
+        {c.trial_id: {"cpu_seconds": c.cpu_seconds, "gpu_seconds": c.gpu_seconds} for c in costs},
+    )
     tracking.finish_run(uri, parent, summary)
     with contextlib.redirect_stdout(console.out):
-        print(f"\nMLflow: {uri}  (mlflow ui --backend-store-uri {uri})")
+        print(f"\nMLflow: {uri}  (mlflow ui --host 127.0.0.1 --backend-store-uri {uri})")
         print(f"Ray results: {cfg.experiment_uri()}   wall time {time.time() - started:.0f} s")
         report.print_summary(
             task, ens, members, bank, summary, submission, outcomes[0] if args.control else None
         )
+        report.print_cost(costs, summary, PRIMARY_METRIC[task])
     return 0

@@ -1,0 +1,381 @@
+"""The search on an autoscaling cluster, locally: Ray's fake multi-node provider started from our
+own YAML (cluster/fake_multinode.yaml) with ``RAY_FAKE_CLUSTER=1 ray start --head
+--autoscaling-config=...`` (``ray.cluster_utils.AutoscalingCluster`` is broken in the 2.60
+wheel). The head offers no CPUs, so the search's tasks and trials make the autoscaler launch
+worker nodes; the search completes with a valid submission, and after the idle timeout the
+workers are removed: the node count rises from 1 and falls back to 1.
+
+A worker node is killed mid-trial (every process of it, SIGKILL): the trial's Ray Train worker
+group is restarted elsewhere from its last checkpoint (``FailureConfig``), the search completes
+and every trial is accounted for.
+
+The test stops what it started, by process id: the sessions of the head (whose monitor process
+starts the fake nodes), of the job and of the node watcher, and any process left that names this
+cluster's GCS port."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from abaw_ray.cluster import free_port
+from abaw_ray.data import load_corpus
+from abaw_ray.submission import validate_submission
+from abaw_ray.train.loop import TRIAL_JSON
+from tests.raytools import kill_session
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "cluster" / "fake_multinode.yaml"
+SPACE = REPO / "tests" / "data" / "small_va.yaml"
+EPOCHS = 12  # long enough a trial to be killed in the middle of it
+SAMPLES = 2
+# The fake provider's node ids: the head ...00000, its workers ...00001, ...00002 and on.
+FAKE_ID = re.compile(r"f{51}\d{5}")
+HEAD = "f" * 51 + "00000"
+NODE_ENV = "RAY_OVERRIDE_NODE_ID_FOR_TESTING"  # how the provider names a node's processes
+# What a node may run for it to be the one killed: a trial's Train worker, nothing of the Tune
+# trial itself (its function, the Train controller pinned beside it, its stop flag), whose loss
+# Train's FailureConfig does not cover.
+KILLABLE = ("ray::RayTrainWorker", "ray::IDLE", "ray::DashboardAgent", "ray::RuntimeEnvAgent")
+
+# The alive nodes and their CPUs, twice a second, straight from the GCS (a Ray driver would be
+# a node client of its own, and `ray status` a Python start-up per poll).
+WATCH = """
+import json, sys, time
+from ray._raylet import GcsClient
+gcs = GcsClient(address=sys.argv[1])
+while True:
+    try:
+        nodes = gcs.get_all_node_info(timeout=5)
+        alive = {
+            n.hex(): i.resources_total.get("CPU", 0.0) for n, i in nodes.items() if i.state == 0
+        }
+        print(json.dumps({"t": time.time(), "nodes": alive}), flush=True)
+    except Exception as e:
+        print(json.dumps({"t": time.time(), "error": repr(e)}), flush=True)
+    time.sleep(0.5)
+"""
+
+
+class NodeWatch:
+    """A watcher process in its own session; a thread collects its samples."""
+
+    def __init__(self, address: str, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", WATCH, address],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.samples: list[dict] = []
+        self.other: list[str] = []
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            try:
+                sample = json.loads(line)
+            except ValueError:
+                self.other.append(line)
+                continue
+            if "nodes" in sample:
+                self.samples.append(sample)
+            else:
+                self.other.append(line)
+
+    def wait_for(self, condition, timeout: float, what: str) -> dict:
+        seen = len(self.samples)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            for sample in self.samples[seen:]:
+                if condition(sample["nodes"]):
+                    return sample
+            seen = len(self.samples)
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise AssertionError(
+            f"never {what} in {timeout:.0f} s; last samples {self.samples[-3:]}, "
+            f"watcher said {self.other[-5:]}"
+        )
+
+
+@dataclass
+class Proc:
+    pid: int
+    ppid: int
+    sid: int
+    zombie: bool
+    cmdline: str
+    node: str | None  # the fake node it belongs to, from its environment
+
+
+def _procs() -> list[Proc]:
+    procs = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        node = next(
+            (
+                kv.split(b"=", 1)[1].decode()
+                for kv in environ
+                if kv.startswith(f"{NODE_ENV}=".encode())
+            ),
+            None,
+        )
+        procs.append(
+            Proc(int(entry.name), int(stat[1]), int(stat[3]), stat[0] == "Z", cmdline, node)
+        )
+    return procs
+
+
+def _ours(procs: list[Proc], sessions: list[int], port: int) -> list[Proc]:
+    """Live processes of this test's sessions, their descendants, and anything naming this
+    cluster's GCS port (Ray workers rename themselves ``ray::...``: they are found by session
+    and parentage)."""
+    named = re.compile(rf"[:=]{port}\b")
+    mine = {p.pid for p in procs if p.sid in sessions or named.search(p.cmdline)}
+    grew = True
+    while grew:
+        grew = False
+        for p in procs:
+            if p.ppid in mine and p.pid not in mine:
+                mine.add(p.pid)
+                grew = True
+    return [p for p in procs if p.pid in mine and not p.zombie and p.pid != os.getpid()]
+
+
+def _kill(pids) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _tune_results(output: Path) -> dict[str, list[dict]]:
+    """Every result Tune recorded, by trial id (each trial's result.json)."""
+    results = {}
+    for f in output.glob("ray_results/search_va-*/run_trial_*/result.json"):
+        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        if rows:
+            results[rows[0]["trial_id"]] = rows
+    return results
+
+
+def _victim(output: Path, head_sid: int) -> tuple[str, str, int, list[Proc]] | None:
+    """(trial id, node id, epoch of its last checkpoint, the node's processes) for a trial in
+    the middle of its run whose checkpoint Tune has received (so Train registered it) and whose
+    Train worker's node runs nothing else of any trial; None while there is none."""
+    procs = [p for p in _procs() if p.sid == head_sid and not p.zombie]
+    for trial_id, rows in _tune_results(output).items():
+        checkpointed = [r for r in rows if r.get("checkpoint_path")]
+        if not checkpointed or rows[-1]["epoch"] > EPOCHS - 4:
+            continue
+        saved = Path(checkpointed[-1]["checkpoint_path"]) / TRIAL_JSON
+        try:
+            node = json.loads(saved.read_text())["node_id"]
+        except (OSError, ValueError):
+            continue
+        on_node = {p.pid for p in procs if p.node == node}
+        grew = True
+        while grew:  # and what its raylet started
+            grew = False
+            for p in procs:
+                if p.ppid in on_node and p.pid not in on_node:
+                    on_node.add(p.pid)
+                    grew = True
+        node_procs = [p for p in procs if p.pid in on_node]
+        titles = [p.cmdline for p in node_procs if p.cmdline.startswith("ray::")]
+        if node != HEAD and titles and all(t.startswith(KILLABLE) for t in titles):
+            return trial_id, node, checkpointed[-1]["epoch"], node_procs
+    return None
+
+
+def test_search_scales_out_survives_a_lost_node_and_scales_back(corpus_root, tmp_path):
+    port, dash, agent, client = free_port(), free_port(), free_port(), free_port()
+    address = f"127.0.0.1:{port}"
+    # Our YAML, pointed at this test's head (the provider would default to port 6379).
+    config = yaml.safe_load(CONFIG.read_text())
+    config["provider"]["gcs_address"] = address
+    config_file = tmp_path / "fake_multinode.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    space = yaml.safe_load(SPACE.read_text())
+    space["parameters"]["epochs"] = {"value": EPOCHS}
+    space["parameters"]["patience"] = {"value": EPOCHS}  # no early stop: every trial runs out
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(yaml.safe_dump(space))
+    output = tmp_path / "out"
+
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH"))
+    }
+    # Every process of this cluster, the fake nodes included, finds it by its own dashboard.
+    env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dash}"
+    head_env = {**env, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
+    client_env = {**env, "RAY_AUTH_MODE": "token"}  # the head keeps Ray's token authentication
+
+    sessions: list[int] = []
+    watch = job = None
+    victim = None
+    killed_at = None
+    leftovers: list[Proc] = []
+    try:
+        head = subprocess.Popen(
+            [
+                "ray",
+                "start",
+                "--head",
+                "--num-cpus=0",  # trials and tasks cannot run on the head
+                f"--port={port}",
+                f"--dashboard-port={dash}",
+                f"--dashboard-agent-listen-port={agent}",
+                f"--ray-client-server-port={client}",
+                f"--autoscaling-config={config_file}",
+                "--disable-usage-stats",
+            ],
+            env=head_env,
+            start_new_session=True,  # its monitor, and so every fake node, share the session
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        sessions.append(head.pid)
+        out, _ = head.communicate(timeout=180)
+        assert head.returncode == 0, out
+
+        watch = NodeWatch(address, client_env)
+        sessions.append(watch.proc.pid)
+        watch.wait_for(lambda nodes: nodes == {HEAD: 0.0}, 60, "saw the head alone")
+
+        job_log = tmp_path / "job.log"
+        with job_log.open("w") as log:
+            job = subprocess.Popen(
+                [
+                    sys.executable,
+                    "jobs/search_va.py",
+                    "--address",
+                    address,
+                    "--data",
+                    str(corpus_root),
+                    "--output",
+                    str(output),
+                    "--space",
+                    str(space_file),
+                    "--num-samples",
+                    str(SAMPLES),
+                    "--concurrency",
+                    "2",  # the head has no CPUs: the job cannot size it by the cluster
+                    "--scheduler",
+                    "none",
+                ],
+                cwd=REPO,
+                env=client_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        sessions.append(job.pid)
+
+        # Mid-trial, a worker node goes: all of its processes, at once.
+        deadline = time.time() + 420
+        while victim is None and job.poll() is None and time.time() < deadline:
+            victim = _victim(output, head.pid)
+            if victim is None:
+                time.sleep(0.2)
+        assert victim is not None, (
+            "no trial was ever mid-run on a node of its own: "
+            + job_log.read_text()[-3000:]
+            + f"\nnodes: {watch.samples[-1:]}"
+        )
+        trial_id, node, ckpt_epoch, node_procs = victim
+        _kill(p.pid for p in node_procs)
+        killed_at = time.time()
+        watch.wait_for(lambda nodes: node not in nodes, 120, f"saw node {node} die")
+
+        job.wait(timeout=600)
+        assert job.returncode == 0, job_log.read_text()[-5000:]
+
+        # The idle workers are removed: the GCS sees the head alone, their processes are gone.
+        watch.wait_for(lambda nodes: set(nodes) == {HEAD}, 120, "saw the workers removed")
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            workers = [p for p in _ours(_procs(), sessions, port) if p.node not in (None, HEAD)]
+            if not workers:
+                break
+            time.sleep(0.5)
+        assert not workers, [(p.pid, p.node, p.cmdline[:80]) for p in workers]
+    finally:
+        if job is not None and job.poll() is None:
+            job.kill()
+        for sid in sessions:
+            kill_session(sid)
+        leftovers = _ours(_procs(), sessions, port)
+        _kill(p.pid for p in leftovers)
+        if watch is not None:
+            watch.thread.join(timeout=10)
+        marker = Path("/tmp/ray/ray_current_cluster")  # let later ray.init() start afresh
+        if marker.is_file() and marker.read_text().strip().endswith(f":{port}"):
+            marker.unlink()
+    time.sleep(1)
+    left = _ours(_procs(), sessions, port)
+    assert not left, [(p.pid, p.cmdline[:80]) for p in left]
+
+    # The node count rose from the head alone to workers of one CPU each, as many as the YAML
+    # allows, and fell back to the head alone.
+    counts = [len(s["nodes"]) for s in watch.samples]
+    assert counts[0] == 1 and counts[-1] == 1, counts
+    assert max(counts) == 3, counts  # the head and max_workers (2) workers
+    peak = next(s["nodes"] for s in watch.samples if len(s["nodes"]) == 3)
+    assert peak.pop(HEAD) == 0.0
+    assert all(FAKE_ID.fullmatch(n) and cpus == 1.0 for n, cpus in peak.items()), peak
+    assert 1 in counts[counts.index(3) :], counts  # fell back after the peak
+
+    # The search completed with a valid submission, every trial accounted for.
+    out = job_log.read_text()
+    assert f"{SAMPLES} trials ({SAMPLES} with a checkpoint)" in out, out[-3000:]
+    for i in range(1, SAMPLES + 1):
+        assert f"trial {i}/{SAMPLES} " in out, out[-3000:]
+    results = _tune_results(output)
+    assert len(results) == SAMPLES, sorted(results)
+    for rows in results.values():
+        assert sorted({r["epoch"] for r in rows}) == list(range(1, EPOCHS + 1))
+    corpus = load_corpus(corpus_root)
+    (submission,) = output.glob("search_va-*/VA_submission.txt")
+    assert validate_submission(submission, corpus.templates["va"]) == len(corpus.templates["va"])
+    # Trials ran on the launched workers only.
+    for ckpt in output.glob(f"ray_results/search_va-*/trainers/*/checkpoint_*/{TRIAL_JSON}"):
+        assert json.loads(ckpt.read_text())["node_id"] not in (HEAD, None)
+
+    # The killed trial went on from its last checkpoint: nothing up to that epoch was trained
+    # twice, it ran to its last epoch after its node was gone, and what it checkpointed after
+    # the loss was written elsewhere.
+    epochs = [r["epoch"] for r in results[trial_id]]
+    assert all(epochs.count(e) == 1 for e in range(1, ckpt_epoch + 1)), (ckpt_epoch, epochs)
+    assert epochs[-1] == EPOCHS and results[trial_id][-1]["timestamp"] >= int(killed_at), epochs
+    trainer = next(output.glob(f"ray_results/search_va-*/trainers/train-{trial_id}"))
+    after = [c for c in trainer.glob(f"checkpoint_*/{TRIAL_JSON}") if c.stat().st_mtime > killed_at]
+    assert all(json.loads(c.read_text())["node_id"] != node for c in after), after
