@@ -7,7 +7,10 @@ workers are removed: the node count rises from 1 and falls back to 1.
 
 A worker node is killed mid-trial (every process of it, SIGKILL): the trial's Ray Train worker
 group is restarted elsewhere from its last checkpoint (``FailureConfig``), the search completes
-and every trial is accounted for.
+and every trial is accounted for. The node killed is one that runs a trial's Train worker and
+nothing of a Tune trial itself: Ray places the trials' function actors (and the Train
+controllers pinned beside them) on a worker node as well, and the loss of those is not a worker
+failure that Train's FailureConfig retries.
 
 The test stops what it started, by process id: the sessions of the head (whose monitor process
 starts the fake nodes), of the job and of the node watcher, and any process left that names this
@@ -242,7 +245,6 @@ def test_search_scales_out_survives_a_lost_node_and_scales_back(corpus_root, tmp
     watch = job = None
     victim = None
     killed_at = None
-    leftovers: list[Proc] = []
     try:
         head = subprocess.Popen(
             [
@@ -312,8 +314,13 @@ def test_search_scales_out_survives_a_lost_node_and_scales_back(corpus_root, tmp
             + f"\nnodes: {watch.samples[-1:]}"
         )
         trial_id, node, ckpt_epoch, node_procs = victim
+        layout = {}
+        for p in _procs():
+            if p.sid == head.pid and p.cmdline.startswith("ray::") and p.node:
+                layout.setdefault(p.node[-5:], []).append(p.cmdline.split()[0][5:])
         _kill(p.pid for p in node_procs)
         killed_at = time.time()
+        print("what ran where at the kill:", {k: sorted(v) for k, v in sorted(layout.items())})
         watch.wait_for(lambda nodes: node not in nodes, 120, f"saw node {node} die")
 
         job.wait(timeout=600)
@@ -344,6 +351,18 @@ def test_search_scales_out_survives_a_lost_node_and_scales_back(corpus_root, tmp
     left = _ours(_procs(), sessions, port)
     assert not left, [(p.pid, p.cmdline[:80]) for p in left]
 
+    changes = [
+        s
+        for i, s in enumerate(watch.samples)
+        if i == 0 or s["nodes"] != watch.samples[i - 1]["nodes"]
+    ]
+    print(f"killed node {node} at {killed_at:.0f} ({trial_id}, checkpointed epoch {ckpt_epoch})")
+    print(
+        "alive nodes:",
+        *(f"{s['t']:.0f} {sorted(n[-5:] for n in s['nodes'])}" for s in changes),
+        sep="\n  ",
+    )
+
     # The node count rose from the head alone to workers of one CPU each, as many as the YAML
     # allows, and fell back to the head alone.
     counts = [len(s["nodes"]) for s in watch.samples]
@@ -356,13 +375,13 @@ def test_search_scales_out_survives_a_lost_node_and_scales_back(corpus_root, tmp
 
     # The search completed with a valid submission, every trial accounted for.
     out = job_log.read_text()
-    assert f"{SAMPLES} trials ({SAMPLES} with a checkpoint)" in out, out[-3000:]
     for i in range(1, SAMPLES + 1):
         assert f"trial {i}/{SAMPLES} " in out, out[-3000:]
     results = _tune_results(output)
     assert len(results) == SAMPLES, sorted(results)
-    for rows in results.values():
-        assert sorted({r["epoch"] for r in rows}) == list(range(1, EPOCHS + 1))
+    for trial, rows in results.items():
+        assert sorted({r["epoch"] for r in rows}) == list(range(1, EPOCHS + 1)), trial
+        assert list(output.glob(f"ray_results/search_va-*/trainers/train-{trial}/checkpoint_*/"))
     corpus = load_corpus(corpus_root)
     (submission,) = output.glob("search_va-*/VA_submission.txt")
     assert validate_submission(submission, corpus.templates["va"]) == len(corpus.templates["va"])

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from abaw_ray.tune.job import search_config, search_parser
 from abaw_ray.tune.search import SearchConfig, latest_search, search_name
 from abaw_ray.tune.space import load_search_space
 
 REPO = Path(__file__).resolve().parents[1]
+SPACE = REPO / "tests" / "data" / "small_va.yaml"
 
 
 def _search(root: Path, name: str, restorable: bool = True) -> None:
@@ -48,3 +51,23 @@ def test_flags_override_the_config_defaults_and_only_those():
     assert given.searcher == SearchConfig.searcher  # untouched flags keep the default
     help_text = parser.format_help()
     assert "(default: 8)" in help_text and "(default: 0.333)" in help_text
+
+
+@pytest.mark.parametrize(
+    "resources, expected",
+    [
+        ({"CPU": 3.0}, 3),  # three 1-CPU trials fit now
+        ({"CPU": 16.0, "GPU": 1.0}, 4),  # 0.25 GPU a trial: the GPU fits four
+        ({"CPU": 0.0}, 8),  # an autoscaling cluster's CPU-0 head alone: all, to scale up
+        ({}, 8),
+    ],
+)
+def test_default_concurrency_fits_the_cluster_or_lets_it_scale(resources, expected, monkeypatch):
+    import ray
+
+    from abaw_ray.tune.search import default_concurrency
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: resources)
+    gpus = 0.25 if "GPU" in resources else 0.0
+    cfg = SearchConfig(load_search_space(SPACE), "/tmp", "s", num_samples=8, gpus_per_trial=gpus)
+    assert default_concurrency(cfg) == expected

@@ -45,6 +45,7 @@ class SearchConfig:
     gpus_per_trial: float = 0.0  # fractions pack several small trials on a GPU
     cpus_per_worker: float = 1.0
     time_budget_s: float | None = None  # seconds after which no new trial starts
+    max_failures: int = 2  # times a trial is retried after losing a node (Tune and Train)
     grace_period: int = 3  # epochs before ASHA may stop a trial
     top_k: int = 5  # best trials offered to the ensemble
     holdout: float = 1 / 3  # validation videos nothing selects on: a fraction, a count, or 0
@@ -97,6 +98,7 @@ def run_trial(
     workers: int,
     gpus_per_worker: float,
     cpus_per_worker: float,
+    max_failures: int,
 ) -> None:
     """The Tune function trainable: one TorchTrainer whose rank-0 reports reach Tune through
     ``TuneReportCallback``. The trainer's name is the Tune trial id, so a restored search
@@ -124,6 +126,7 @@ def run_trial(
         gpus_per_worker=gpus_per_worker,
         cpus_per_worker=cpus_per_worker,
         callbacks=[TuneReportCallback()],
+        max_failures=max_failures,
         stop_flag=stop_flag,
         keep_checkpoints=None,  # a stopped trial's last epochs must not evict what Tune saw
     )
@@ -140,9 +143,14 @@ def _max_epochs(space: SearchSpace) -> int:
 
 
 def default_concurrency(cfg: SearchConfig) -> int:
+    """As many trials as the cluster fits now; on a cluster that fits none (an autoscaling
+    one whose workers are all down, its head offering no CPU) every trial, so that the
+    pending trials make the autoscaler launch workers (``--concurrency`` caps it)."""
     res = ray.cluster_resources()
-    by_cpu = int(res.get("CPU", 1) // max(cfg.workers_per_trial * cfg.cpus_per_worker, 1e-6))
-    limit = max(1, by_cpu)
+    by_cpu = int(res.get("CPU", 0) // max(cfg.workers_per_trial * cfg.cpus_per_worker, 1e-6))
+    if by_cpu == 0:
+        return cfg.num_samples
+    limit = by_cpu
     if cfg.gpus_per_trial:
         limit = min(limit, int(res.get("GPU", 0) // cfg.gpus_per_trial) or 1)
     return max(1, min(limit, cfg.num_samples))
@@ -167,6 +175,7 @@ def build_tuner(
         workers=cfg.workers_per_trial,
         gpus_per_worker=cfg.gpus_per_trial / cfg.workers_per_trial,
         cpus_per_worker=cfg.cpus_per_worker,
+        max_failures=cfg.max_failures,
     )
     # The function trainable only drives the trainer; the trainer's workers hold the CPUs and
     # GPUs. A zero-CPU bundle (with a token of memory, as Ray needs one non-zero resource)
@@ -216,7 +225,13 @@ def build_tuner(
             time_budget_s=cfg.time_budget_s,
         ),
         run_config=tune.RunConfig(
-            name=cfg.name, storage_path=cfg.storage_path, callbacks=callbacks, verbose=verbose
+            name=cfg.name,
+            storage_path=cfg.storage_path,
+            callbacks=callbacks,
+            verbose=verbose,
+            # A trial whose driving actor dies with its node is run again; its trainer, same
+            # name and storage, continues from its last checkpoint.
+            failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
         ),
     )
 
