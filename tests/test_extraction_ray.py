@@ -41,34 +41,42 @@ def _run_job(args: list[str], **kw) -> subprocess.Popen:
     )
 
 
-def test_killed_extraction_resumes_without_recomputing(corpus_root, tmp_path):
-    store_dir = tmp_path / "store"
-    args = [
+def _args(corpus_root: Path, store_dir: Path, extractors: str) -> list[str]:
+    return [
         "--data",
         str(corpus_root),
         "--store",
         str(store_dir),
         "--extractors",
-        "mobilenetv3,logmel",
+        extractors,
         "--tiny",
         "--num-cpus",
         "2",
         "--batch-size",
         "8",
     ]
+
+
+def _first_videos(proc: subprocess.Popen, manifest: Path) -> dict:
+    """Polls the manifest until the job has recorded a video (the kill point is a state)."""
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if manifest.is_file():
+            done = json.loads(manifest.read_text())["videos"]
+            if done:
+                return done
+        time.sleep(0.05)
+    raise AssertionError("no video finished before the deadline")
+
+
+def test_killed_extraction_resumes_without_recomputing(corpus_root, tmp_path):
+    store_dir = tmp_path / "store"
+    args = _args(corpus_root, store_dir, "mobilenetv3,logmel")
     manifest = store_dir / "mobilenetv3.tiny" / "manifest.json"
     total = len(load_corpus(corpus_root).videos)
     proc = _run_job(args)
     try:
-        deadline = time.time() + 240
-        done: dict = {}
-        while time.time() < deadline and proc.poll() is None:
-            if manifest.is_file():
-                done = json.loads(manifest.read_text())["videos"]
-                if done:
-                    break
-            time.sleep(0.05)
-        assert done, "no video finished before the deadline"
+        done = _first_videos(proc, manifest)
     finally:
         kill_session(proc.pid)
         proc.communicate()
@@ -163,28 +171,12 @@ def test_bad_images_and_silent_video_are_reported_not_fatal(corpus_root, tmp_pat
 
 def test_a_writer_killed_mid_extraction_leaves_no_truncated_array(corpus_root, tmp_path):
     store_dir = tmp_path / "store"
-    args = [
-        "--data",
-        str(corpus_root),
-        "--store",
-        str(store_dir),
-        "--extractors",
-        "mobilenetv3",
-        "--tiny",
-        "--num-cpus",
-        "2",
-        "--batch-size",
-        "8",
-    ]
+    args = _args(corpus_root, store_dir, "mobilenetv3")
     manifest = store_dir / "mobilenetv3.tiny" / "manifest.json"
     total = len(load_corpus(corpus_root).videos)
     proc = _run_job(args)
     try:
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None:
-            if manifest.is_file() and json.loads(manifest.read_text())["videos"]:
-                break
-            time.sleep(0.05)
+        _first_videos(proc, manifest)
         # The worker that writes the arrays, found among this job's own processes.
         (writer,) = [
             pid
