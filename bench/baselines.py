@@ -1,0 +1,168 @@
+"""The floor of a corpus: per-frame linear models on face pixels, scored like the jobs.
+
+VA: ridge regression; EXPR: multinomial logistic regression (L2, class-balanced or not). Each
+frame is its 24x24 grey face (frames without a face image take the nearest face's pixels, as
+extraction fills them), standardised with the training frames' statistics. Models fit on the
+training videos' valid frames and are scored with the official global score
+(``metrics.score_split``) on the validation videos, every frame of their timelines. The
+regularisation is chosen on those same validation videos, so the floor is, if anything,
+optimistic: a search that beats it beats its best setting.
+
+    python bench/baselines.py [CORPUS] [--task va|expr|both] [--size 24]
+
+CORPUS defaults to the embedded corpus.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from abaw_ray.data.corpus import Corpus, load_corpus
+from abaw_ray.data.synthetic import ensure_default_corpus
+from abaw_ray.data.timeline import fill_from_nearest
+from abaw_ray.metrics import score_split
+from abaw_ray.tasks import EXPR_CLASSES, NUM_EXPR_CLASSES
+
+RIDGE = (1e-2, 1e-1, 1e0, 1e1, 1e2, 1e3, 1e4)  # ridge penalties tried (VA)
+L2 = (0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2)  # logistic regression weight penalties (EXPR)
+
+
+def face_pixels(corpus: Corpus, video: str, size: int) -> np.ndarray:
+    """float32 [T, size*size]: each frame's grey face in [0, 1], filled from the nearest."""
+    n = corpus.num_frames(video)
+    v = corpus.videos[video]
+    out = np.zeros((n, size * size), np.float32)
+    have = np.zeros(n, bool)
+    for k in v.face_frames[(v.face_frames >= 1) & (v.face_frames <= n)]:
+        try:
+            with Image.open(v.face_path(int(k))) as im:
+                grey = im.convert("L").resize((size, size), Image.BILINEAR)
+        except OSError:  # unreadable image: filled like a missing one
+            continue
+        out[k - 1] = np.asarray(grey, np.float32).reshape(-1) / 255.0
+        have[k - 1] = True
+    return fill_from_nearest(out, have) if have.any() else out
+
+
+def design(corpus, task, videos, size) -> tuple[dict, dict, dict]:
+    x, labels, valid = {}, {}, {}
+    for v in videos:
+        x[v] = face_pixels(corpus, v, size)
+        lab = corpus.labels_on_timeline(task, v)
+        labels[v], valid[v] = lab.values, lab.valid
+    return x, labels, valid
+
+
+def ridge_va(train, val) -> tuple[dict[str, float], float]:
+    (xt, yt, mt), (xv, yv, mv) = train, val
+    x = np.concatenate([xt[v][mt[v]] for v in xt])
+    y = np.concatenate([yt[v][mt[v]] for v in xt])
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    xs = np.hstack([(x - mu) / sd, np.ones((len(x), 1), np.float32)])
+    gram, rhs = xs.T @ xs, xs.T @ y
+    best, best_lam = None, None
+    for lam in RIDGE:
+        w = np.linalg.solve(gram + lam * np.eye(len(gram)), rhs)
+        preds = {
+            v: np.clip(np.hstack([(xv[v] - mu) / sd, np.ones((len(xv[v]), 1))]) @ w, -1, 1)
+            for v in xv
+        }
+        s = score_split("va", preds, list(xv), yv, mv)
+        if best is None or s["ccc"] > best["ccc"]:
+            best, best_lam = s, lam
+    return best, best_lam
+
+
+def fit_logistic(
+    x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, l2: float
+) -> torch.nn.Linear:
+    """Multinomial logistic regression by L-BFGS, L2 on the weights."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(x.shape[1], NUM_EXPR_CLASSES)
+    opt = torch.optim.LBFGS(model.parameters(), max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), target, weight=weight)
+        loss = loss + l2 * model.weight.square().sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return model
+
+
+def logistic_expr(train, val, balanced: bool) -> tuple[dict[str, float], float]:
+    (xt, yt, mt), (xv, yv, mv) = train, val
+    x = np.concatenate([xt[v][mt[v]] for v in xt])
+    y = np.concatenate([yt[v][mt[v]] for v in xt]).astype(np.int64)
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    xs = torch.from_numpy((x - mu) / sd)
+    target = torch.from_numpy(y)
+    counts = np.bincount(y, minlength=NUM_EXPR_CLASSES).astype(np.float64)
+    weight = None
+    if balanced:  # inverse frequency, classes absent from training weighted 0
+        weight = torch.tensor(
+            np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / NUM_EXPR_CLASSES, 0.0),
+            dtype=torch.float32,
+        )
+    best, best_l2 = None, None
+    for l2 in L2:
+        model = fit_logistic(xs, target, weight, l2)
+        with torch.no_grad():
+            preds = {v: model(torch.from_numpy((xv[v] - mu) / sd)).softmax(-1).numpy() for v in xv}
+        s = score_split("expr", preds, list(xv), yv, mv)
+        if best is None or s["f1"] > best["f1"]:
+            best, best_l2 = s, l2
+    return best, best_l2
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("corpus", type=Path, nargs="?", help="Aff-Wild2 root (default: embedded)")
+    p.add_argument("--task", choices=("va", "expr", "both"), default="both")
+    p.add_argument("--size", type=int, default=24, help="face side in pixels")
+    args = p.parse_args()
+    root = args.corpus or ensure_default_corpus()
+    corpus = load_corpus(root)
+    tasks = ("va", "expr") if args.task == "both" else (args.task,)
+    print(f"per-frame linear baselines on {args.size}x{args.size} grey faces, {root}")
+    for task in tasks:
+        train_videos = corpus.split_videos(task, "train")
+        val_videos = corpus.split_videos(task, "val")
+        if not train_videos or not val_videos:
+            print(f"  {task}: no training or validation videos")
+            continue
+        start = time.perf_counter()
+        train = design(corpus, task, train_videos, args.size)
+        val = design(corpus, task, val_videos, args.size)
+        frames = sum(int(m.sum()) for m in train[2].values())
+        where = f"{len(train_videos)} train videos ({frames} valid frames), {len(val_videos)} val"
+        if task == "va":
+            s, lam = ridge_va(train, val)
+            print(
+                f"  VA   ridge (penalty {lam:g}): val CCC {s['ccc']:.4f} (valence "
+                f"{s['ccc_valence']:.4f}, arousal {s['ccc_arousal']:.4f}); {where}; "
+                f"{time.perf_counter() - start:.0f} s"
+            )
+            continue
+        for balanced in (False, True):
+            s, l2 = logistic_expr(train, val, balanced)
+            per_class = ", ".join(
+                f"{c} {s[f'f1_class{i}']:.2f}" for i, c in enumerate(EXPR_CLASSES)
+            )
+            kind = "class-balanced" if balanced else "plain"
+            print(
+                f"  EXPR logistic, {kind} (L2 {l2:g}): val macro F1 {s['f1']:.4f}; {where}\n"
+                f"       per class: {per_class}"
+            )
+
+
+if __name__ == "__main__":
+    main()
