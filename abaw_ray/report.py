@@ -272,7 +272,7 @@ def search_plots(task, out_dir: Path, ens, best, bank) -> list[Path]:
 
 def print_cost(costs: Sequence, summary: dict[str, float], metric: str) -> None:
     """The search's cost, last: what its trials held times how long they held it."""
-    unit = "gpu" if summary["cost_gpu_hours"] else "cpu"
+    unit = "gpu" if "cost_gpu_hours_to_best" in summary else "cpu"  # as cost_summary chose
     each = costs[0] if costs else None
     held = f"{each.cpus:g} CPU, {each.gpus:g} GPU each" if each else "no trial"
     best = max((c.score for c in costs), default=float("-inf"))

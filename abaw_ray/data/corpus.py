@@ -44,6 +44,11 @@ _FRAME_NAME = re.compile(r"^(\d+)\.jpg$", re.IGNORECASE)
 _EDITION = re.compile(r"(\d+)(?:st|nd|rd|th)", re.IGNORECASE)
 
 
+def face_image_path(face_dir: str | Path, width: int, frame: int) -> Path:
+    """Frame ``frame``'s cropped face: ``<face_dir>/<frame, zero-padded to width>.jpg``."""
+    return Path(face_dir) / f"{int(frame):0{int(width)}d}.jpg"
+
+
 @dataclass(frozen=True, eq=False)
 class Video:
     """One Aff-Wild2 video (one person): its faces and the raw file that carries its audio."""
@@ -69,7 +74,7 @@ class Video:
     def face_path(self, frame: int) -> Path:
         if self.face_dir is None:
             raise FileNotFoundError(f"video {self.name} has no cropped_aligned folder")
-        return self.face_dir / f"{frame:0{self.face_name_width}d}.jpg"
+        return face_image_path(self.face_dir, self.face_name_width, frame)
 
     def face_mask(self, num_frames: int) -> np.ndarray:
         """bool [num_frames]: whether frame k+1 has a face image."""

@@ -32,7 +32,7 @@ import numpy as np
 import ray
 from PIL import Image
 
-from abaw_ray.data.corpus import Corpus
+from abaw_ray.data.corpus import Corpus, face_image_path
 from abaw_ray.data.timeline import fill_from_nearest
 from abaw_ray.features.audio import AudioFrontEnd, NoAudioError, VocalIsolator, decode_audio
 from abaw_ray.features.registry import create_extractor, get_spec, locate_weights
@@ -104,7 +104,7 @@ def decode_video_faces(batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.nd
         frames = frames[(frames >= 1) & (frames <= rows)]
         for a in range(0, len(frames), DECODE_BATCH):
             chunk = frames[a : a + DECODE_BATCH]
-            paths = np.array([f"{face_dir}/{int(k):0{int(width)}d}.jpg" for k in chunk], object)
+            paths = np.array([str(face_image_path(face_dir, width, k)) for k in chunk], object)
             yield {
                 **decode_faces({"path": paths}),
                 "video": np.full(len(chunk), video, dtype=object),
@@ -384,7 +384,7 @@ def extract_faces(
     )
     ds = ds.map_batches(
         FaceWriter,
-        fn_constructor_kwargs=dict(store_root=_shared(store), keys=list(keys.values())),
+        fn_constructor_kwargs=dict(store_root=store.worker_root(), keys=list(keys.values())),
         batch_size=None,
         compute=ray.data.ActorPoolStrategy(size=1),  # a video's rows meet in one place
         num_cpus=0,  # file writes; it must not take a core from decoding or the models
@@ -403,11 +403,6 @@ def extract_faces(
                 store.record(key, {video: result["entries"][key]})
                 report.written[key].append(video)
     report.unfinished += sorted(todo)  # their rows were lost with a worker: a rerun redoes them
-
-
-def _shared(store: FeatureStore) -> str:
-    """The store's path as workers must see it (absolute: their working folder differs)."""
-    return str(Path(store.root).resolve())
 
 
 def extract_audio(
@@ -472,7 +467,7 @@ def extract_audio(
             weights_dir=str(config.weights_dir or "") or None,
             frontend=frontend,
             num_cpus=cpus,
-            store_root=_shared(store),
+            store_root=store.worker_root(),
         ),
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=actors),

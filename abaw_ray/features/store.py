@@ -53,6 +53,11 @@ class FeatureStore:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
+    def worker_root(self) -> str:
+        """The root as Ray workers must be given it: absolute (their working folder differs
+        from the driver's)."""
+        return str(self.root.resolve())
+
     def dir(self, key: str) -> Path:
         return self.root / key
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -270,7 +269,7 @@ def build_bank(
             variants.append(f"{k}|native")
     corpus_ref = ray.put(corpus)
     builder = ray.remote(num_returns="streaming", scheduling_strategy="SPREAD")(build_shards)
-    root = str(Path(store.root).resolve())  # as the tasks see it: their working folder differs
+    root = store.worker_root()
     streams = {
         x: builder.remote(corpus_ref, root, x, videos, splits["train"], shard_bytes)
         for x in variants

@@ -46,6 +46,11 @@ def trial_costs(cfg: SearchConfig, outcomes: Sequence[TrialOutcome]) -> list[Tri
     return sorted(costs, key=lambda c: (c.ended, c.trial_id))
 
 
+def cost_unit(costs: Sequence[TrialCost]) -> str:
+    """ "gpu" where the trials held GPUs, else "cpu": what their hours are counted in."""
+    return "gpu" if any(c.gpus for c in costs) else "cpu"
+
+
 def best_by_hours(costs: Sequence[TrialCost], unit: str) -> list[tuple[float, float]]:
     """(hours spent so far, best score so far) after each trial, trials in the order they
     ended; ``unit`` is "gpu" or "cpu"."""
@@ -60,7 +65,7 @@ def best_by_hours(costs: Sequence[TrialCost], unit: str) -> list[tuple[float, fl
 def cost_summary(costs: Sequence[TrialCost]) -> dict[str, float]:
     """The search's totals, and the hours after which it held its best score (in GPU-hours
     where trials held GPUs, else CPU-hours)."""
-    unit = "gpu" if any(c.gpus for c in costs) else "cpu"
+    unit = cost_unit(costs)
     curve = best_by_hours(costs, unit)
     best = max((b for _, b in curve), default=float("-inf"))
     reached = next((h for h, b in curve if b == best), 0.0)

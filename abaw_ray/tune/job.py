@@ -42,7 +42,7 @@ from abaw_ray.train.data import FeatureBank
 from abaw_ray.train.loop import TrialConfig, load_predictions
 from abaw_ray.train.prepare import Prepared, prepare
 from abaw_ray.train.trainer import build_trainer
-from abaw_ray.tune.cost import TrialCost, best_by_hours, cost_summary, trial_costs
+from abaw_ray.tune.cost import TrialCost, best_by_hours, cost_summary, cost_unit, trial_costs
 from abaw_ray.tune.search import (
     SearchConfig,
     TrialOutcome,
@@ -238,7 +238,7 @@ def write_outputs(
     artifacts.append(recipe)
     best = next(m for m in members if m.trial_id == ens.selection.best_single[0])
     artifacts += report.search_plots(task, out_dir, ens, best, prepared.bank)
-    unit = "gpu" if any(c.gpus for c in costs) else "cpu"
+    unit = cost_unit(costs)
     artifacts.append(
         report.plot_best_by_cost(
             out_dir / "best_by_cost.png",
