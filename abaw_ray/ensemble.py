@@ -1,5 +1,7 @@
 """The ensemble stage: the top trials' per-frame predictions -> greedy forward selection with
-replacement (Caruana et al., 2004) -> temporal smoothing chosen on validation.
+replacement (Caruana et al., 2004) -> temporal smoothing chosen on validation (every kind and
+width of ``abaw_ray.smoothing``: box and Gaussian for VA; those over class probabilities and a
+mode filter over classes for EXPR).
 
 VA selects members separately for valence and arousal (each by its own global CCC); EXPR
 averages class probabilities and selects by macro F1. Selection starts from the best single
@@ -19,9 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from abaw_ray.metrics import ccc, flatten_split, macro_f1, score_split
+from abaw_ray.smoothing import NO_SMOOTHING, Smoothing, candidates
 from abaw_ray.tasks import NUM_EXPR_CLASSES, OFFICIAL_SCORE, Task
-
-SMOOTHING_WINDOWS = (1, 3, 5, 9, 15, 25, 41)
 
 
 @dataclass
@@ -40,7 +41,11 @@ class Recipe:
     """Per target (``valence``/``arousal``, or ``classes``): member weights and smoothing."""
 
     weights: dict[str, dict[str, float]] = field(default_factory=dict)
-    smoothing: dict[str, int] = field(default_factory=dict)
+    smoothing: dict[str, Smoothing] = field(default_factory=dict)
+
+    def smoothing_names(self) -> dict[str, str]:
+        """``{"valence": "gaussian(25)", ...}``: how a report or MLflow shows the filters."""
+        return {name: str(s) for name, s in self.smoothing.items()}
 
 
 @dataclass
@@ -71,19 +76,6 @@ class EnsembleResult:
     test: dict[str, np.ndarray]
 
 
-def smooth(x: np.ndarray, window: int) -> np.ndarray:
-    """Centred moving average along time (edges averaged over what exists)."""
-    if window <= 1:
-        return x
-    x2 = x if x.ndim == 2 else x[:, None]
-    kernel = np.ones(window)
-    pad = window // 2
-    num = np.stack([np.convolve(np.pad(c, pad), kernel, "valid") for c in x2.T], 1)
-    den = np.convolve(np.pad(np.ones(len(x2)), pad), kernel, "valid")[:, None]
-    out = num / den
-    return out if x.ndim == 2 else out[:, 0]
-
-
 def _targets(task: Task) -> dict[str, slice]:
     return (
         {"valence": slice(0, 1), "arousal": slice(1, 2)}
@@ -104,7 +96,8 @@ def _combine(
     part: slice,
     split: str,
     videos: Sequence[str],
-    window: int,
+    task: Task,
+    smoothing: Smoothing,
 ) -> dict[str, np.ndarray]:
     total = sum(weights.values())
     out = {}
@@ -114,7 +107,7 @@ def _combine(
             for m in members
             if (w := weights.get(m.trial_id, 0.0))
         )
-        out[v] = smooth(acc / total, window)
+        out[v] = smoothing.apply(task, acc / total)
     return out
 
 
@@ -126,8 +119,9 @@ def _select(
     labels: dict[str, np.ndarray],
     valid: dict[str, np.ndarray],
     rounds: int,
-) -> tuple[dict[str, float], int, float]:
-    """Greedy forward selection with replacement, then the best smoothing window."""
+) -> tuple[dict[str, float], Smoothing, float]:
+    """Greedy forward selection with replacement, then the best smoothing (ties: none, then
+    the narrower filter)."""
     # Flattened once; the greedy loop then scores sums of these arrays.
     flat = [flatten_split(mem.val, videos, labels, valid) for mem in members]
     t = flat[0][1][:, part.start] if task == "va" else flat[0][1]
@@ -148,15 +142,15 @@ def _select(
         acc = acc + stacked[j]
         best = trial[j]
     weights = {mem.trial_id: float(c) for mem, c in zip(members, counts) if c}
-    best_window, best_score = 1, -np.inf
-    for w in SMOOTHING_WINDOWS:
+    best_smoothing, best_score = NO_SMOOTHING, -np.inf
+    for smoothing in candidates(task):
         pred, _ = flatten_split(
-            _combine(members, weights, part, "val", videos, w), videos, labels, valid
+            _combine(members, weights, part, "val", videos, task, smoothing), videos, labels, valid
         )
         s = _score(task, pred, t)
         if s > best_score + 1e-9:
-            best_window, best_score = w, s
-    return weights, best_window, best_score
+            best_smoothing, best_score = smoothing, s
+    return weights, best_smoothing, best_score
 
 
 def _fit(
@@ -170,8 +164,8 @@ def _fit(
     recipe = Recipe()
     scores = {}
     for name, part in _targets(task).items():
-        w, window, s = _select(task, members, part, videos, labels, valid, rounds)
-        recipe.weights[name], recipe.smoothing[name] = w, window
+        w, smoothing, s = _select(task, members, part, videos, labels, valid, rounds)
+        recipe.weights[name], recipe.smoothing[name] = w, smoothing
         scores[name] = s
     return recipe, scores
 
@@ -180,7 +174,7 @@ def apply_recipe(
     task: Task, members: Sequence[Member], recipe: Recipe, split: str, videos: Sequence[str]
 ) -> dict[str, np.ndarray]:
     parts = [
-        _combine(members, recipe.weights[name], part, split, videos, recipe.smoothing[name])
+        _combine(members, recipe.weights[name], part, split, videos, task, recipe.smoothing[name])
         for name, part in _targets(task).items()
     ]
     return {v: np.concatenate([p[v] for p in parts], axis=1) for v in videos}

@@ -1,4 +1,5 @@
-"""Training losses: CCC loss for VA, soft macro-F1 and label-smoothed cross entropy for EXPR.
+"""Training losses: CCC loss for VA; soft macro-F1, label-smoothed cross entropy and focal loss
+for EXPR.
 
 Each takes an optional validity mask so -5 / -1 frames never contribute.
 """
@@ -13,32 +14,45 @@ from abaw_ray.tasks import NUM_EXPR_CLASSES
 
 
 def _flat_valid(
-    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, last: int | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    if last is None:
-        p, t = pred.reshape(-1), target.reshape(-1)
-    else:
-        p, t = pred.reshape(-1, last), target.reshape(-1, last)
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None,
+    last: int,
+    frame_weight: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    p, t = pred.reshape(-1, last), target.reshape(-1, last)
+    w = None if frame_weight is None else frame_weight.reshape(-1).to(p.dtype)
     if mask is not None:
         m = mask.reshape(-1).bool()
         if m.numel() != p.shape[0]:
             raise ValueError(f"mask has {m.numel()} frames, predictions {p.shape[0]}")
         p, t = p[m], t[m]
-    return p, t
+        w = None if w is None else w[m]
+    return p, t, w
 
 
 def ccc_per_target(
-    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None, eps: float = 1e-8
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    eps: float = 1e-8,
+    frame_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Differentiable CCC of each target column over all valid frames. ``[..., D] -> [D]``."""
+    """Differentiable CCC of each target column over all valid frames (their moments weighted
+    by ``frame_weight`` when given). ``[..., D] -> [D]``."""
     d = pred.shape[-1]
-    p, t = _flat_valid(pred, target, mask, d)
-    if p.shape[0] == 0:
+    p, t, w = _flat_valid(pred, target, mask, d, frame_weight)
+    if p.shape[0] == 0 or (w is not None and float(w.sum()) <= 0):
         return pred.new_zeros(d)
-    mp, mt = p.mean(0), t.mean(0)
-    vp = ((p - mp) ** 2).mean(0)
-    vt = ((t - mt) ** 2).mean(0)
-    cov = ((p - mp) * (t - mt)).mean(0)
+    if w is None:
+        mean = lambda x: x.mean(0)  # noqa: E731
+    else:
+        w = (w / w.sum())[:, None]
+        mean = lambda x: (w * x).sum(0)  # noqa: E731
+    mp, mt = mean(p), mean(t)
+    vp = mean((p - mp) ** 2)
+    vt = mean((t - mt) ** 2)
+    cov = mean((p - mp) * (t - mt))
     return 2 * cov / (vp + vt + (mp - mt) ** 2 + eps)
 
 
@@ -47,10 +61,11 @@ def ccc_loss(
     target: torch.Tensor,
     mask: torch.Tensor | None = None,
     weights: tuple[float, ...] | None = None,
+    frame_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean over targets of ``1 - CCC``; finite on constant inputs (the eps in CCC's
-    denominator), 0 gradient when no frame is valid."""
-    per = 1.0 - ccc_per_target(pred, target, mask)
+    """Mean over targets of ``1 - CCC`` (``weights``: per target); finite on constant inputs
+    (the eps in CCC's denominator), 0 gradient when no frame is valid."""
+    per = 1.0 - ccc_per_target(pred, target, mask, frame_weight=frame_weight)
     if weights is None:
         return per.mean()
     w = per.new_tensor(weights)
@@ -58,33 +73,43 @@ def ccc_loss(
 
 
 def soft_macro_f1_loss(
-    logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None, eps: float = 1e-7
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    eps: float = 1e-7,
+    frame_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``1 - mean_c soft-F1_c`` from softmax probabilities, over the classes present in the
-    batch's targets (a class absent from a batch has no F1 to learn from)."""
+    batch's targets (a class absent from a batch has no F1 to learn from); a frame counts
+    ``frame_weight`` times in the soft counts."""
     c = logits.shape[-1]
-    lg, t = _flat_logits(logits, target, mask)
+    lg, t, w = _flat_logits(logits, target, mask, frame_weight)
     if lg.shape[0] == 0:
         return logits.sum() * 0.0
     prob = lg.softmax(-1)
     onehot = F.one_hot(t, c).to(prob.dtype)
-    tp = (prob * onehot).sum(0)
-    fp = (prob * (1 - onehot)).sum(0)
-    fn = ((1 - prob) * onehot).sum(0)
+    ww = prob.new_ones(len(prob), 1) if w is None else w[:, None]
+    tp = (ww * prob * onehot).sum(0)
+    fp = (ww * prob * (1 - onehot)).sum(0)
+    fn = (ww * (1 - prob) * onehot).sum(0)
     f1 = 2 * tp / (2 * tp + fp + fn + eps)
-    present = onehot.sum(0) > 0
+    present = (ww * onehot).sum(0) > 0
     return 1.0 - f1[present].mean()
 
 
 def _flat_logits(
-    logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None,
+    frame_weight: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     lg = logits.reshape(-1, logits.shape[-1])
     t = target.reshape(-1).long()
     keep = t >= 0
     if mask is not None:
         keep = keep & mask.reshape(-1).bool()
-    return lg[keep], t[keep]
+    w = None if frame_weight is None else frame_weight.reshape(-1).to(lg.dtype)[keep]
+    return lg[keep], t[keep], w
 
 
 def smoothed_cross_entropy(
@@ -93,12 +118,50 @@ def smoothed_cross_entropy(
     mask: torch.Tensor | None = None,
     smoothing: float = 0.0,
     class_weights: torch.Tensor | None = None,
+    frame_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Cross entropy with label smoothing; -1 targets and masked frames are ignored."""
-    lg, t = _flat_logits(logits, target, mask)
+    """Cross entropy with label smoothing; -1 targets and masked frames are ignored. With
+    ``frame_weight`` the mean is weighted by it (times the class weight, as torch weighs)."""
+    lg, t, w = _flat_logits(logits, target, mask, frame_weight)
     if lg.shape[0] == 0:
         return logits.sum() * 0.0
-    return F.cross_entropy(lg, t, weight=class_weights, label_smoothing=smoothing)
+    if w is None:
+        return F.cross_entropy(lg, t, weight=class_weights, label_smoothing=smoothing)
+    per = F.cross_entropy(lg, t, weight=class_weights, label_smoothing=smoothing, reduction="none")
+    norm = w if class_weights is None else w * class_weights.to(w)[t]
+    return (w * per).sum() / norm.sum().clamp(min=1e-12)
+
+
+def focal_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    gamma: float = 2.0,  # Lin et al. (2017)'s best setting; 0 gives cross entropy
+    class_weights: torch.Tensor | None = None,  # alpha_c per class; None: all 1
+    frame_weight: torch.Tensor | None = None,  # per frame; None: all 1
+) -> torch.Tensor:
+    """Focal loss (Lin et al., 2017): the mean over valid frames of
+    ``-alpha_c (1 - p_t)^gamma log p_t``, ``p_t`` the softmax probability of the true class.
+
+    -1 targets and masked frames are ignored, as in ``smoothed_cross_entropy``; 0 (with a
+    gradient) when no frame is valid. At ``gamma=0`` without ``class_weights`` it is cross
+    entropy; with them, the mean still divides by the number of valid frames, not by the sum
+    of their weights as ``F.cross_entropy(weight=...)`` does."""
+    if gamma < 0:
+        raise ValueError(f"focal_loss: gamma must be >= 0, got {gamma}")
+    lg, t, w = _flat_logits(logits, target, mask, frame_weight)
+    if lg.shape[0] == 0:
+        return logits.sum() * 0.0
+    logp_t = lg.float().log_softmax(-1).gather(1, t[:, None])[:, 0]
+    per_frame = -logp_t
+    if gamma > 0:
+        # 1 - p_t as -expm1(log p_t): exact for confident frames; clamped against rounding.
+        per_frame = per_frame * (-torch.expm1(logp_t)).clamp(min=0.0) ** gamma
+    if class_weights is not None:
+        per_frame = per_frame * class_weights.to(per_frame)[t]
+    if w is not None:
+        return (w.to(per_frame) * per_frame).sum() / w.sum().clamp(min=1e-12)
+    return per_frame.mean()
 
 
 def class_weights(targets: np.ndarray, num_classes: int = NUM_EXPR_CLASSES) -> torch.Tensor:

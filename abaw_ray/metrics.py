@@ -62,13 +62,13 @@ def va_scores(
     return {"valence": v, "arousal": a, "mean": (v + a) / 2}
 
 
-def f1_per_class(
+def confusion_matrix(
     pred: np.ndarray,
     target: np.ndarray,
     num_classes: int = NUM_EXPR_CLASSES,
     mask: np.ndarray | None = None,
 ) -> np.ndarray:
-    """F1 of each class; NaN for a class absent from both prediction and target."""
+    """int64 [true class, predicted class] counts of the valid frames."""
     p = np.asarray(pred).ravel().astype(np.int64)
     t = np.asarray(target).ravel().astype(np.int64)
     if p.shape != t.shape:
@@ -78,16 +78,23 @@ def f1_per_class(
     for name, arr in (("prediction", p), ("target", t)):
         if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
             raise ValueError(f"macro_f1: {name} holds a class outside 0..{num_classes - 1}")
-    confusion = np.bincount(t * num_classes + p, minlength=num_classes**2).reshape(
+    return np.bincount(t * num_classes + p, minlength=num_classes**2).reshape(
         num_classes, num_classes
     )
+
+
+def f1_per_class(
+    pred: np.ndarray,
+    target: np.ndarray,
+    num_classes: int = NUM_EXPR_CLASSES,
+    mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """F1 of each class; NaN for a class absent from both prediction and target."""
+    confusion = confusion_matrix(pred, target, num_classes, mask)
     tp = np.diag(confusion).astype(np.float64)
-    support = confusion.sum(axis=1)
-    predicted = confusion.sum(axis=0)
-    denom = support + predicted
+    denom = confusion.sum(axis=1) + confusion.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        f1 = np.where(denom > 0, 2 * tp / denom, np.nan)
-    return f1
+        return np.where(denom > 0, 2 * tp / denom, np.nan)
 
 
 def macro_f1(

@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from abaw_ray.metrics import ccc, flatten_split, score_split  # noqa: E402
+from abaw_ray.metrics import ccc, confusion_matrix, flatten_split, score_split  # noqa: E402
 from abaw_ray.tasks import EXPR_CLASSES, OFFICIAL_SCORE, PRIMARY_METRIC, Task  # noqa: E402
 
 
@@ -95,6 +95,15 @@ def _expr_flat(preds, labels, valid, videos):
     return p.argmax(-1), t
 
 
+def format_confusion(pred: np.ndarray, target: np.ndarray) -> str:
+    """The confusion matrix as text: one row per label, one column per predicted class."""
+    cm = confusion_matrix(pred, target, len(EXPR_CLASSES))
+    short = [c[:5] for c in EXPR_CLASSES]
+    lines = [f"  {'':<10}" + "".join(f"{c:>7}" for c in short)]
+    lines += [f"  {c:<10}" + "".join(f"{n:>7}" for n in row) for c, row in zip(EXPR_CLASSES, cm)]
+    return "\n".join(lines)
+
+
 def plot_confusion(
     path: Path,
     preds: dict[str, np.ndarray],
@@ -105,7 +114,7 @@ def plot_confusion(
 ) -> Path:
     p, t = _expr_flat(preds, labels, valid, videos)
     k = len(EXPR_CLASSES)
-    cm = np.bincount(t * k + p, minlength=k * k).reshape(k, k).astype(float)
+    cm = confusion_matrix(p, t, k).astype(float)
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
@@ -204,7 +213,7 @@ def print_summary(task, ens, members, bank, summary, submission, control_of=None
     print(
         f"submitted ensemble: refit on all {len(ens.submitted.videos)} validation videos by the "
         f"same recipe; val {key} {_scores(task, ens.submitted.scores)} (optimistic: fit there); "
-        f"smoothing {ens.submitted.recipe.smoothing}"
+        f"smoothing {ens.submitted.recipe.smoothing_names()}"
     )
     if task == "expr":
         print(
@@ -219,6 +228,8 @@ def print_summary(task, ens, members, bank, summary, submission, control_of=None
                 f"per-class F1, {name}, all validation videos: "
                 + ", ".join(f"{c} {s[f'f1_class{i}']:.3f}" for i, c in enumerate(EXPR_CLASSES))
             )
+        print("confusion matrix of the ensemble, all validation videos (rows: label):")
+        print(format_confusion(*_expr_flat(ens.val, bank.labels, bank.valid, videos)))
     if control_of is not None:
         print(
             f"shifted-label control (trial {control_of.trial_id}'s settings, labels and masks "

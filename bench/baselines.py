@@ -6,7 +6,9 @@ extraction fills them), standardised with the training frames' statistics. Model
 training videos' valid frames and are scored with the official global score
 (``metrics.score_split``) on the validation videos, every frame of their timelines. The
 regularisation is chosen on those same validation videos, so the floor is, if anything,
-optimistic: a search that beats it beats its best setting.
+optimistic: a search that beats it beats its best setting. The same predictions are also
+scored on the validation videos a search job holds out by default (``--holdout``, ``--seed``),
+beside which its honest held-out estimate stands.
 
     python bench/baselines.py [CORPUS] [--task va|expr|both] [--size 24]
 
@@ -27,7 +29,9 @@ from abaw_ray.data.corpus import Corpus, load_corpus
 from abaw_ray.data.synthetic import ensure_default_corpus
 from abaw_ray.data.timeline import fill_from_nearest
 from abaw_ray.metrics import score_split
-from abaw_ray.tasks import EXPR_CLASSES, NUM_EXPR_CLASSES
+from abaw_ray.tasks import EXPR_CLASSES, NUM_EXPR_CLASSES, OFFICIAL_SCORE
+from abaw_ray.train.data import split_holdout
+from abaw_ray.tune.search import SearchConfig
 
 RIDGE = (1e-2, 1e-1, 1e0, 1e1, 1e2, 1e3, 1e4)  # ridge penalties tried (VA)
 L2 = (0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2)  # logistic regression weight penalties (EXPR)
@@ -59,14 +63,14 @@ def design(corpus, task, videos, size) -> tuple[dict, dict, dict]:
     return x, labels, valid
 
 
-def ridge_va(train, val) -> tuple[dict[str, float], float]:
+def ridge_va(train, val) -> tuple[dict[str, float], float, dict[str, np.ndarray]]:
     (xt, yt, mt), (xv, yv, mv) = train, val
     x = np.concatenate([xt[v][mt[v]] for v in xt])
     y = np.concatenate([yt[v][mt[v]] for v in xt])
     mu, sd = x.mean(0), x.std(0) + 1e-6
     xs = np.hstack([(x - mu) / sd, np.ones((len(x), 1), np.float32)])
     gram, rhs = xs.T @ xs, xs.T @ y
-    best, best_lam = None, None
+    best, best_lam, best_preds = None, None, {}
     for lam in RIDGE:
         w = np.linalg.solve(gram + lam * np.eye(len(gram)), rhs)
         preds = {
@@ -75,8 +79,8 @@ def ridge_va(train, val) -> tuple[dict[str, float], float]:
         }
         s = score_split("va", preds, list(xv), yv, mv)
         if best is None or s["ccc"] > best["ccc"]:
-            best, best_lam = s, lam
-    return best, best_lam
+            best, best_lam, best_preds = s, lam, preds
+    return best, best_lam, best_preds
 
 
 def fit_logistic(
@@ -98,7 +102,9 @@ def fit_logistic(
     return model
 
 
-def logistic_expr(train, val, balanced: bool) -> tuple[dict[str, float], float]:
+def logistic_expr(
+    train, val, balanced: bool
+) -> tuple[dict[str, float], float, dict[str, np.ndarray]]:
     (xt, yt, mt), (xv, yv, mv) = train, val
     x = np.concatenate([xt[v][mt[v]] for v in xt])
     y = np.concatenate([yt[v][mt[v]] for v in xt]).astype(np.int64)
@@ -112,15 +118,15 @@ def logistic_expr(train, val, balanced: bool) -> tuple[dict[str, float], float]:
             np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / NUM_EXPR_CLASSES, 0.0),
             dtype=torch.float32,
         )
-    best, best_l2 = None, None
+    best, best_l2, best_preds = None, None, {}
     for l2 in L2:
         model = fit_logistic(xs, target, weight, l2)
         with torch.no_grad():
             preds = {v: model(torch.from_numpy((xv[v] - mu) / sd)).softmax(-1).numpy() for v in xv}
         s = score_split("expr", preds, list(xv), yv, mv)
         if best is None or s["f1"] > best["f1"]:
-            best, best_l2 = s, l2
-    return best, best_l2
+            best, best_l2, best_preds = s, l2, preds
+    return best, best_l2, best_preds
 
 
 def main() -> None:
@@ -144,22 +150,29 @@ def main() -> None:
         val = design(corpus, task, val_videos, args.size)
         frames = sum(int(m.sum()) for m in train[2].values())
         where = f"{len(train_videos)} train videos ({frames} valid frames), {len(val_videos)} val"
+        # The videos a search job holds out by default: its honest estimate is scored there.
+        held = list(split_holdout(val_videos, SearchConfig.holdout, SearchConfig.seed)[1])
+        key = OFFICIAL_SCORE[task]
         if task == "va":
-            s, lam = ridge_va(train, val)
+            s, lam, preds = ridge_va(train, val)
+            h = score_split(task, preds, held, val[1], val[2])[key]
             print(
                 f"  VA   ridge (penalty {lam:g}): val CCC {s['ccc']:.4f} (valence "
-                f"{s['ccc_valence']:.4f}, arousal {s['ccc_arousal']:.4f}); {where}; "
+                f"{s['ccc_valence']:.4f}, arousal {s['ccc_arousal']:.4f}); on the search's "
+                f"held-out videos ({', '.join(held)}) {h:.4f}; {where}; "
                 f"{time.perf_counter() - start:.0f} s"
             )
             continue
         for balanced in (False, True):
-            s, l2 = logistic_expr(train, val, balanced)
+            s, l2, preds = logistic_expr(train, val, balanced)
+            h = score_split(task, preds, held, val[1], val[2])[key]
             per_class = ", ".join(
                 f"{c} {s[f'f1_class{i}']:.2f}" for i, c in enumerate(EXPR_CLASSES)
             )
             kind = "class-balanced" if balanced else "plain"
             print(
-                f"  EXPR logistic, {kind} (L2 {l2:g}): val macro F1 {s['f1']:.4f}; {where}\n"
+                f"  EXPR logistic, {kind} (L2 {l2:g}): val macro F1 {s['f1']:.4f}; on the "
+                f"search's held-out videos ({', '.join(held)}) {h:.4f}; {where}\n"
                 f"       per class: {per_class}"
             )
 

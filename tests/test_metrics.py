@@ -70,3 +70,15 @@ def test_macro_f1_with_absent_class_and_mask_matches_sklearn():
 def test_macro_f1_perfect():
     t = np.arange(8).repeat(3)
     assert macro_f1(t, t) == 1.0
+
+
+def test_confusion_matrix_counts_label_rows_and_prediction_columns():
+    from abaw_ray.metrics import confusion_matrix
+
+    target = np.array([0, 0, 1, 2, 2, 2])
+    pred = np.array([0, 1, 1, 2, 0, 2])
+    mask = np.array([True, True, True, True, True, False])
+    cm = confusion_matrix(pred, target, 3, mask)
+    # Label 0: one right, one taken for 1; label 2: one right, one taken for 0; the last
+    # frame is masked out.
+    np.testing.assert_array_equal(cm, [[1, 1, 0], [0, 1, 0], [1, 0, 1]])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from abaw_ray.data.check import format_summary, summarize
 from abaw_ray.data.corpus import load_corpus
-from abaw_ray.data.synthetic import ensure_default_corpus, generate
+from abaw_ray.data.synthetic import DEFAULT_VIDEOS, ensure_default_corpus, generate
 from abaw_ray.errors import InputFormatError
 
 
@@ -21,12 +21,19 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--json", action="store_true", help="print the summary as JSON")
     synth = sub.add_parser("synth", help="write the embedded synthetic corpus")
     synth.add_argument("--out", type=Path, required=True)
-    synth.add_argument("--videos", type=int, default=12)
+    synth.add_argument("--videos", type=int, help="people (default: 12; 24 with --realistic)")
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument(
+        "--realistic",
+        action="store_true",
+        help="subjects who differ, late labels, occluded/blurred/badly lit faces, sparse noisy "
+        "speech, imbalanced expressions (default: off)",
+    )
     args = parser.parse_args(argv)
 
     if args.command == "synth":
-        corpus = generate(args.out, videos=args.videos, seed=args.seed)
+        videos = args.videos or DEFAULT_VIDEOS[args.realistic]
+        corpus = generate(args.out, videos=videos, seed=args.seed, realistic=args.realistic)
         frames = sum(v.num_frames for v in corpus.videos)
         print(f"wrote {len(corpus.videos)} videos, {frames} frames to {args.out}")
         return 0

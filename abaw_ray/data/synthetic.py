@@ -9,6 +9,12 @@ The signal: faces are drawn from facial action parameters (mouth curve and openi
 opening, brow height and tilt, nose wrinkle) driven by smooth valence/arousal trajectories and
 by the expression class; each raw video's audio is a voiced tone whose pitch follows valence
 and whose energy and syllable rate follow arousal.
+
+``realistic=True`` adds what makes real Aff-Wild2 hard (``Realism``): every subject expresses
+in their own way, labels lag the face (annotators react late), faces are occluded, blurred and
+badly lit, the voice is absent much of the time and noisy when present (a ``_left``/``_right``
+pair's shared track carries one person's voice), and expression classes are imbalanced as in
+Aff-Wild2 (Neutral and Other dominate; Fear and Disgust are a few percent).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from pathlib import Path
 
 import av
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from abaw_ray.data.labels import HEADERS
 from abaw_ray.tasks import EXPR_CLASSES
@@ -40,6 +46,34 @@ EXPR_TEST_LIST = "test_set/Expression_Recognition_Challenge_test_set_release.txt
 FRAME_RATES = (Fraction(30), Fraction(25), Fraction(30000, 1001), Fraction(15))
 AUDIO_RATES = (44100, 48000, 16000)
 GENERATOR_VERSION = 2
+REALISM_VERSION = 1  # bumped with any change to ``Realism``: a cached realistic corpus is redone
+
+
+@dataclass(frozen=True)
+class Realism:
+    """The difficulties of ``generate(realistic=True)``; ``None`` of them in the default."""
+
+    va_lag_s: tuple[float, float] = (1.0, 2.0)  # VA labels trail the face by this (per video)
+    va_hz: tuple[float, float] = (0.02, 0.12)  # valence/arousal change over 8-50 s, not 3-30
+    expr_lag_s: tuple[float, float] = (0.4, 0.8)  # expression labels trail it by this
+    segment_s: tuple[float, float] = (1.5, 5.0)  # length of one expression episode
+    # Log-prior added to each class's logit (EXPR_CLASSES order): Neutral and Other dominate.
+    class_prior: tuple[float, ...] = (2.2, 0.0, -1.6, -1.6, 0.4, 0.0, -0.2, 1.6)
+    intensity: tuple[float, float] = (0.3, 1.0)  # how strongly an episode shows on the face
+    style: tuple[float, float] = (0.4, 1.4)  # per-subject gain of each facial action
+    resting_face: float = 0.3  # std of a subject's resting action offsets
+    face_arousal: float = 0.5  # how much of arousal's facial cue is kept (audio carries it)
+    occluded: float = 0.15  # fraction of frames with a hand/object over part of the face
+    blurred: float = 0.15  # fraction of frames motion-blurred
+    light_swing: float = 0.45  # relative amplitude of slow lighting changes
+    pixel_noise: float = 12.0  # std of sensor noise, in 0-255 units (default corpus: 6)
+    jitter: float = 0.06  # slow head movement, in face half-widths
+    speech: float = 0.45  # fraction of the time the subject speaks
+    noise_level: tuple[float, float] = (0.01, 0.05)  # background noise std of the audio
+
+
+REALISM = Realism()
+DEFAULT_VIDEOS = {False: 12, True: 24}  # people in the default / the realistic corpus
 
 # Facial action offsets per expression class:
 # (smile, mouth_open, eye_open, brow_raise, brow_tilt, nose_wrinkle, asymmetry)
@@ -85,8 +119,10 @@ class SyntheticCorpus:
         return {v.name: v for v in self.videos}
 
 
-def _smooth_trajectory(rng: np.random.Generator, t: np.ndarray, scale: float) -> np.ndarray:
-    freqs = rng.uniform(0.03, 0.35, size=4)
+def _smooth_trajectory(
+    rng: np.random.Generator, t: np.ndarray, scale: float, hz: tuple[float, float] = (0.03, 0.35)
+) -> np.ndarray:
+    freqs = rng.uniform(*hz, size=4)
     phases = rng.uniform(0, 2 * np.pi, size=4)
     amps = rng.uniform(0.4, 1.0, size=4) / np.arange(1, 5)
     x = sum(a * np.sin(2 * np.pi * f * t + p) for a, f, p in zip(amps, freqs, phases))
@@ -95,14 +131,20 @@ def _smooth_trajectory(rng: np.random.Generator, t: np.ndarray, scale: float) ->
 
 
 def _expression_classes(
-    rng: np.random.Generator, valence: np.ndarray, arousal: np.ndarray, fps: float
+    rng: np.random.Generator,
+    valence: np.ndarray,
+    arousal: np.ndarray,
+    fps: float,
+    realism: Realism | None = None,
 ) -> np.ndarray:
     """Piecewise-constant classes, each segment drawn from what its valence/arousal suggest."""
     n = len(valence)
     out = np.zeros(n, dtype=np.int64)
+    segment = realism.segment_s if realism else (0.8, 2.5)
+    prior = np.array(realism.class_prior) if realism else np.zeros(len(EXPR_CLASSES))
     k = 0
     while k < n:
-        length = int(rng.uniform(0.8, 2.5) * fps)
+        length = max(1, int(rng.uniform(*segment) * fps))
         v, a = valence[k], arousal[k]
         logits = np.array(
             [
@@ -116,6 +158,7 @@ def _expression_classes(
                 -1.0,  # Other
             ]
         )
+        logits = logits + prior
         p = np.exp(logits - logits.max())
         out[k : k + length] = rng.choice(len(EXPR_CLASSES), p=p / p.sum())
         k += length
@@ -128,9 +171,18 @@ def _actions(
     classes: np.ndarray,
     fps: float,
     rng: np.random.Generator,
+    identity: dict | None = None,
+    realism: Realism | None = None,
 ) -> np.ndarray:
     """Per-frame facial action parameters [T, 7] (see ``_CLASS_ACTIONS``)."""
     cls = _CLASS_ACTIONS[classes]
+    if realism is not None:
+        # Each episode shows with its own intensity.
+        starts = np.flatnonzero(np.diff(classes, prepend=-2))
+        strength = np.repeat(
+            rng.uniform(*realism.intensity, len(starts)), np.diff([*starts, len(classes)])
+        )
+        cls = cls * strength[:, None]
     # Expressions set in over ~0.15 s rather than jumping.
     alpha = 1.0 - np.exp(-1.0 / (0.15 * fps))
     smooth = np.empty_like(cls)
@@ -139,10 +191,13 @@ def _actions(
         acc = acc + alpha * (cls[i] - acc)
         smooth[i] = acc
     act = smooth.copy()
+    face_arousal = realism.face_arousal * arousal if realism else arousal
     act[:, 0] += 0.8 * valence
-    act[:, 1] += 0.35 * np.clip(arousal, 0, None) + 0.1
-    act[:, 2] += 0.45 * arousal
-    act[:, 3] += 0.35 * arousal
+    act[:, 1] += 0.35 * np.clip(face_arousal, 0, None) + 0.1
+    act[:, 2] += 0.45 * face_arousal
+    act[:, 3] += 0.35 * face_arousal
+    if realism is not None and identity is not None:
+        act = act * identity["style"] + identity["rest"]
     blink = rng.random(len(valence)) < 0.02
     act[blink, 2] = -1.0
     return act
@@ -151,12 +206,20 @@ def _actions(
 _GRID_Y, _GRID_X = np.mgrid[0:FACE_SIZE, 0:FACE_SIZE].astype(np.float32) / (FACE_SIZE / 2) - 1
 
 
-def draw_face(action: np.ndarray, identity: dict, rng: np.random.Generator) -> np.ndarray:
+def draw_face(
+    action: np.ndarray,
+    identity: dict,
+    rng: np.random.Generator,
+    conditions: dict | None = None,
+) -> np.ndarray:
     """One 112x112 RGB face; ``action`` is (smile, mouth_open, eye_open, brow_raise,
-    brow_tilt, nose_wrinkle, asymmetry)."""
+    brow_tilt, nose_wrinkle, asymmetry). ``conditions`` (realistic corpus) holds this
+    frame's head offset ``dx``/``dy``, ``light`` gain, ``noise`` std, an ``occluder`` box
+    (x0, y0, x1, y1 in [-1, 1] units, or None) and a ``blur`` radius (0: sharp)."""
+    c = conditions or {}
     smile, mouth_open, eye_open, brow_raise, brow_tilt, wrinkle, asym = action
-    x = _GRID_X - identity["cx"] - rng.normal(0, 0.01)
-    y = _GRID_Y - identity["cy"] - rng.normal(0, 0.01)
+    x = _GRID_X - identity["cx"] - c.get("dx", 0.0) - rng.normal(0, 0.01)
+    y = _GRID_Y - identity["cy"] - c.get("dy", 0.0) - rng.normal(0, 0.01)
     img = np.empty((FACE_SIZE, FACE_SIZE, 3), np.float32)
     img[:] = identity["background"]
     img += _GRID_Y[..., None] * 20
@@ -198,9 +261,67 @@ def draw_face(action: np.ndarray, identity: dict, rng: np.random.Generator) -> n
     lips = inside & (np.abs(np.abs(y - lip_y) - opening) < 0.02)
     img[lips] = (170, 60, 70)
 
-    img *= identity["light"]
-    img += rng.normal(0, 6, img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8)
+    box = c.get("occluder")
+    if box is not None:
+        x0, y0, x1, y1 = box
+        img[(_GRID_X >= x0) & (_GRID_X <= x1) & (_GRID_Y >= y0) & (_GRID_Y <= y1)] = c[
+            "occluder_colour"
+        ]
+    img *= identity["light"] * c.get("light", 1.0)
+    img += rng.normal(0, c.get("noise", 6.0), img.shape)
+    out = np.clip(img, 0, 255).astype(np.uint8)
+    if c.get("blur", 0) > 0:
+        out = np.asarray(Image.fromarray(out).filter(ImageFilter.GaussianBlur(c["blur"])))
+    return out
+
+
+def _stretches(rng: np.random.Generator, n: int, fraction: float, fps: float) -> np.ndarray:
+    """A boolean mask covering about ``fraction`` of ``n`` frames in stretches of 0.3-2 s."""
+    mask = np.zeros(n, bool)
+    while mask.mean() < fraction:
+        start = int(rng.integers(0, n))
+        mask[start : start + int(rng.uniform(0.3, 2.0) * fps)] = True
+    return mask
+
+
+def _slow_noise(rng: np.random.Generator, n: int, fps: float) -> np.ndarray:
+    """A smooth random signal in [-1, 1] over ``n`` frames (changes over seconds)."""
+    t = np.arange(n) / fps
+    x = sum(
+        rng.uniform(0.3, 1.0) * np.sin(2 * np.pi * rng.uniform(0.02, 0.3) * t + rng.uniform(0, 7))
+        for _ in range(3)
+    )
+    return x / (np.abs(x).max() + 1e-9)
+
+
+def _frame_conditions(rng: np.random.Generator, n: int, fps: float, realism: Realism) -> list[dict]:
+    """Per-frame capture conditions of one realistic video: head movement, lighting,
+    occluders (the same box over a stretch), blur and sensor noise."""
+    dx = realism.jitter * _slow_noise(rng, n, fps)
+    dy = realism.jitter * _slow_noise(rng, n, fps)
+    light = 1.0 + realism.light_swing * _slow_noise(rng, n, fps)
+    occluded = _stretches(rng, n, realism.occluded, fps)
+    blurred = _stretches(rng, n, realism.blurred, fps)
+    out, box, colour = [], None, None
+    for k in range(n):
+        if occluded[k] and (box is None or not occluded[k - 1]):
+            # A hand over the mouth, the eyes or one side of the face, for this stretch.
+            box = [(-0.5, 0.15, 0.5, 0.7), (-0.7, -0.35, 0.7, 0.0), (0.0, -0.6, 0.8, 0.7)][
+                int(rng.integers(0, 3))
+            ]
+            colour = rng.uniform([120, 80, 60], [230, 190, 160]).astype(np.float32)
+        out.append(
+            {
+                "dx": float(dx[k]),
+                "dy": float(dy[k]),
+                "light": float(max(light[k], 0.25)),
+                "noise": realism.pixel_noise,
+                "occluder": box if occluded[k] else None,
+                "occluder_colour": colour,
+                "blur": float(rng.uniform(1.0, 2.5)) if blurred[k] else 0.0,
+            }
+        )
+    return out
 
 
 def _voice(
@@ -255,8 +376,15 @@ def _write_raw_video(
     os.replace(tmp, path)
 
 
-def _identity(rng: np.random.Generator) -> dict:
+def _identity(rng: np.random.Generator, realism: Realism | None = None) -> dict:
+    style = {}
+    if realism is not None:
+        style = {
+            "style": rng.uniform(*realism.style, size=7),
+            "rest": rng.normal(0, realism.resting_face, size=7),
+        }
     return {
+        **style,
         "cx": rng.uniform(-0.05, 0.05),
         "cy": rng.uniform(-0.03, 0.05),
         "rx": rng.uniform(0.62, 0.75),
@@ -273,14 +401,31 @@ def _write_text(path: Path, lines: list[str]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def _lagged(x: np.ndarray, frames: int) -> np.ndarray:
+    """What a late annotator writes: frame k holds ``x[k - frames]`` (the first value before
+    that)."""
+    if frames <= 0:
+        return x
+    return np.concatenate([np.repeat(x[:1], frames, axis=0), x[:-frames]])[: len(x)]
+
+
 def generate(
-    out: str | Path, videos: int = 12, seed: int = 0, seconds: tuple[float, float] = (9.0, 15.0)
+    out: str | Path,
+    videos: int = 12,
+    seed: int = 0,
+    seconds: tuple[float, float] | None = None,
+    realistic: bool = False,
 ) -> SyntheticCorpus:
     """Write the corpus under ``out`` (created; must not hold a corpus already).
 
     ``videos`` counts people: one ``_left``/``_right`` pair shares a raw video. Half the
-    videos train, a quarter validate, a quarter are the test set.
+    videos train, a quarter validate, a quarter are the test set. ``realistic`` adds the
+    difficulties of ``Realism``; ``seconds`` is each video's length range (default 9-15 s,
+    20-35 s realistic).
     """
+    realism = REALISM if realistic else None
+    if seconds is None:
+        seconds = (20.0, 35.0) if realistic else (9.0, 15.0)
     if videos < 6:
         raise ValueError("the embedded corpus needs at least 6 videos (train, val, test, a pair)")
     out = Path(out)
@@ -317,12 +462,14 @@ def generate(
         duration = pair_duration if in_pair else vrng.uniform(*seconds)
         n = int(duration * float(fps))
         t = np.arange(n) / float(fps)
-        valence = _smooth_trajectory(vrng, t, scale=1.6)
-        arousal = _smooth_trajectory(vrng, t, scale=1.4)
-        classes = _expression_classes(vrng, valence, arousal, float(fps))
-        actions = _actions(valence, arousal, classes, float(fps), vrng)
-        identity = _identity(vrng)
-        faces = np.stack([draw_face(a, identity, vrng) for a in actions])
+        hz = realism.va_hz if realism else (0.03, 0.35)
+        valence = _smooth_trajectory(vrng, t, 1.6, hz)
+        arousal = _smooth_trajectory(vrng, t, 1.4, hz)
+        classes = _expression_classes(vrng, valence, arousal, float(fps), realism)
+        identity = _identity(vrng, realism)
+        actions = _actions(valence, arousal, classes, float(fps), vrng, identity, realism)
+        conditions = _frame_conditions(vrng, n, float(fps), realism) if realism else [None] * n
+        faces = np.stack([draw_face(a, identity, vrng, c) for a, c in zip(actions, conditions)])
 
         # Missing faces: scattered drops plus one longer gap (face turned away).
         present = vrng.random(n) > 0.03
@@ -339,7 +486,12 @@ def generate(
         va_audio_v = np.interp(t_audio, t, valence)
         va_audio_a = np.interp(t_audio, t, arousal)
         voice = _voice(vrng, t_audio, va_audio_v, va_audio_a, vrng.uniform(110, 220))
-        voice += vrng.normal(0, 0.004, len(voice))
+        if realism is None:
+            voice += vrng.normal(0, 0.004, len(voice))
+        else:
+            speaking = _stretches(vrng, len(t) + 1, realism.speech, float(fps))
+            voice *= speaking[np.minimum((t_audio * float(fps)).astype(int), len(t))]
+            voice += vrng.normal(0, vrng.uniform(*realism.noise_level), len(voice))
         small = np.stack(
             [np.asarray(Image.fromarray(f).resize((RAW_SIZE, RAW_SIZE))) for f in faces]
         )
@@ -353,9 +505,9 @@ def generate(
             pair_voices.append(voice)
             if len(pair_faces) == 2:
                 both = np.concatenate(pair_faces, axis=2)
-                _write_raw_video(
-                    out / raw_rel, both, fps, pair_voices[0] + pair_voices[1], audio_rate
-                )
+                # Realistic: the shared track is the left person's voice only.
+                track = pair_voices[0] if realism else pair_voices[0] + pair_voices[1]
+                _write_raw_video(out / raw_rel, both, fps, track, audio_rate)
         else:
             raw_rel = f"{raw_dir}/{name}{suffix}"
             _write_raw_video(out / raw_rel, small, fps, voice, audio_rate)
@@ -367,6 +519,9 @@ def generate(
             # Label files a line off the video: one longer (i == 2), one shorter (i == 3).
             label_len = n + 1 if i == 2 else n - 1 if i == 3 else n
             va = np.stack([valence, arousal], axis=1)
+            if realism is not None:
+                va = _lagged(va, int(vrng.uniform(*realism.va_lag_s) * float(fps)))
+                classes = _lagged(classes, int(vrng.uniform(*realism.expr_lag_s) * float(fps)))
             if label_len > n:
                 va = np.concatenate([va, va[-1:]])
                 cls = np.concatenate([classes, classes[-1:]])
@@ -450,7 +605,10 @@ def truth_path(root: Path) -> Path:
 
 
 def ensure_default_corpus(
-    videos: int = 12, seed: int = 0, cache_dir: str | Path | None = None
+    videos: int | None = None,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    realistic: bool = False,
 ) -> Path:
     """The embedded corpus, written once to the cache directory and reused afterwards.
 
@@ -458,13 +616,15 @@ def ensure_default_corpus(
     corpus where a later run would trust it.
     """
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    root = cache / f"affwild2-synthetic-v{GENERATOR_VERSION}-n{videos}-s{seed}"
+    videos = videos or DEFAULT_VIDEOS[realistic]
+    kind = f"realistic-r{REALISM_VERSION}" if realistic else "synthetic"
+    root = cache / f"affwild2-{kind}-v{GENERATOR_VERSION}-n{videos}-s{seed}"
     if truth_path(root).is_file() and root.is_dir():
         return root
     cache.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=cache))
     try:
-        corpus = generate(tmp / root.name, videos=videos, seed=seed)
+        corpus = generate(tmp / root.name, videos=videos, seed=seed, realistic=realistic)
         record = [asdict(v) for v in corpus.videos]
         try:
             os.replace(tmp / root.name, root)

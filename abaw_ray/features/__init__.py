@@ -2,7 +2,15 @@
 alignment of audio features to video frames, and the Ray Data extraction pipeline.
 Importing this package registers every extractor family (as timm does)."""
 
-from abaw_ray.features import clip, descriptors, timm_backbones, wavlm, whisper  # noqa: F401
+from abaw_ray.features import (  # noqa: F401
+    clip,
+    descriptors,
+    fer_cnn,
+    opensmile_audio,
+    timm_backbones,
+    wavlm,
+    whisper,
+)
 from abaw_ray.features.registry import (
     EXTRACTORS,
     Extractor,

@@ -1,7 +1,15 @@
 """The fusion models: a registry of families, each mapping modality sequences to per-frame
 VA or EXPR outputs. Importing this package registers every family (as timm does)."""
 
-from abaw_ray.models import attention, expr_transformer, mctn, mfn, transformer  # noqa: F401
+from abaw_ray.models import (  # noqa: F401
+    attention,
+    expr_transformer,
+    frame_mlp,
+    mctn,
+    mfn,
+    tcn,
+    transformer,
+)
 from abaw_ray.models.registry import OUTPUT_DIMS, FusionModel, create_model, list_models
 
 __all__ = ["OUTPUT_DIMS", "FusionModel", "create_model", "list_models"]

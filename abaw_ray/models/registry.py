@@ -37,14 +37,46 @@ def list_models() -> list[str]:
 
 
 class FusionModel(nn.Module):
-    """Alignment front (learned conv for native-rate audio) + a fusion core + output squash."""
+    """Alignment front (learned conv for native-rate audio) + modality dropout + a fusion core
+    + output squash.
 
-    def __init__(self, core: nn.Module, aligners: Sequence[nn.Module | None], task: Task) -> None:
+    Modality dropout (``modality_dropout=p``, training only): after alignment, each sample's
+    each modality is zeroed whole with probability p, but never all of one sample's modalities:
+    when all would drop, one chosen uniformly at random is kept. A modality is thus dropped at
+    rate p - p**M / M (M modalities; none with one), and the model learns to cope with a
+    missing face or voice. Survivors are not rescaled by 1 / (1 - p) as in dropout: each
+    modality feeds its own encoder rather than one shared sum whose expectation rescaling
+    would preserve, so rescaling would only show the encoders amplitudes never seen in eval.
+    In eval mode it is the identity.
+    """
+
+    def __init__(
+        self,
+        core: nn.Module,
+        aligners: Sequence[nn.Module | None],
+        task: Task,
+        modality_dropout: float = 0.0,
+    ) -> None:
         super().__init__()
+        if not 0.0 <= modality_dropout <= 1.0:
+            raise ValueError(f"modality_dropout must be in [0, 1]; got {modality_dropout}")
         self.core = core
         self.aligners = nn.ModuleList([a if a is not None else nn.Identity() for a in aligners])
         self.conv_aligned = [a is not None for a in aligners]
         self.task = task
+        self.modality_dropout = float(modality_dropout)
+
+    def drop_modalities(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Zero whole modalities per sample (see the class docstring); identity in eval."""
+        inputs = list(inputs)
+        if not self.training or self.modality_dropout == 0.0 or len(inputs) < 2:
+            return inputs
+        bsz, m, device = inputs[0].shape[0], len(inputs), inputs[0].device
+        drop = torch.rand(bsz, m, device=device) < self.modality_dropout  # [B, M]
+        every = drop.all(dim=1)
+        keep = torch.randint(m, (bsz,), device=device)
+        drop[every, keep[every]] = False
+        return [x.masked_fill(drop[:, i].view(bsz, 1, 1), 0.0) for i, x in enumerate(inputs)]
 
     def forward(
         self, inputs: Sequence[torch.Tensor], positions: Sequence[torch.Tensor | None] | None = None
@@ -56,7 +88,7 @@ class FusionModel(nn.Module):
                     raise ValueError(f"modality {i} is conv-aligned: frame positions needed")
                 x = align(x, positions[i])
             aligned.append(x)
-        out = self.core(aligned)
+        out = self.core(self.drop_modalities(aligned))
         pred = out["pred"]
         if self.task == "va":
             pred = torch.tanh(pred)
@@ -73,10 +105,12 @@ def create_model(
     """Build a registered fusion model. ``align[m] == "conv"`` puts a learned strided
     convolution in front of modality m, which then arrives at its native rate. ``None``
     settings are dropped, so the model's own defaults apply; a setting the model does not
-    take raises ``TypeError``."""
+    take raises ``TypeError``. ``modality_dropout`` (default 0) is every model's setting, taken
+    by ``FusionModel`` and never passed to the family's builder."""
     from abaw_ray.models.layers import ConvAlign
 
     hparams = {k: v for k, v in hparams.items() if v is not None}
+    modality_dropout = float(hparams.pop("modality_dropout", 0.0))
     if name not in _MODELS:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(sorted(_MODELS))}")
     if not input_dims:
@@ -93,4 +127,4 @@ def create_model(
             aligners.append(None)
             dims.append(int(d))
     core = _MODELS[name](input_dims=dims, output_dim=OUTPUT_DIMS[task], **hparams)
-    return FusionModel(core, aligners, task)
+    return FusionModel(core, aligners, task, modality_dropout)

@@ -326,6 +326,29 @@ def training_windows(
     return np.array(rows, dtype=np.int64).reshape(-1, 2)
 
 
+def balanced_window_weights(
+    windows: np.ndarray,
+    train_videos: Sequence[str],
+    length: int,
+    labels: dict[str, np.ndarray],
+    valid: dict[str, np.ndarray],
+    num_classes: int,
+) -> np.ndarray:
+    """Class-balanced sampling probabilities of ``training_windows`` rows (EXPR): a window
+    weighs the mean inverse training frequency of its valid frames' classes, so windows of
+    rare classes are drawn about as often as those of common ones. Sums to 1."""
+    counts = np.ones(num_classes)  # one pseudo-count: an absent class has a finite weight
+    for v in train_videos:
+        counts += np.bincount(labels[v][valid[v]], minlength=num_classes)[:num_classes]
+    inverse = counts.sum() / counts
+    weights = np.empty(len(windows))
+    for row, (i, start) in enumerate(windows):
+        v = train_videos[i]
+        keep = valid[v][start : start + length]
+        weights[row] = inverse[labels[v][start : start + length][keep]].mean()
+    return weights / weights.sum()
+
+
 def inference_chunks(num_frames: int, length: int) -> list[int]:
     """Starts of overlapping chunks (hop = length / 2) covering every frame."""
     if num_frames <= length:
@@ -343,6 +366,7 @@ class Batch:
     positions: list[torch.Tensor | None]
     target: torch.Tensor
     valid: torch.Tensor
+    weight: torch.Tensor | None = None  # per frame (pseudo-labels' confidence); None: all 1
 
     def to(self, device: torch.device) -> Batch:
         move = lambda t: t.to(device, non_blocking=True) if t is not None else None  # noqa: E731
@@ -351,6 +375,7 @@ class Batch:
             [move(p) for p in self.positions],
             move(self.target),
             move(self.valid),
+            move(self.weight),
         )
 
 
@@ -365,8 +390,10 @@ class WindowSampler:
         length: int,
         labels: dict[str, np.ndarray] | None = None,
         valid: dict[str, np.ndarray] | None = None,
+        weights: dict[str, np.ndarray] | None = None,
     ) -> None:
-        """``labels`` and ``valid`` replace the bank's training targets (the control)."""
+        """``labels`` and ``valid`` replace the bank's training targets (the control, or
+        pseudo-labels merged in); ``weights`` are per-frame loss weights (pseudo-labels)."""
         missing = [k for k in keys if k not in bank.keys]
         if missing:
             raise KeyError(f"features {missing} are not in the bank ({bank.keys})")
@@ -375,6 +402,7 @@ class WindowSampler:
         self.length = length
         self.labels = labels or bank.labels
         self.valid = valid or bank.valid
+        self.weights = weights
         self.align = [
             ("conv" if alignment == "conv" and bank.modality[k] == "audio" else None) for k in keys
         ]
@@ -412,14 +440,23 @@ class WindowSampler:
         shape = (length, 2) if task == "va" else (length,)
         target = np.zeros((len(windows), *shape), np.float32 if task == "va" else np.int64)
         valid = np.zeros((len(windows), length), bool)
+        weight = np.zeros((len(windows), length), np.float32) if self.weights else None
         for i, (v, s) in enumerate(windows):
             if v in self.labels:
                 seg = self.labels[v][s : s + length]
                 target[i, : len(seg)] = seg
                 valid[i, : len(seg)] = self.valid[v][s : s + length]
+                if weight is not None and v in self.weights:
+                    weight[i, : len(seg)] = self.weights[v][s : s + length]
         if task == "expr":
             target = np.where(valid, target, 0)
-        return Batch(inputs, positions, torch.from_numpy(target), torch.from_numpy(valid))
+        return Batch(
+            inputs,
+            positions,
+            torch.from_numpy(target),
+            torch.from_numpy(valid),
+            None if weight is None else torch.from_numpy(weight),
+        )
 
     def _native(
         self, key: str, windows: Sequence[tuple[str, int]], length: int

@@ -309,7 +309,7 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     start_epoch, best, best_epoch = resume_point(checkpoint, plain, optimizer, metric, device)
 
-    windows = training_windows(index, trial.window, trial.stride)
+    windows = training_windows(index, trial.window, trial.window_stride)
     val_videos = list(index.splits["val"])
     for epoch in range(start_epoch, trial.epochs):
         if stop_requested(config):

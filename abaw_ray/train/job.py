@@ -58,6 +58,11 @@ def train_parser(task: Task, doc: str | None, default_model: str) -> argparse.Ar
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", type=Path, help="Aff-Wild2 root (default: the embedded corpus)")
     p.add_argument(
+        "--realistic",
+        action="store_true",
+        help="without --data: the realistic embedded corpus (default: off)",
+    )
+    p.add_argument(
         "--tiny", action="store_true", help="tiny random extractors on any corpus (default: off)"
     )
     defaults = {f.name: f.default for f in fields(TrialConfig)}
@@ -170,7 +175,7 @@ def train_on_ray(
     if mode == "finetune":
         from abaw_ray.train.finetune import build_frame_index
 
-        root, embedded = resolve_corpus(args.data)
+        root, embedded = resolve_corpus(args.data, args.realistic)
         backbone = (args.features or "mobilenetv3").split(",")[0]
         features = store_key(backbone, args.tiny or embedded)
         index = build_frame_index(load_corpus(root), task, args.holdout, seed)
@@ -187,6 +192,7 @@ def train_on_ray(
             alignments=(overrides.get("alignment", TrialConfig.alignment),),
             holdout=args.holdout,
             seed=seed,
+            realistic=args.realistic,
         )
         features = "+".join(prepared.keys[n] for n in names)
         data = prepared.bank

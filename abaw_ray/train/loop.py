@@ -16,7 +16,7 @@ import math
 import random
 import tempfile
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,27 +24,46 @@ import numpy as np
 import torch
 
 from abaw_ray import tracking
-from abaw_ray.losses import ccc_loss, class_weights, smoothed_cross_entropy, soft_macro_f1_loss
+from abaw_ray.losses import (
+    ccc_loss,
+    class_weights,
+    focal_loss,
+    smoothed_cross_entropy,
+    soft_macro_f1_loss,
+)
 from abaw_ray.metrics import score_split
 from abaw_ray.models import create_model
-from abaw_ray.tasks import PRIMARY_METRIC, Task
+from abaw_ray.pseudo import PseudoLabels, training_targets
+from abaw_ray.tasks import NUM_EXPR_CLASSES, PRIMARY_METRIC, Task
 from abaw_ray.train.data import (
     FeatureBank,
     WindowSampler,
+    balanced_window_weights,
     predict_videos,
     shifted_labels,
     training_windows,
 )
 
-MODEL_SETTINGS = ("hidden", "dropout", "loss_weight", "cycle", "gates", "layers", "heads")
+MODEL_SETTINGS = (
+    "hidden",
+    "dropout",
+    "loss_weight",
+    "cycle",
+    "gates",
+    "layers",
+    "heads",
+    "modality_dropout",
+)
 MODEL_STATE = "model.pt"
 PREDICTIONS = "predictions.npz"
 TRIAL_JSON = "trial.json"
 
 
 # What a worker loop's config holds besides a TrialConfig's fields: the data's object
-# reference, the MLflow run of a single trial, the search's stop flag.
-LOOP_KEYS = frozenset({"bank", "tracking", "stop_flag"})
+# reference, the pseudo-labels' (a search started from an earlier one's), whether to predict
+# the training videos' unlabelled frames too (a search that will make pseudo-labels), the MLflow
+# run of a single trial, the search's stop flag.
+LOOP_KEYS = frozenset({"bank", "pseudo", "predict_unlabelled", "tracking", "stop_flag"})
 
 
 @dataclass(frozen=True)
@@ -59,7 +78,7 @@ class TrialConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     window: int = 64  # frames per training window
-    stride: int = 32  # frames between training windows
+    stride: int | None = None  # frames between training windows (None: half the window)
     alignment: str = "interp"  # audio to frames: interp | pool | conv
     grad_clip: float = 1.0  # max gradient norm (0: off)
     epochs: int = 20
@@ -74,14 +93,20 @@ class TrialConfig:
     gates: str | None = None  # mfn: paper | reference
     layers: int | None = None  # transformer / expr_transformer depth
     heads: int | None = None
+    modality_dropout: float | None = None  # chance of zeroing one modality of a training window
     teacher_forcing_epochs: int = 0  # mctn: epochs to decay teacher forcing to 0 (0: epochs/2)
     # expression task
-    loss: str = "mix"  # expr: f1 | ce | mix
+    loss: str = "mix"  # expr: f1 | ce | mix | focal
     f1_weight: float = 0.5  # expr, loss=mix: weight of soft F1 against cross entropy
+    focal_gamma: float = 2.0  # expr, loss=focal: how much easy frames are down-weighted
     label_smoothing: float = 0.1
-    class_weights: bool = False  # expr: inverse-frequency class weights in cross entropy
+    class_weights: bool = False  # expr: inverse-frequency class weights in cross entropy/focal
+    balanced_sampling: bool = False  # expr: draw training windows with rare classes more often
+    # semi-supervised
+    pseudo_labels: bool = False  # also train on an earlier search's pseudo-labels (weighted)
     # controls
     shuffle_labels: bool = False  # train on labels (and their masks) shifted within each video
+    shuffle_pseudo_labels: bool = False  # with pseudo_labels: theirs shifted within each video
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrialConfig:
@@ -94,6 +119,10 @@ class TrialConfig:
     @property
     def feature_keys(self) -> list[str]:
         return [k for k in self.features.split("+") if k]
+
+    @property
+    def window_stride(self) -> int:
+        return self.stride or max(1, self.window // 2)
 
     def model_hparams(self) -> dict[str, Any]:
         """The settings that reach ``create_model``; ``None`` ones are dropped there."""
@@ -112,14 +141,18 @@ def task_loss(
     target: torch.Tensor,
     valid: torch.Tensor,
     weights: torch.Tensor | None,
+    frame_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The trial's training loss; ``weights`` are per-class cross-entropy weights (EXPR)."""
+    """The trial's training loss; ``weights`` are per-class weights (EXPR), ``frame_weight``
+    per-frame ones (pseudo-labels' confidence)."""
     if trial.task == "va":
-        return ccc_loss(pred, target, valid)
-    ce = smoothed_cross_entropy(pred, target, valid, trial.label_smoothing, weights)
+        return ccc_loss(pred, target, valid, frame_weight=frame_weight)
+    if trial.loss == "focal":
+        return focal_loss(pred, target, valid, trial.focal_gamma, weights, frame_weight)
+    ce = smoothed_cross_entropy(pred, target, valid, trial.label_smoothing, weights, frame_weight)
     if trial.loss == "ce":
         return ce
-    f1 = soft_macro_f1_loss(pred, target, valid)
+    f1 = soft_macro_f1_loss(pred, target, valid, frame_weight=frame_weight)
     if trial.loss == "f1":
         return f1
     return trial.f1_weight * f1 + (1 - trial.f1_weight) * ce
@@ -184,8 +217,9 @@ def load_trial_state(folder: Path, device: torch.device) -> tuple[dict[str, Any]
 
 
 def load_predictions(folder: str | Path) -> dict[str, dict[str, np.ndarray]]:
-    """``{split: {video: array}}`` (val, holdout, test) from a trial checkpoint folder."""
-    out: dict[str, dict[str, np.ndarray]] = {"val": {}, "holdout": {}, "test": {}}
+    """``{split: {video: array}}`` (val, holdout, test, and ``unlabelled``: the training videos
+    with unlabelled frames) from a trial checkpoint folder."""
+    out: dict[str, dict[str, np.ndarray]] = {"val": {}, "holdout": {}, "test": {}, "unlabelled": {}}
     with np.load(Path(folder) / PREDICTIONS) as data:
         for name in data.files:
             split, video = name.split("/", 1)
@@ -241,7 +275,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
 
     labels, valid = shifted_labels(bank, trial.seed) if trial.shuffle_labels else (None, None)
-    sampler = WindowSampler(bank, trial.feature_keys, trial.alignment, trial.window, labels, valid)
+    train_videos, frame_weights = bank.splits["train"], None
+    if trial.pseudo_labels:
+        if not config.get("pseudo"):
+            raise ValueError(
+                "pseudo_labels=True needs an earlier search's pseudo-labels (--pseudo-labels)"
+            )
+        pseudo: PseudoLabels = ray.get(config["pseudo"][0])
+        if trial.shuffle_pseudo_labels:
+            pseudo = pseudo.shifted(trial.seed)
+        train_videos, labels, valid, frame_weights = training_targets(
+            labels or bank.labels, valid or bank.valid, pseudo, train_videos
+        )
+    sampler = WindowSampler(
+        bank, trial.feature_keys, trial.alignment, trial.window, labels, valid, frame_weights
+    )
     model = create_model(
         trial.model, sampler.input_dims, trial.task, align=sampler.align, **trial.model_hparams()
     )
@@ -249,7 +297,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     plain = model
     model = ray.train.torch.prepare_model(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=trial.lr, weight_decay=trial.weight_decay)
-    weights = trial_class_weights(trial, sampler.labels, sampler.valid, bank.splits["train"])
+    # Class weights count the real labels only.
+    weights = trial_class_weights(trial, bank.labels, bank.valid, bank.splits["train"])
     if weights is not None:
         weights = weights.to(device)
     metric = PRIMARY_METRIC[trial.task]
@@ -259,8 +308,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     start_epoch, best, best_epoch = resume_point(checkpoint, plain, optimizer, metric, device)
 
-    windows = training_windows(bank, trial.window, trial.stride, sampler.valid)
-    train_videos = bank.splits["train"]
+    unlabelled = [
+        v
+        for v in bank.splits["train"]
+        if config.get("predict_unlabelled") and not bank.valid[v].all()
+    ]
+    trained_on = replace(bank, splits={**bank.splits, "train": train_videos})
+    windows = training_windows(trained_on, trial.window, trial.window_stride, sampler.valid)
+    draw = None
+    if trial.task == "expr" and trial.balanced_sampling:
+        draw = balanced_window_weights(
+            windows, train_videos, trial.window, sampler.labels, sampler.valid, NUM_EXPR_CLASSES
+        )
     val_videos = list(bank.splits["val"])
     tf_epochs = trial.teacher_forcing_epochs or max(1, trial.epochs // 2)
     for epoch in range(start_epoch, trial.epochs):
@@ -268,7 +327,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             break
         if hasattr(core, "teacher_forcing"):
             core.teacher_forcing = max(0.0, 1.0 - epoch / tf_epochs)
-        order = np.random.default_rng([trial.seed, epoch]).permutation(len(windows))
+        rng = np.random.default_rng([trial.seed, epoch])
+        if draw is None:
+            order = rng.permutation(len(windows))
+        else:  # as many windows as an epoch has, drawn with replacement
+            order = rng.choice(len(windows), len(windows), p=draw)
         # Every worker takes the same number of steps (DDP all-reduces each one).
         per_worker = len(order) // world
         mine = order[rank * per_worker : (rank + 1) * per_worker]
@@ -278,7 +341,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             idx = windows[mine[b : b + trial.batch_size]]
             batch = sampler.batch([(train_videos[i], int(s)) for i, s in idx]).to(device)
             out = model(batch.inputs, batch.positions)
-            loss = task_loss(trial, out["pred"], batch.target, batch.valid, weights)
+            loss = task_loss(trial, out["pred"], batch.target, batch.valid, weights, batch.weight)
             optimizer.zero_grad(set_to_none=True)
             (loss + out["aux_loss"]).backward()
             if trial.grad_clip > 0:
@@ -311,6 +374,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     split: predict_videos(plain, sampler, list(bank.splits[split]), device)
                     for split in ("holdout", "test")
                 },
+                # The training videos with unlabelled frames: what pseudo-labels fill.
+                "unlabelled": predict_videos(plain, sampler, unlabelled, device),
             }
             with tempfile.TemporaryDirectory() as tmp:
                 save_trial_checkpoint(

@@ -30,9 +30,12 @@ class Prepared:
     embedded: bool
 
 
-def resolve_corpus(data: Path | None) -> tuple[Path, bool]:
-    """The corpus root, and whether it is the embedded synthetic one (``data`` absent)."""
-    return (ensure_default_corpus(), True) if data is None else (Path(data), False)
+def resolve_corpus(data: Path | None, realistic: bool = False) -> tuple[Path, bool]:
+    """The corpus root, and whether it is an embedded synthetic one (``data`` absent; the
+    realistic one with ``realistic``)."""
+    if data is None:
+        return ensure_default_corpus(realistic=realistic), True
+    return Path(data), False
 
 
 def prepare(
@@ -45,10 +48,11 @@ def prepare(
     alignments: Sequence[str] = ALIGNMENTS,
     holdout: float = 0.0,
     seed: int = 0,
+    realistic: bool = False,
 ) -> Prepared:
     """Ray must be initialised. ``tiny`` defaults to True on the embedded corpus; ``holdout``
     and ``seed`` set the validation videos that nothing selects on (``split_holdout``)."""
-    root, embedded = resolve_corpus(data)
+    root, embedded = resolve_corpus(data, realistic)
     tiny = embedded if tiny is None else tiny
     corpus = load_corpus(root)
     store = FeatureStore(store_dir)

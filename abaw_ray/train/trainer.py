@@ -26,6 +26,8 @@ def build_trainer(
     tracking: dict[str, str] | None = None,
     stop_flag: Any = None,
     keep_checkpoints: int | None = 1,
+    pseudo_ref: ray.ObjectRef | None = None,
+    predict_unlabelled: bool = False,
 ) -> TorchTrainer:
     """``data_ref``: the object reference of the trial's data, a ``FeatureBank`` when
     ``trial.mode`` is ``frozen`` (``train_loop_per_worker``), a ``FrameIndex`` when it is
@@ -36,7 +38,9 @@ def build_trainer(
     a search's trials are logged by its Tune callback instead). ``stop_flag``: the actor
     handle a search stops the trial by (``stop_requested``). ``keep_checkpoints``: how many
     of the best checkpoints to keep (None: all; a checkpoint is written only when the
-    selection score improves)."""
+    selection score improves). ``pseudo_ref``: an earlier search's ``PseudoLabels`` (for a
+    trial with ``pseudo_labels``); ``predict_unlabelled``: also checkpoint predictions of the
+    training videos' unlabelled frames (what pseudo-labels are made from)."""
     if trial.mode == "frozen":
         loop = train_loop_per_worker
     elif trial.mode == "finetune":
@@ -56,6 +60,8 @@ def build_trainer(
             "bank": [data_ref],
             "tracking": tracking,
             "stop_flag": [stop_flag] if stop_flag is not None else None,
+            "pseudo": [pseudo_ref] if pseudo_ref is not None else None,
+            "predict_unlabelled": predict_unlabelled,
         },
         scaling_config=ScalingConfig(
             num_workers=workers, use_gpu=gpus_per_worker > 0, resources_per_worker=resources

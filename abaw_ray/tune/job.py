@@ -43,6 +43,14 @@ from abaw_ray.train.loop import TrialConfig, load_predictions
 from abaw_ray.train.prepare import Prepared, prepare
 from abaw_ray.train.trainer import build_trainer
 from abaw_ray.tune.cost import TrialCost, best_by_hours, cost_summary, cost_unit, trial_costs
+from abaw_ray.tune.folds import (
+    FoldResult,
+    fold_count,
+    folds_problem,
+    print_folds,
+    run_folds,
+    write_folds_json,
+)
 from abaw_ray.tune.search import (
     SearchConfig,
     TrialOutcome,
@@ -83,6 +91,12 @@ def search_parser(task: Task, doc: str | None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", type=Path, help="Aff-Wild2 root (default: the embedded corpus)")
     p.add_argument(
+        "--realistic",
+        action="store_true",
+        help="without --data: the realistic embedded corpus (python -m abaw_ray.data synth "
+        "--realistic) and its space, search_spaces/realistic_TASK.yaml (default: off)",
+    )
+    p.add_argument(
         "--output", type=Path, default=Path("outputs"), help="results folder (default: outputs)"
     )
     p.add_argument(
@@ -115,16 +129,29 @@ def search_parser(task: Task, doc: str | None) -> argparse.ArgumentParser:
         help="also train the best trial's settings on labels shifted within each video, "
         "masks with them (a control; default: off)",
     )
+    p.add_argument(
+        "--folds",
+        type=fold_count,
+        default=0,
+        metavar="K",
+        help="after the search, train the best trial's settings K times, K-fold "
+        "cross-validation over the training + validation videos (whole videos, a _left/_right "
+        "pair in one fold); print each fold's score and the out-of-fold score, and submit the "
+        "mean of the K fold models' test predictions instead of the trial ensemble's "
+        "(default: 0, the official split only)",
+    )
     p.add_argument("--store", type=Path, help="feature store (default: OUTPUT/features)")
     p.add_argument("--weights-dir", type=Path, help="local pre-trained weights (default: HF cache)")
     add_ray_flags(p)
     return p
 
 
-def default_space(task: Task, embedded: bool) -> Path:
+def default_space(task: Task, embedded: bool, realistic: bool = False) -> Path:
     """The shipped space: the paper's pre-trained features for a real corpus, the model-free
-    and tiny features that carry signal on the embedded one."""
-    return REPO / "search_spaces" / (f"embedded_{task}.yaml" if embedded else f"{task}.yaml")
+    and tiny features that carry signal on an embedded one."""
+    if not embedded:
+        return REPO / "search_spaces" / f"{task}.yaml"
+    return REPO / "search_spaces" / f"{'realistic' if realistic else 'embedded'}_{task}.yaml"
 
 
 def search_config(args: argparse.Namespace, space: SearchSpace, storage: str) -> SearchConfig:
@@ -207,14 +234,17 @@ def write_outputs(
     ens: EnsembleResult,
     members: list[Member],
     costs: list[TrialCost],
+    test: dict[str, np.ndarray] | None = None,
 ) -> tuple[Path | None, list[Path]]:
-    """The submission (under the search's own folder), the recipe and the plots."""
+    """The submission (under the search's own folder) of ``test`` (default: the ensemble's
+    test predictions), the recipe and the plots."""
     out_dir.mkdir(parents=True, exist_ok=True)
     artifacts: list[Path] = []
     submission = None
     template = prepared.corpus.templates.get(task)
     if template is not None:
-        test = ens.test if task == "va" else {v: p.argmax(-1) for v, p in ens.test.items()}
+        test = ens.test if test is None else test
+        test = test if task == "va" else {v: p.argmax(-1) for v, p in test.items()}
         submission = write_submission(
             out_dir / SUBMISSION_FILE[task], template, test, prepared.bank.face_mask
         )
@@ -256,7 +286,7 @@ def run_search_job(args: argparse.Namespace) -> int:
     130/143 interrupted by SIGINT/SIGTERM, with no ensemble or submission written)."""
     started = time.time()
     if args.space is None:
-        args.space = default_space(args.task, embedded=args.data is None)
+        args.space = default_space(args.task, args.data is None, args.realistic)
     space = load_search_space(args.space)
     task = space.task
     problem = check_output_dir(args.output)
@@ -299,6 +329,10 @@ def search_on_ray(
     try:
         with interruptible_job():  # after init_ray, which sets its own SIGTERM handler
             prepared = prepare_search(args, space, cfg, output)
+            problem = folds_problem(prepared.bank, args.folds, cfg.seed)
+            if problem is not None:
+                print(f"error: {problem}", file=console.err)
+                return 2
             combos = space.combinations(prepared.keys)
             parent = tracking.parent_run(
                 uri,
@@ -306,9 +340,10 @@ def search_on_ray(
                 cfg.name,
                 {
                     "space": args.space,
-                    "data": args.data or "embedded",
+                    "data": args.data or ("realistic" if args.realistic else "embedded"),
                     "combinations": combos,
                     "holdout_videos": prepared.bank.splits["holdout"],
+                    "folds": args.folds,
                     **{k: v for k, v in asdict(cfg).items() if k not in ("space", "name")},
                 },
                 output / f"{cfg.name}.mlflow.json",
@@ -357,6 +392,7 @@ def prepare_search(
         alignments=alignments,
         holdout=cfg.holdout,
         seed=cfg.seed,
+        realistic=args.realistic,
     )
 
 
@@ -395,8 +431,33 @@ def finish_search(
         bank.valid,
     )
     output = args.output.resolve()
-    submission, artifacts = write_outputs(task, output / cfg.name, prepared, ens, members, costs)
+    folds: FoldResult | None = None
+    if args.folds >= 2:
+        try:
+            with contextlib.redirect_stdout(console.out):
+                folds = run_folds(
+                    TrialConfig.from_dict(outcomes[0].config),
+                    prepared,
+                    cfg,
+                    args.folds,
+                    cfg.seed,
+                    outcomes[0].trial_id,
+                )
+        except RuntimeError as err:
+            tracking.finish_run(uri, parent, {}, status="FAILED")
+            print(
+                f"error: {err}\nno submission was written; the search is saved: the same "
+                f"command plus --resume --name {cfg.name} trains the folds again",
+                file=console.err,
+            )
+            return 1
+    submission, artifacts = write_outputs(
+        task, output / cfg.name, prepared, ens, members, costs, folds.test if folds else None
+    )
     summary = {**ensemble_summary(task, ens), **cost_summary(costs)}
+    if folds is not None:
+        artifacts.append(write_folds_json(output / cfg.name / "folds.json", folds))
+        summary.update(folds.summary())
     if task == "expr":
         summary["majority_baseline_val_f1"] = majority_baseline(bank)
     if args.control:
@@ -414,7 +475,7 @@ def finish_search(
         experiment,
         parent,
         summary,
-        {"members": len(members), "smoothing": ens.submitted.recipe.smoothing},
+        {"members": len(members), "smoothing": ens.submitted.recipe.smoothing_names()},
         artifacts,
     )
     tracking.log_trial_metrics(
@@ -430,5 +491,7 @@ def finish_search(
         report.print_summary(
             task, ens, members, bank, summary, submission, outcomes[0] if args.control else None
         )
+        if folds is not None:
+            print_folds(folds)
         report.print_cost(costs, summary, PRIMARY_METRIC[task])
     return 0

@@ -1,0 +1,240 @@
+"""Each technique's measured gain on the realistic embedded corpus (``python -m abaw_ray.data
+synth --realistic``): single trials of one base configuration with one technique changed,
+``--seeds`` seeds each, scored on held-out validation videos that nothing selects on (not the
+best epoch, not the smoothing), beside the shifted-label control of the same base.
+
+    python bench/techniques.py --task va|expr [--seeds 3] [--rows ROW,ROW]
+
+Rows: the base (a TCN on face + audio); each technique switched on or swapped in; temporal
+smoothing chosen on the selection videos after training; pseudo-labels made by the base
+trials' ensemble (unlabelled stretches of training videos and the test videos), beside the same
+pseudo-labels shifted within each video (their control); and the base trained on shifted
+labels and masks (the control of the whole setup). The gain of a row is its held-out score
+minus the base's, seed by seed. The per-frame floor of the same corpus is
+``python bench/baselines.py`` on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+
+from abaw_ray.metrics import score_split
+from abaw_ray.pseudo import make_pseudo_labels
+from abaw_ray.smoothing import choose_smoothing, smooth_predictions
+from abaw_ray.tasks import OFFICIAL_SCORE
+from abaw_ray.train.loop import TrialConfig, load_predictions
+from abaw_ray.train.prepare import prepare
+from abaw_ray.train.trainer import build_trainer
+
+FEATURES = ("face_hog", "logmel")
+HOLDOUT = 2  # of the realistic corpus's 4 validation videos: 2 select, 2 are held out
+BASE: dict[str, dict[str, Any]] = {
+    "va": dict(
+        task="va",
+        features="face_hog+logmel",
+        model="tcn",
+        hidden=64,
+        layers=4,
+        dropout=0.2,
+        window=128,
+        lr=1e-3,
+        epochs=20,
+        patience=6,
+    ),
+    "expr": dict(
+        task="expr",
+        features="face_hog+logmel",
+        model="tcn",
+        hidden=64,
+        layers=3,
+        dropout=0.2,
+        window=64,
+        lr=1e-3,
+        loss="ce",
+        label_smoothing=0.0,
+        epochs=20,
+        patience=6,
+    ),
+}
+# Row name -> what it changes in the base. "smoothing" and the pseudo-label rows are special.
+ROWS: dict[str, dict[str, dict[str, Any]]] = {
+    "va": {
+        "per-frame MLP instead of the TCN": {"model": "frame_mlp", "layers": 1, "hidden": 128},
+        "transformer instead of the TCN": {"model": "transformer", "layers": 2},
+        "face only (no audio)": {"features": "face_hog"},
+        "modality dropout 0.25": {"modality_dropout": 0.25},
+    },
+    "expr": {
+        "per-frame MLP instead of the TCN": {"model": "frame_mlp", "layers": 1, "hidden": 128},
+        "transformer instead of the TCN": {"model": "transformer", "layers": 2},
+        "face only (no audio)": {"features": "face_hog"},
+        "modality dropout 0.25": {"modality_dropout": 0.25},
+        "focal loss": {"loss": "focal"},
+        "class-balanced sampling": {"balanced_sampling": True},
+        "class weights": {"class_weights": True},
+        "soft-F1 + CE loss": {"loss": "mix"},
+    },
+}
+PSEUDO = "pseudo-labels"
+PSEUDO_CONTROL = "pseudo-labels shifted (control)"
+SMOOTHING = "smoothing chosen on selection videos"
+CONTROL = "shifted labels (control)"
+
+
+@ray.remote(num_cpus=0)
+def fit_trial(
+    trial: TrialConfig,
+    bank_ref: list,
+    storage: str,
+    name: str,
+    pseudo_ref: list | None,
+    predict_unlabelled: bool,
+) -> str:
+    """One TorchTrainer run (its worker holds the CPU); the path of its best checkpoint."""
+    trainer = build_trainer(
+        trial,
+        bank_ref[0],
+        storage,
+        name,
+        pseudo_ref=pseudo_ref[0] if pseudo_ref else None,
+        predict_unlabelled=predict_unlabelled,
+    )
+    result = trainer.fit()
+    if not result.best_checkpoints:
+        raise RuntimeError(f"trial {name} ended without a checkpoint: {result.error}")
+    return result.best_checkpoints[0][0].path
+
+
+def run_rows(
+    rows: dict[str, dict[str, Any]],
+    task: str,
+    seeds: int,
+    bank_ref: ray.ObjectRef,
+    storage: str,
+    pseudo_ref: ray.ObjectRef | None = None,
+) -> dict[str, list[dict[str, dict[str, np.ndarray]]]]:
+    """Every row x seed at once (Ray runs what the CPUs fit): their checkpoints' predictions."""
+    pending = {}
+    for row, overrides in rows.items():
+        for seed in range(seeds):
+            trial = TrialConfig.from_dict({**BASE[task], **overrides, "seed": seed})
+            name = f"{row.split()[0]}-{abs(hash(row)) % 10**6}-s{seed}"
+            ref = fit_trial.remote(
+                trial,
+                [bank_ref],
+                storage,
+                name,
+                [pseudo_ref] if pseudo_ref is not None else None,
+                predict_unlabelled=row == "base",
+            )
+            pending[ref] = (row, seed)
+    out: dict[str, list] = {row: [None] * seeds for row in rows}
+    for ref, (row, seed) in pending.items():
+        out[row][seed] = load_predictions(ray.get(ref))
+    return out
+
+
+def scores(task, preds, bank) -> tuple[float, float]:
+    """(selection score, held-out score) of one trial's predictions."""
+    key = OFFICIAL_SCORE[task]
+    sel = score_split(task, preds["val"], bank.splits["val"], bank.labels, bank.valid)[key]
+    held = score_split(task, preds["holdout"], bank.splits["holdout"], bank.labels, bank.valid)
+    return sel, held[key]
+
+
+def smoothed(task, preds, bank) -> dict[str, dict[str, np.ndarray]]:
+    """The trial's held-out predictions smoothed by the filter chosen on its selection
+    videos."""
+    chosen, _, _ = choose_smoothing(task, preds["val"], bank.splits["val"], bank.labels, bank.valid)
+    held = list(bank.splits["holdout"])
+    return {**preds, "holdout": smooth_predictions(task, chosen, preds["holdout"], held)}
+
+
+def pseudo_labels(task, base_runs, bank):
+    """The base trials' ensemble (their mean) labels the training videos' unlabelled frames
+    and the test videos."""
+    per_video = [{**p["unlabelled"], **p["test"]} for p in base_runs]
+    ensemble = {v: np.mean([p[v] for p in per_video], axis=0) for v in per_video[0]}
+    labelled = {v: (bank.valid[v] if v in bank.valid else None) for v in ensemble}
+    return make_pseudo_labels(task, ensemble, per_video, labelled, "bench base ensemble")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--task", choices=("va", "expr"), default="va")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--num-cpus", type=int, default=2)
+    p.add_argument("--rows", help="comma-separated row names to run (default: all)")
+    args = p.parse_args()
+    task = args.task
+    started = time.time()
+    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    with tempfile.TemporaryDirectory(prefix="techniques-") as tmp:
+        prepared = prepare(
+            None,
+            Path(tmp) / "features",
+            FEATURES,
+            task,
+            holdout=HOLDOUT,
+            seed=0,
+            realistic=True,
+        )
+        bank = prepared.bank
+        storage = str(Path(tmp) / "runs")
+        wanted = set(args.rows.split(",")) if args.rows else None
+        rows = {
+            "base": {},
+            **{r: o for r, o in ROWS[task].items() if wanted is None or r in wanted},
+            CONTROL: {"shuffle_labels": True},
+        }
+        runs = run_rows(rows, task, args.seeds, prepared.bank_ref, storage)
+        runs[SMOOTHING] = [smoothed(task, r, bank) for r in runs["base"]]
+        pseudo = pseudo_labels(task, runs["base"], bank)
+        pseudo_ref = ray.put(pseudo)
+        runs.update(
+            run_rows(
+                {
+                    PSEUDO: {"pseudo_labels": True},
+                    PSEUDO_CONTROL: {"pseudo_labels": True, "shuffle_pseudo_labels": True},
+                },
+                task,
+                args.seeds,
+                prepared.bank_ref,
+                storage,
+                pseudo_ref,
+            )
+        )
+    key = OFFICIAL_SCORE[task]
+    base = [scores(task, r, bank) for r in runs["base"]]
+    print(
+        f"techniques on the realistic corpus, task {task}: {len(bank.splits['train'])} training "
+        f"videos, selection {', '.join(bank.splits['val'])}, held out "
+        f"{', '.join(bank.splits['holdout'])}; {args.seeds} seeds; base "
+        f"{BASE[task]['model']} {BASE[task]['features']}; pseudo-labels on {pseudo.frames} "
+        f"frames (mean confidence {pseudo.mean_confidence():.2f})"
+    )
+    print(f"  {'row':<40}{'held-out ' + key:>22}{'gain':>18}{'selection':>12}   per seed")
+    for row, trials in runs.items():
+        s = [scores(task, r, bank) for r in trials]
+        held = [h for _, h in s]
+        gain = [h - b for h, (_, b) in zip(held, base)]
+        sd = statistics.stdev(held) if len(held) > 1 else 0.0
+        gsd = statistics.stdev(gain) if len(gain) > 1 else 0.0
+        print(
+            f"  {row:<40}{statistics.mean(held):>14.4f} ± {sd:.4f}"
+            f"{statistics.mean(gain):>+11.4f} ± {gsd:.4f}"
+            f"{statistics.mean(x for x, _ in s):>12.4f}   " + " ".join(f"{h:.3f}" for h in held)
+        )
+    print(f"techniques: {len(runs)} rows x {args.seeds} seeds in {time.time() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""Class-balanced window sampling (EXPR), on a constructed case with known frequencies."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from abaw_ray.train.data import balanced_window_weights
+
+
+def test_windows_of_rare_classes_are_drawn_as_often_as_common_ones():
+    # Video a: 80 frames of class 0; video b: 20 frames of class 1 then 20 of class 2, with the
+    # class-2 stretch's second half unlabelled.
+    labels = {"a": np.zeros(80, np.int64), "b": np.r_[np.ones(20), np.full(20, 2)].astype(int)}
+    valid = {"a": np.ones(80, bool), "b": np.r_[np.ones(30, bool), np.zeros(10, bool)]}
+    windows = np.array([[0, 0], [0, 20], [0, 40], [0, 60], [1, 0], [1, 20]])
+    p = balanced_window_weights(windows, ["a", "b"], 20, labels, valid, num_classes=3)
+    # Counts with one pseudo-count each: 81, 21, 11 of 113 -> inverse 113/81, 113/21, 113/11.
+    inverse = 113 / np.array([81.0, 21.0, 11.0])
+    expected = np.array([inverse[0]] * 4 + [inverse[1], inverse[2]])
+    np.testing.assert_allclose(p, expected / expected.sum())
+    # Drawn by these weights, each class's windows come up in proportions near 1 : 1 : 1
+    # (four class-0 windows share class 0's part).
+    share = [p[:4].sum(), p[4], p[5]]
+    assert max(share) / min(share) < 2.0
+    assert abs(p.sum() - 1) < 1e-12
