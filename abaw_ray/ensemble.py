@@ -28,12 +28,14 @@ from abaw_ray.tasks import NUM_EXPR_CLASSES, OFFICIAL_SCORE, Task
 @dataclass
 class Member:
     """One trial's per-frame predictions: ``val`` holds every validation video (selection and
-    held-out), ``test`` every test video."""
+    held-out), ``test`` every test video, ``unlabelled`` the training videos with unlabelled
+    frames (when the search makes pseudo-labels)."""
 
     trial_id: str
     val: dict[str, np.ndarray]
     test: dict[str, np.ndarray]
     description: str = ""
+    unlabelled: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass

@@ -134,11 +134,15 @@ def training_targets(
     valid: Mapping[str, np.ndarray],
     pseudo: PseudoLabels,
     train_videos: Sequence[str],
+    exclude: Sequence[str] = (),
 ) -> tuple[tuple[str, ...], dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(videos, labels, valid, weights) to train on: real labels (weight 1) where they exist,
     pseudo-labels (weight = confidence) where they do not, over the training videos and every
-    pseudo-labelled video (test videos)."""
-    videos = tuple(dict.fromkeys([*train_videos, *sorted(pseudo.values)]))
+    pseudo-labelled video (test videos) but those in ``exclude`` (what the trial is scored
+    on)."""
+    skip = set(exclude)
+    extra = [v for v in sorted(pseudo.values) if v not in skip]
+    videos = tuple(dict.fromkeys([*train_videos, *extra]))
     out_labels, out_valid, weights = dict(labels), dict(valid), {}
     for v in videos:
         conf = pseudo.confidence.get(v)

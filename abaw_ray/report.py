@@ -236,6 +236,13 @@ def print_summary(task, ens, members, bank, summary, submission, control_of=None
             f"shifted within each training video): {metric} {summary[f'control_{metric}']:.4f} "
             f"vs {control_of.best[metric]:.4f} on the same selection videos"
         )
+        if f"no_pseudo_{metric}" in summary:
+            print(
+                f"pseudo-labels: trial {control_of.trial_id}'s settings {metric} "
+                f"{control_of.best[metric]:.4f} with them, {summary[f'no_pseudo_{metric}']:.4f} "
+                f"without, {summary[f'pseudo_shifted_{metric}']:.4f} with them shifted within "
+                f"each video (their control), on the same selection videos"
+            )
     print(
         f"submission: {submission or '- (the corpus has no test template)'}"
         + (" (validated)" if submission else "")

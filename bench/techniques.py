@@ -5,13 +5,13 @@ best epoch, not the smoothing), beside the shifted-label control of the same bas
 
     python bench/techniques.py --task va|expr [--seeds 3] [--rows ROW,ROW]
 
-Rows: the base (a TCN on face + audio); each technique switched on or swapped in; temporal
-smoothing chosen on the selection videos after training; pseudo-labels made by the base
-trials' ensemble (unlabelled stretches of training videos and the test videos), beside the same
-pseudo-labels shifted within each video (their control); and the base trained on shifted
-labels and masks (the control of the whole setup). The gain of a row is its held-out score
-minus the base's, seed by seed. The per-frame floor of the same corpus is
-``python bench/baselines.py`` on it.
+Rows: the base (a TCN on face + audio for VA, on the face for EXPR); each technique switched
+on or swapped in; temporal smoothing chosen on the selection videos after training;
+pseudo-labels made by the base trials' ensemble (unlabelled stretches of training videos and
+the test videos), beside the same pseudo-labels shifted within each video (their control); and
+the base trained on shifted labels and masks (the control of the whole setup). The gain of a
+row is its held-out score minus the base's, seed by seed. The per-frame floor of the same
+corpus is ``python bench/baselines.py`` on it.
 """
 
 from __future__ import annotations
@@ -33,9 +33,10 @@ from abaw_ray.tasks import OFFICIAL_SCORE
 from abaw_ray.train.loop import TrialConfig, load_predictions
 from abaw_ray.train.prepare import prepare
 from abaw_ray.train.trainer import build_trainer
+from abaw_ray.tune.search import SearchConfig
 
 FEATURES = ("face_hog", "logmel")
-HOLDOUT = 2  # of the realistic corpus's 4 validation videos: 2 select, 2 are held out
+HOLDOUT = SearchConfig.holdout  # the held-out validation videos of a search job, the same draw
 BASE: dict[str, dict[str, Any]] = {
     "va": dict(
         task="va",
@@ -46,41 +47,42 @@ BASE: dict[str, dict[str, Any]] = {
         dropout=0.2,
         window=128,
         lr=1e-3,
-        epochs=20,
-        patience=6,
+        video_norm=True,
+        epochs=15,
+        patience=4,
     ),
     "expr": dict(
         task="expr",
-        features="face_hog+logmel",
+        features="face_hog",
         model="tcn",
         hidden=64,
-        layers=3,
-        dropout=0.2,
-        window=64,
+        layers=2,
+        dropout=0.3,
+        window=32,
         lr=1e-3,
         loss="ce",
         label_smoothing=0.0,
-        epochs=20,
-        patience=6,
+        class_weights=True,
+        video_norm=True,
+        epochs=15,
+        patience=4,
     ),
 }
 # Row name -> what it changes in the base. "smoothing" and the pseudo-label rows are special.
 ROWS: dict[str, dict[str, dict[str, Any]]] = {
     "va": {
+        "features normalised globally, not per video": {"video_norm": False},
         "per-frame MLP instead of the TCN": {"model": "frame_mlp", "layers": 1, "hidden": 128},
-        "transformer instead of the TCN": {"model": "transformer", "layers": 2},
         "face only (no audio)": {"features": "face_hog"},
         "modality dropout 0.25": {"modality_dropout": 0.25},
     },
     "expr": {
+        "features normalised globally, not per video": {"video_norm": False},
         "per-frame MLP instead of the TCN": {"model": "frame_mlp", "layers": 1, "hidden": 128},
-        "transformer instead of the TCN": {"model": "transformer", "layers": 2},
-        "face only (no audio)": {"features": "face_hog"},
-        "modality dropout 0.25": {"modality_dropout": 0.25},
-        "focal loss": {"loss": "focal"},
+        "with audio (logmel)": {"features": "face_hog+logmel"},
+        "no class weights": {"class_weights": False},
+        "focal loss (class weights as alpha)": {"loss": "focal"},
         "class-balanced sampling": {"balanced_sampling": True},
-        "class weights": {"class_weights": True},
-        "soft-F1 + CE loss": {"loss": "mix"},
     },
 }
 PSEUDO = "pseudo-labels"
@@ -115,18 +117,25 @@ def fit_trial(
 
 def run_rows(
     rows: dict[str, dict[str, Any]],
-    task: str,
+    base: dict[str, Any],
     seeds: int,
     bank_ref: ray.ObjectRef,
     storage: str,
     pseudo_ref: ray.ObjectRef | None = None,
+    at_once: int = 2,
 ) -> dict[str, list[dict[str, dict[str, np.ndarray]]]]:
-    """Every row x seed at once (Ray runs what the CPUs fit): their checkpoints' predictions."""
-    pending = {}
+    """Every row x seed, ``at_once`` trials at a time: their checkpoints' predictions."""
+    queue = []
     for row, overrides in rows.items():
         for seed in range(seeds):
-            trial = TrialConfig.from_dict({**BASE[task], **overrides, "seed": seed})
+            trial = TrialConfig.from_dict({**base, **overrides, "seed": seed})
             name = f"{row.split()[0]}-{abs(hash(row)) % 10**6}-s{seed}"
+            queue.append((row, seed, trial, name))
+    out: dict[str, list] = {row: [None] * seeds for row in rows}
+    pending: dict[Any, tuple[str, int]] = {}
+    while queue or pending:
+        while queue and len(pending) < at_once:
+            row, seed, trial, name = queue.pop(0)
             ref = fit_trial.remote(
                 trial,
                 [bank_ref],
@@ -136,9 +145,9 @@ def run_rows(
                 predict_unlabelled=row == "base",
             )
             pending[ref] = (row, seed)
-    out: dict[str, list] = {row: [None] * seeds for row in rows}
-    for ref, (row, seed) in pending.items():
-        out[row][seed] = load_predictions(ray.get(ref))
+        (done,), _ = ray.wait(list(pending), num_returns=1)
+        row, seed = pending.pop(done)
+        out[row][seed] = load_predictions(ray.get(done))
     return out
 
 
@@ -173,14 +182,17 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--num-cpus", type=int, default=2)
     p.add_argument("--rows", help="comma-separated row names to run (default: all)")
+    p.add_argument("--epochs", type=int, help="override the base's epochs (a quick look)")
+    p.add_argument("--store", type=Path, help="feature store to reuse (default: a temporary one)")
     args = p.parse_args()
     task = args.task
+    base_config = {**BASE[task], **({"epochs": args.epochs} if args.epochs else {})}
     started = time.time()
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory(prefix="techniques-") as tmp:
         prepared = prepare(
             None,
-            Path(tmp) / "features",
+            args.store or Path(tmp) / "features",
             FEATURES,
             task,
             holdout=HOLDOUT,
@@ -195,7 +207,9 @@ def main() -> None:
             **{r: o for r, o in ROWS[task].items() if wanted is None or r in wanted},
             CONTROL: {"shuffle_labels": True},
         }
-        runs = run_rows(rows, task, args.seeds, prepared.bank_ref, storage)
+        runs = run_rows(
+            rows, base_config, args.seeds, prepared.bank_ref, storage, at_once=args.num_cpus
+        )
         runs[SMOOTHING] = [smoothed(task, r, bank) for r in runs["base"]]
         pseudo = pseudo_labels(task, runs["base"], bank)
         pseudo_ref = ray.put(pseudo)
@@ -205,11 +219,12 @@ def main() -> None:
                     PSEUDO: {"pseudo_labels": True},
                     PSEUDO_CONTROL: {"pseudo_labels": True, "shuffle_pseudo_labels": True},
                 },
-                task,
+                base_config,
                 args.seeds,
                 prepared.bank_ref,
                 storage,
                 pseudo_ref,
+                at_once=args.num_cpus,
             )
         )
     key = OFFICIAL_SCORE[task]

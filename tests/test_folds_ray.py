@@ -1,6 +1,7 @@
-"""``--folds 3`` end to end: the search, then three fold models of the best trial's settings;
-per-fold and out-of-fold scores that MLflow and the fold checkpoints agree with, and a
-submission made from the fold ensemble."""
+"""``--folds 3 --make-pseudo-labels`` end to end: the search, then three fold models of the best
+trial's settings; per-fold and out-of-fold scores that MLflow and the fold checkpoints agree
+with, a submission made from the fold ensemble, and pseudo-labels of exactly the unlabelled
+frames."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from abaw_ray.data import load_corpus
 from abaw_ray.data.corpus import PAIR_SUFFIX
 from abaw_ray.metrics import score_split
+from abaw_ray.pseudo import PseudoLabels
 from abaw_ray.smoothing import Smoothing
 from abaw_ray.submission import validate_submission
 from abaw_ray.train.loop import load_predictions
@@ -51,7 +53,9 @@ def _submission(path) -> dict[str, list[tuple[float, float]]]:
 def test_three_folds_report_scores_and_submit_the_fold_ensemble(corpus_root, tmp_path):
     output = tmp_path / "out"
     args = ["--data", str(corpus_root), "--output", str(output), "--space", str(SPACE)]
-    proc = _job([*args, "--num-samples", "2", "--num-cpus", "2", "--folds", "3"])
+    proc = _job(
+        [*args, "--num-samples", "2", "--num-cpus", "2", "--folds", "3", "--make-pseudo-labels"]
+    )
     try:
         out, _ = proc.communicate(timeout=600)
     finally:
@@ -122,3 +126,18 @@ def test_three_folds_report_scores_and_submit_the_fold_ensemble(corpus_root, tmp
         np.testing.assert_allclose(mine, np.clip(expected[frames][face[frames]], -1, 1), atol=2e-6)
     lines = out.strip().splitlines()
     assert lines[-1].startswith("cost: 2 trials") and "replaces the trial ensemble" in lines[-2]
+
+    # Pseudo-labels: every frame of the test videos and exactly the unlabelled frames of the
+    # training videos that have some, none of a validation video; the printed count and
+    # MLflow's agree with the file.
+    pseudo = PseudoLabels.load(output / search.name)
+    train = corpus.split_videos("va", "train")
+    gaps = {v for v in train if not corpus.labels_on_timeline("va", v).valid.all()}
+    assert gaps and set(pseudo.values) == gaps | set(corpus.split_videos("va", "test"))
+    for v in gaps:
+        real = corpus.labels_on_timeline("va", v).valid
+        assert not pseudo.confidence[v][real].any()
+    for v, c in pseudo.confidence.items():
+        assert c.min() >= 0 and c.max() <= 1 and np.abs(pseudo.values[v]).max() <= 1
+    shown = re.search(r"^pseudo-labels: (\d+) unlabelled frames", out, re.M)
+    assert shown and int(shown.group(1)) == pseudo.frames == metrics["pseudo_frames"]

@@ -76,3 +76,13 @@ def test_the_control_moves_pseudo_labels_with_their_confidence_off_their_frames(
     assert [x.name for x in tmp_path.iterdir()] == [path.name]  # nothing half-written left
     with pytest.raises(FileNotFoundError, match="pseudo_labels.npz"):
         PseudoLabels.load(tmp_path / "elsewhere")
+
+
+def test_videos_a_trial_is_scored_on_never_train_on_pseudo_labels():
+    labels = {"a": np.array([1, -1]), "b": np.array([2, -1])}
+    valid = {v: np.array([True, False]) for v in labels}
+    conf = {v: np.array([0.0, 0.9], np.float32) for v in ("a", "b", "t")}
+    pseudo = PseudoLabels("expr", {v: np.array([3, 3]) for v in conf}, conf)
+    # "b" is a fold's validation video: its pseudo-labelled frames must not be trained on
+    videos, *_ = training_targets(labels, valid, pseudo, ["a"], exclude=["b"])
+    assert videos == ("a", "t")

@@ -23,3 +23,27 @@ def test_windows_of_rare_classes_are_drawn_as_often_as_common_ones():
     share = [p[:4].sum(), p[4], p[5]]
     assert max(share) / min(share) < 2.0
     assert abs(p.sum() - 1) < 1e-12
+
+
+def test_video_norm_standardises_each_video_by_its_own_statistics():
+    from dataclasses import replace
+
+    from abaw_ray.train.data import WindowSampler
+    from tests.test_controls import _bank
+
+    bank = _bank()
+    # Give video t1 a subject offset of +5 and a gain of 3 on every feature.
+    frames = dict(bank.frames["f"])
+    frames["t1"] = (frames["t1"].astype(np.float32) * 3 + 5).astype(np.float16)
+    bank = replace(bank, frames={"f": frames})
+    for v in ("t0", "t1"):
+        n = bank.num_frames[v]
+        whole = bank.frames["f"][v].astype(np.float32)
+        per_video = WindowSampler(bank, ["f"], "interp", n, video_norm=True)
+        x = per_video.batch([(v, 0)]).inputs[0][0].numpy()
+        np.testing.assert_allclose(x, (whole - whole.mean(0)) / whole.std(0), atol=1e-4)
+        # Without it, the bank's (training) statistics: here mean 0, std 1, so t1 keeps its
+        # offset and gain.
+        plain = WindowSampler(bank, ["f"], "interp", n).batch([(v, 0)]).inputs[0][0].numpy()
+        np.testing.assert_allclose(plain, whole, atol=1e-6)
+    assert abs(plain.mean() - 5) < 0.5

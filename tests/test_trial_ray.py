@@ -86,3 +86,39 @@ def test_conv_alignment_beats_its_control(prepared, tmp_path):
     control_ccc = control.best_checkpoints[0][1]["val_ccc"]
     assert conv > 0.4
     assert control_ccc < conv - 0.3
+
+
+def test_pseudo_labels_train_only_as_much_as_their_confidence(prepared, tmp_path):
+    """Pseudo-labels of confidence 0 change nothing (the same predictions, to float rounding:
+    the weighted loss sums where the plain one averages); confident nonsense pseudo-labels
+    (valence 0.9 on every test frame) pull the test videos' predictions towards it."""
+    import ray
+
+    from abaw_ray.pseudo import PseudoLabels
+
+    bank = prepared.bank
+    test = list(bank.splits["test"])
+    target = {v: np.tile([0.9, 0.0], (bank.num_frames[v], 1)).astype(np.float32) for v in test}
+    zero = PseudoLabels("va", target, {v: np.zeros(len(t), np.float32) for v, t in target.items()})
+    sure = PseudoLabels("va", target, {v: np.ones(len(t), np.float32) for v, t in target.items()})
+    trial = TrialConfig(
+        features="face_hog+logmel", model="attention", hidden=32, epochs=4, window=48, lr=3e-3
+    )
+
+    def fit(name, pseudo=None):
+        trainer = build_trainer(
+            replace(trial, pseudo_labels=pseudo is not None),
+            prepared.bank_ref,
+            tmp_path,
+            name,
+            cpus_per_worker=0.5,
+            pseudo_ref=ray.put(pseudo) if pseudo is not None else None,
+        )
+        return load_predictions(trainer.fit().best_checkpoints[0][0].path)
+
+    base, ignored, pulled = fit("base"), fit("zero", zero), fit("sure", sure)
+    for v in test:
+        np.testing.assert_allclose(ignored["test"][v], base["test"][v], atol=1e-3)
+    mean_valence = lambda preds: np.mean([preds["test"][v][:, 0].mean() for v in test])  # noqa: E731
+    assert mean_valence(pulled) > mean_valence(base) + 0.2
+    assert mean_valence(pulled) > 0.5

@@ -391,9 +391,13 @@ class WindowSampler:
         labels: dict[str, np.ndarray] | None = None,
         valid: dict[str, np.ndarray] | None = None,
         weights: dict[str, np.ndarray] | None = None,
+        video_norm: bool = False,
     ) -> None:
         """``labels`` and ``valid`` replace the bank's training targets (the control, or
-        pseudo-labels merged in); ``weights`` are per-frame loss weights (pseudo-labels)."""
+        pseudo-labels merged in); ``weights`` are per-frame loss weights (pseudo-labels).
+        ``video_norm``: frame-aligned features are standardised by their own video's mean and
+        std (what removes a subject's resting face and the recording's conditions; offline
+        recognition sees the whole video), instead of the training videos'."""
         missing = [k for k in keys if k not in bank.keys]
         if missing:
             raise KeyError(f"features {missing} are not in the bank ({bank.keys})")
@@ -403,6 +407,8 @@ class WindowSampler:
         self.labels = labels or bank.labels
         self.valid = valid or bank.valid
         self.weights = weights
+        self.video_norm = video_norm
+        self._video_stats: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
         self.align = [
             ("conv" if alignment == "conv" and bank.modality[k] == "audio" else None) for k in keys
         ]
@@ -413,9 +419,20 @@ class WindowSampler:
     def input_dims(self) -> list[int]:
         return [self.bank.dim(k) for k in self.keys]
 
+    def _stats(self, variant: str, video: str) -> tuple[np.ndarray, np.ndarray]:
+        if not self.video_norm:
+            return self.bank.mean[variant], self.bank.std[variant]
+        if (variant, video) not in self._video_stats:
+            whole = self.bank.frames[variant][video].astype(np.float32)
+            # The global std keeps a near-constant column of one video from blowing up.
+            std = np.maximum(whole.std(0), 0.1 * self.bank.std[variant])
+            self._video_stats[variant, video] = (whole.mean(0), std)
+        return self._video_stats[variant, video]
+
     def _frames(self, variant: str, video: str, start: int, length: int) -> np.ndarray:
         x = self.bank.frames[variant][video][start : start + length].astype(np.float32)
-        x = (x - self.bank.mean[variant]) / self.bank.std[variant]
+        mean, std = self._stats(variant, video)
+        x = (x - mean) / std
         if len(x) < length:
             x = np.concatenate([x, np.zeros((length - len(x), x.shape[1]), np.float32)])
         return x

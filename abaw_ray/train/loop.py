@@ -80,6 +80,7 @@ class TrialConfig:
     window: int = 64  # frames per training window
     stride: int | None = None  # frames between training windows (None: half the window)
     alignment: str = "interp"  # audio to frames: interp | pool | conv
+    video_norm: bool = False  # standardise features per video (a subject's own baseline)
     grad_clip: float = 1.0  # max gradient norm (0: off)
     epochs: int = 20
     batch_size: int = 16
@@ -285,10 +286,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if trial.shuffle_pseudo_labels:
             pseudo = pseudo.shifted(trial.seed)
         train_videos, labels, valid, frame_weights = training_targets(
-            labels or bank.labels, valid or bank.valid, pseudo, train_videos
+            labels or bank.labels,
+            valid or bank.valid,
+            pseudo,
+            train_videos,
+            exclude=(*bank.splits["val"], *bank.splits["holdout"]),
         )
     sampler = WindowSampler(
-        bank, trial.feature_keys, trial.alignment, trial.window, labels, valid, frame_weights
+        bank,
+        trial.feature_keys,
+        trial.alignment,
+        trial.window,
+        labels,
+        valid,
+        frame_weights,
+        trial.video_norm,
     )
     model = create_model(
         trial.model, sampler.input_dims, trial.task, align=sampler.align, **trial.model_hparams()

@@ -28,6 +28,7 @@ class Prepared:
     keys: dict[str, str]  # extractor name -> store key
     extraction: ExtractionReport
     embedded: bool
+    pseudo_ref: ray.ObjectRef | None = None  # an earlier search's pseudo-labels, if given
 
 
 def resolve_corpus(data: Path | None, realistic: bool = False) -> tuple[Path, bool]:

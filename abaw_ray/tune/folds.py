@@ -250,7 +250,8 @@ def run_folds(
     at_once = cfg.max_concurrent or default_concurrency(replace(cfg, num_samples=k))
     names = [f"fold{i}-{trial_id}-{stamp}" for i in range(1, k + 1)]
     data = [ray.put(fold_bank(bank, videos)) for videos in fold_videos]
-    config = asdict(trial)
+    # Pseudo-labels were made by models that saw every fold's labels: folds train without.
+    config = asdict(replace(trial, pseudo_labels=False, shuffle_pseudo_labels=False))
     log(
         f"cross-validation: training trial {trial_id}'s settings on {k} folds of the "
         f"training and validation videos, {min(at_once, k)} at a time"

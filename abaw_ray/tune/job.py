@@ -32,10 +32,11 @@ from abaw_ray.cluster import (
     stoppable_search,
 )
 from abaw_ray.data.corpus import preflight
-from abaw_ray.ensemble import EnsembleResult, Member, build_ensemble
+from abaw_ray.ensemble import EnsembleResult, Member, apply_recipe, build_ensemble
 from abaw_ray.errors import CorpusNotFoundError
 from abaw_ray.fsutil import atomic_write_text
 from abaw_ray.metrics import score_split
+from abaw_ray.pseudo import PSEUDO_FILE, PseudoLabels, make_pseudo_labels
 from abaw_ray.submission import write_submission
 from abaw_ray.tasks import NUM_EXPR_CLASSES, OFFICIAL_SCORE, PRIMARY_METRIC, Task
 from abaw_ray.train.data import FeatureBank
@@ -140,6 +141,22 @@ def search_parser(task: Task, doc: str | None) -> argparse.ArgumentParser:
         "mean of the K fold models' test predictions instead of the trial ensemble's "
         "(default: 0, the official split only)",
     )
+    p.add_argument(
+        "--make-pseudo-labels",
+        action="store_true",
+        help=f"trials also predict the training videos' unlabelled frames, and the ensemble "
+        f"labels those and the test videos, each frame with a confidence: "
+        f"OUTPUT/<search>/{PSEUDO_FILE} (default: off)",
+    )
+    p.add_argument(
+        "--pseudo-labels",
+        type=Path,
+        metavar="SEARCH_DIR",
+        help="an earlier search's folder (or its pseudo_labels.npz): trials may train on its "
+        "pseudo-labels, weighted by confidence; whether they do is searched (pseudo_labels: "
+        "[false, true] unless the space sets it). With --control, the best trial's settings "
+        "are also trained without them and on them shifted within each video (default: none)",
+    )
     p.add_argument("--store", type=Path, help="feature store (default: OUTPUT/features)")
     p.add_argument("--weights-dir", type=Path, help="local pre-trained weights (default: HF cache)")
     add_ray_flags(p)
@@ -175,9 +192,25 @@ def load_members(outcomes: list[TrialOutcome], top_k: int) -> list[Member]:
                 {**preds["val"], **preds["holdout"]},
                 preds["test"],
                 f"{o.config.get('model')} {o.config.get('features')}",
+                preds["unlabelled"],
             )
         )
     return members
+
+
+def ensemble_pseudo_labels(
+    task: Task, members: list[Member], ens: EnsembleResult, bank: FeatureBank, source: str
+) -> PseudoLabels:
+    """The submitted ensemble's pseudo-labels: the training videos' unlabelled frames and the
+    test videos, each frame with a confidence (``make_pseudo_labels``)."""
+    unlabelled = sorted(set.intersection(*(set(m.unlabelled) for m in members)))
+    predicted = {
+        **apply_recipe(task, members, ens.submitted.recipe, "unlabelled", unlabelled),
+        **ens.test,
+    }
+    per_member = [{**m.unlabelled, **m.test} for m in members]
+    labelled = {v: bank.valid.get(v) for v in predicted}
+    return make_pseudo_labels(task, predicted, per_member, labelled, source)
 
 
 def majority_baseline(bank: FeatureBank) -> float:
@@ -190,21 +223,46 @@ def majority_baseline(bank: FeatureBank) -> float:
     return score_split("expr", preds, videos, bank.labels, bank.valid)["f1"]
 
 
+def pseudo_problem(pseudo: PseudoLabels, bank: FeatureBank, source: Path) -> str | None:
+    """Why these pseudo-labels cannot train on this bank (None when they can)."""
+    unknown = sorted(set(pseudo.values) - set(bank.num_frames))
+    if unknown:
+        return (
+            f"{source}: pseudo-labels of videos this corpus does not have for task {bank.task} "
+            f"({', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''})"
+        )
+    wrong = [v for v, c in pseudo.confidence.items() if len(c) != bank.num_frames[v]]
+    if wrong:
+        v = wrong[0]
+        return (
+            f"{source}: video {v} has {len(pseudo.confidence[v])} pseudo-labelled frames, the "
+            f"corpus {bank.num_frames[v]}"
+        )
+    return None
+
+
 def train_control(
-    best: TrialOutcome, prepared: Prepared, cfg: SearchConfig, run: dict[str, str]
+    best: TrialOutcome,
+    prepared: Prepared,
+    cfg: SearchConfig,
+    run: dict[str, str],
+    changes: dict[str, Any] | None = None,
+    kind: str = "control",
 ) -> float:
-    """The best trial's settings trained on shifted labels (and masks); its selection score.
-    Stored under the search's own folder, so it can never be taken for a search; every epoch
-    is logged to the MLflow run ``run`` (``uri``, ``run_id``)."""
-    trial = replace(TrialConfig.from_dict(best.config), shuffle_labels=True)
+    """The best trial's settings with ``changes`` (default: trained on shifted labels and
+    masks); its selection score. Stored under the search's own folder, so it can never be
+    taken for a search; every epoch is logged to the MLflow run ``run`` (``uri``,
+    ``run_id``)."""
+    trial = replace(TrialConfig.from_dict(best.config), **(changes or {"shuffle_labels": True}))
     trainer = build_trainer(
         trial,
         prepared.bank_ref,
         f"{cfg.experiment_uri()}/{CONTROLS_DIR}",
-        f"control-{best.trial_id}-{time.strftime('%Y%m%d-%H%M%S')}",
+        f"{kind}-{best.trial_id}-{time.strftime('%Y%m%d-%H%M%S')}",
         gpus_per_worker=cfg.gpus_per_trial,
         cpus_per_worker=cfg.cpus_per_worker,
         tracking=run,
+        pseudo_ref=prepared.pseudo_ref,
     )
     result = trainer.fit()
     metric = PRIMARY_METRIC[trial.task]
@@ -289,6 +347,21 @@ def run_search_job(args: argparse.Namespace) -> int:
         args.space = default_space(args.task, args.data is None, args.realistic)
     space = load_search_space(args.space)
     task = space.task
+    pseudo = None
+    if args.pseudo_labels is not None:
+        try:
+            pseudo = PseudoLabels.load(args.pseudo_labels)
+        except (OSError, ValueError, KeyError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        if pseudo.task != task:
+            print(
+                f"error: {args.pseudo_labels}: pseudo-labels of task {pseudo.task}, the space's "
+                f"task is {task}",
+                file=sys.stderr,
+            )
+            return 2
+        space = space.with_choice("pseudo_labels", (False, True))
     problem = check_output_dir(args.output)
     if problem is None and args.data is not None:
         try:
@@ -311,7 +384,7 @@ def run_search_job(args: argparse.Namespace) -> int:
         return 2
     uri, experiment = tracking.tracking_uri(output), f"abaw-{task}"
     with job_on_ray(args, "search", cfg.name, output) as console:
-        return search_on_ray(args, space, cfg, output, uri, experiment, console, started)
+        return search_on_ray(args, space, cfg, output, uri, experiment, console, started, pseudo)
 
 
 def search_on_ray(
@@ -323,6 +396,7 @@ def search_on_ray(
     experiment: str,
     console: Console,
     started: float,
+    pseudo: PseudoLabels | None = None,
 ) -> int:
     """prepare -> search -> (``finish_search``); stops cleanly on SIGINT / SIGTERM."""
     parent = None
@@ -330,6 +404,9 @@ def search_on_ray(
         with interruptible_job():  # after init_ray, which sets its own SIGTERM handler
             prepared = prepare_search(args, space, cfg, output)
             problem = folds_problem(prepared.bank, args.folds, cfg.seed)
+            if problem is None and pseudo is not None:
+                problem = pseudo_problem(pseudo, prepared.bank, args.pseudo_labels)
+                prepared.pseudo_ref = ray.put(pseudo)
             if problem is not None:
                 print(f"error: {problem}", file=console.err)
                 return 2
@@ -344,6 +421,7 @@ def search_on_ray(
                     "combinations": combos,
                     "holdout_videos": prepared.bank.splits["holdout"],
                     "folds": args.folds,
+                    "pseudo_labels": args.pseudo_labels,
                     **{k: v for k, v in asdict(cfg).items() if k not in ("space", "name")},
                 },
                 output / f"{cfg.name}.mlflow.json",
@@ -359,6 +437,8 @@ def search_on_ray(
                 ],
                 resume=args.resume,
                 verbose=1 if args.ray_logs else 0,
+                pseudo_ref=prepared.pseudo_ref,
+                predict_unlabelled=args.make_pseudo_labels,
             )
             with stoppable_search() as stopped:
                 results = tuner.fit()
@@ -455,6 +535,12 @@ def finish_search(
         task, output / cfg.name, prepared, ens, members, costs, folds.test if folds else None
     )
     summary = {**ensemble_summary(task, ens), **cost_summary(costs)}
+    pseudo_path = None
+    if args.make_pseudo_labels:
+        pseudo = ensemble_pseudo_labels(task, members, ens, bank, cfg.name)
+        pseudo_path = pseudo.save(output / cfg.name / PSEUDO_FILE)
+        artifacts.append(pseudo_path)
+        summary.update(pseudo_frames=pseudo.frames, pseudo_confidence=pseudo.mean_confidence())
     if folds is not None:
         artifacts.append(write_folds_json(output / cfg.name / "folds.json", folds))
         summary.update(folds.summary())
@@ -462,14 +548,22 @@ def finish_search(
         summary["majority_baseline_val_f1"] = majority_baseline(bank)
     if args.control:
         best = outcomes[0]
-        control_params = {**best.config, "shuffle_labels": True, "controls": best.trial_id}
-        run = {
-            "uri": uri,
-            "run_id": tracking.child_run(
-                uri, experiment, parent, f"control-{best.trial_id}", control_params
-            ),
-        }
-        summary[f"control_{PRIMARY_METRIC[task]}"] = train_control(best, prepared, cfg, run)
+        controls = {"control": {"shuffle_labels": True}}
+        if best.config.get("pseudo_labels"):
+            # What the pseudo-labels are worth: without them, and shifted within each video.
+            controls["no_pseudo"] = {"pseudo_labels": False}
+            controls["pseudo_shifted"] = {"shuffle_pseudo_labels": True}
+        for kind, changes in controls.items():
+            params = {**best.config, **changes, "controls": best.trial_id}
+            run = {
+                "uri": uri,
+                "run_id": tracking.child_run(
+                    uri, experiment, parent, f"{kind}-{best.trial_id}", params
+                ),
+            }
+            summary[f"{kind}_{PRIMARY_METRIC[task]}"] = train_control(
+                best, prepared, cfg, run, changes, kind
+            )
     tracking.log_ensemble(
         uri,
         experiment,
@@ -491,6 +585,12 @@ def finish_search(
         report.print_summary(
             task, ens, members, bank, summary, submission, outcomes[0] if args.control else None
         )
+        if pseudo_path is not None:
+            print(
+                f"pseudo-labels: {summary['pseudo_frames']} unlabelled frames of training and "
+                f"test videos, mean confidence {summary['pseudo_confidence']:.3f} -> "
+                f"{pseudo_path}; a search trains on them with --pseudo-labels {pseudo_path.parent}"
+            )
         if folds is not None:
             print_folds(folds)
         report.print_cost(costs, summary, PRIMARY_METRIC[task])

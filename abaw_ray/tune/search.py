@@ -99,6 +99,8 @@ def run_trial(
     gpus_per_worker: float,
     cpus_per_worker: float,
     max_failures: int,
+    pseudo_ref: list[ray.ObjectRef] | None = None,
+    predict_unlabelled: bool = False,
 ) -> None:
     """The Tune function trainable: one TorchTrainer whose rank-0 reports reach Tune through
     ``TuneReportCallback``. The trainer's name is the Tune trial id, so a restored search
@@ -129,6 +131,8 @@ def run_trial(
         max_failures=max_failures,
         stop_flag=stop_flag,
         keep_checkpoints=None,  # a stopped trial's last epochs must not evict what Tune saw
+        pseudo_ref=pseudo_ref[0] if pseudo_ref else None,
+        predict_unlabelled=predict_unlabelled,
     )
     trainer.fit()
 
@@ -163,7 +167,12 @@ def build_tuner(
     callbacks: list[Any] | None = None,
     resume: bool = False,
     verbose: int = 1,
+    pseudo_ref: ray.ObjectRef | None = None,
+    predict_unlabelled: bool = False,
 ) -> tune.Tuner:
+    """The search's Tuner. ``pseudo_ref``: an earlier search's pseudo-labels, for trials with
+    ``pseudo_labels``; ``predict_unlabelled``: trials also predict the training videos'
+    unlabelled frames (this search will make pseudo-labels)."""
     import optuna
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
@@ -176,6 +185,8 @@ def build_tuner(
         gpus_per_worker=cfg.gpus_per_trial / cfg.workers_per_trial,
         cpus_per_worker=cfg.cpus_per_worker,
         max_failures=cfg.max_failures,
+        pseudo_ref=[pseudo_ref] if pseudo_ref is not None else None,
+        predict_unlabelled=predict_unlabelled,
     )
     # The function trainable only drives the trainer; the trainer's workers hold the CPUs and
     # GPUs. A zero-CPU bundle (with a token of memory, as Ray needs one non-zero resource)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import math
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,13 @@ class SearchSpace:
     @property
     def extractors(self) -> list[str]:
         return sorted({n for n in (*self.visual, *self.audio, *itertools.chain(*self.extra)) if n})
+
+    def with_choice(self, name: str, values: tuple[Any, ...]) -> SearchSpace:
+        """This space with ``name`` searched over ``values``, unless the file sets it."""
+        if any(p.name == name for p in self.parameters):
+            return self
+        extra = Parameter(name, "choice", tuple(values), {})
+        return replace(self, parameters=(*self.parameters, extra))
 
     def define_by_run(self, combos: list[str]) -> DefineByRun:
         return DefineByRun(self.parameters, tuple(combos), self.task)
