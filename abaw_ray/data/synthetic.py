@@ -466,8 +466,12 @@ def generate(
         valence = _smooth_trajectory(vrng, t, 1.6, hz)
         arousal = _smooth_trajectory(vrng, t, 1.4, hz)
         classes = _expression_classes(vrng, valence, arousal, float(fps), realism)
-        identity = _identity(vrng, realism)
-        actions = _actions(valence, arousal, classes, float(fps), vrng, identity, realism)
+        if realism is None:  # this order of draws is what the default corpus always had
+            actions = _actions(valence, arousal, classes, float(fps), vrng)
+            identity = _identity(vrng)
+        else:
+            identity = _identity(vrng, realism)
+            actions = _actions(valence, arousal, classes, float(fps), vrng, identity, realism)
         conditions = _frame_conditions(vrng, n, float(fps), realism) if realism else [None] * n
         faces = np.stack([draw_face(a, identity, vrng, c) for a, c in zip(actions, conditions)])
 
