@@ -231,3 +231,30 @@ def test_missing_faces_and_off_by_one_labels_are_not_fatal(corpus_root, tmp_path
     f.write_text("\n".join(lines + [lines[-1], lines[-1]]) + "\n")  # two lines longer
     summary = summarize(load_corpus(root))
     assert any(m["video"] == f.stem for m in summary["length_mismatches"])
+
+
+def test_the_default_generator_is_pinned(tmp_path):
+    """The embedded corpus is cached by GENERATOR_VERSION and every figure in the README was
+    measured on it: what seed 0 writes (labels, -5 / -1 stretches, which frames have a face,
+    the faces) must not change unless that version is bumped. Swapping two random draws, as a
+    refactor once did, changes the faces and fails here."""
+    import hashlib
+
+    import numpy as np
+    from PIL import Image
+
+    from abaw_ray.data.synthetic import GENERATOR_VERSION, generate
+
+    root = tmp_path / "c"
+    generate(root, videos=6, seed=0, seconds=(2.0, 3.0))
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.txt")):
+        digest.update(path.relative_to(root).as_posix().encode() + path.read_bytes())
+    for path in sorted(root.glob("cropped_aligned/*/*.jpg")):
+        digest.update(path.relative_to(root).as_posix().encode())
+    for path in sorted(root.glob("cropped_aligned/*/0000[12].jpg")):  # decoded, not the bytes
+        digest.update(np.asarray(Image.open(path)).tobytes())
+    assert GENERATOR_VERSION == 2
+    assert digest.hexdigest() == (
+        "64ba10628ad803adef4a4c3a67796df31b97c81a1c3f539771855ee1a95923c0"
+    )
