@@ -20,6 +20,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from abaw_ray.smoothing import choose_smoothing, smooth_predictions
 from abaw_ray.tasks import OFFICIAL_SCORE
 from abaw_ray.train.loop import TrialConfig, load_predictions
 from abaw_ray.train.prepare import prepare
-from abaw_ray.train.trainer import build_trainer
+from abaw_ray.train.trainer import fit_in_task
 from abaw_ray.tune.search import SearchConfig
 
 FEATURES = ("face_hog", "logmel")
@@ -91,30 +92,6 @@ SMOOTHING = "smoothing chosen on selection videos"
 CONTROL = "shifted labels (control)"
 
 
-@ray.remote(num_cpus=0)
-def fit_trial(
-    trial: TrialConfig,
-    bank_ref: list,
-    storage: str,
-    name: str,
-    pseudo_ref: list | None,
-    predict_unlabelled: bool,
-) -> str:
-    """One TorchTrainer run (its worker holds the CPU); the path of its best checkpoint."""
-    trainer = build_trainer(
-        trial,
-        bank_ref[0],
-        storage,
-        name,
-        pseudo_ref=pseudo_ref[0] if pseudo_ref else None,
-        predict_unlabelled=predict_unlabelled,
-    )
-    result = trainer.fit()
-    if not result.best_checkpoints:
-        raise RuntimeError(f"trial {name} ended without a checkpoint: {result.error}")
-    return result.best_checkpoints[0][0].path
-
-
 def run_rows(
     rows: dict[str, dict[str, Any]],
     base: dict[str, Any],
@@ -136,18 +113,21 @@ def run_rows(
     while queue or pending:
         while queue and len(pending) < at_once:
             row, seed, trial, name = queue.pop(0)
-            ref = fit_trial.remote(
-                trial,
+            ref = fit_in_task.remote(
+                asdict(trial),
                 [bank_ref],
                 storage,
                 name,
-                [pseudo_ref] if pseudo_ref is not None else None,
+                pseudo=[pseudo_ref] if pseudo_ref is not None else None,
                 predict_unlabelled=row == "base",
             )
             pending[ref] = (row, seed)
         (done,), _ = ray.wait(list(pending), num_returns=1)
         row, seed = pending.pop(done)
-        out[row][seed] = load_predictions(ray.get(done))
+        fitted = ray.get(done)
+        if fitted is None:
+            raise RuntimeError(f"{row}, seed {seed}: no epoch finished (see {storage})")
+        out[row][seed] = load_predictions(fitted[0].path)
     return out
 
 

@@ -78,3 +78,27 @@ def build_trainer(
             callbacks=callbacks,
         ),
     )
+
+
+@ray.remote(num_cpus=0)
+def fit_in_task(
+    trial: dict[str, Any],
+    data: list[ray.ObjectRef],
+    storage: str,
+    name: str,
+    pseudo: list[ray.ObjectRef] | None = None,
+    **kw: Any,
+) -> tuple[Any, dict[str, Any]] | None:
+    """A Ray task that builds (``build_trainer``, settings ``kw``) and fits one trial; its
+    best checkpoint and that checkpoint's metrics (None when no epoch finished). It holds no
+    CPU, the trainer's workers do, so the driver starts several and only waits. References
+    travel inside lists (``data``, ``pseudo``) so that Ray hands the task the references."""
+    pseudo_ref = pseudo[0] if pseudo else None
+    trainer = build_trainer(
+        TrialConfig.from_dict(trial), data[0], storage, name, pseudo_ref=pseudo_ref, **kw
+    )
+    result = trainer.fit()
+    if not result.best_checkpoints:
+        return None
+    checkpoint, metrics = result.best_checkpoints[0]
+    return checkpoint, dict(metrics)

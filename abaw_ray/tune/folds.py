@@ -37,7 +37,7 @@ from abaw_ray.tasks import OFFICIAL_SCORE, Task
 from abaw_ray.train.data import FeatureBank
 from abaw_ray.train.loop import TrialConfig, load_predictions
 from abaw_ray.train.prepare import Prepared
-from abaw_ray.train.trainer import build_trainer
+from abaw_ray.train.trainer import fit_in_task
 from abaw_ray.tune.search import SearchConfig, default_concurrency
 
 FOLDS_DIR = "folds"  # inside the search's folder, like the controls: never taken for a search
@@ -209,18 +209,6 @@ def combine_folds(
     )
 
 
-@ray.remote(num_cpus=0)
-def _fit_fold(trial: dict[str, Any], data: list[ray.ObjectRef], storage: str, name: str, **kw):
-    """A Ray task that trains one fold (``build_trainer``) and returns its best checkpoint and
-    that checkpoint's metrics (None when no epoch finished). It holds no CPU: the trainer's
-    workers do."""
-    result = build_trainer(TrialConfig.from_dict(trial), data[0], storage, name, **kw).fit()
-    if not result.best_checkpoints:
-        return None
-    checkpoint, metrics = result.best_checkpoints[0]
-    return checkpoint, dict(metrics)
-
-
 def run_folds(
     trial: TrialConfig,
     prepared: Prepared,
@@ -263,7 +251,7 @@ def run_folds(
     while queue or pending:
         while queue and len(pending) < at_once:
             i = queue.pop(0)
-            pending[_fit_fold.remote(config, [data[i]], storage, names[i], **settings)] = i
+            pending[fit_in_task.remote(config, [data[i]], storage, names[i], **settings)] = i
         (done,), _ = ray.wait(list(pending), num_returns=1)
         i = pending.pop(done)
         try:

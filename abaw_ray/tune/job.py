@@ -246,14 +246,14 @@ def train_control(
     prepared: Prepared,
     cfg: SearchConfig,
     run: dict[str, str],
-    changes: dict[str, Any] | None = None,
-    kind: str = "control",
+    changes: dict[str, Any],
+    kind: str,
 ) -> float:
-    """The best trial's settings with ``changes`` (default: trained on shifted labels and
-    masks); its selection score. Stored under the search's own folder, so it can never be
+    """The best trial's settings with ``changes`` (the control: shifted labels and masks);
+    its selection score. Stored under the search's own folder, so it can never be
     taken for a search; every epoch is logged to the MLflow run ``run`` (``uri``,
     ``run_id``)."""
-    trial = replace(TrialConfig.from_dict(best.config), **(changes or {"shuffle_labels": True}))
+    trial = replace(TrialConfig.from_dict(best.config), **changes)
     trainer = build_trainer(
         trial,
         prepared.bank_ref,
