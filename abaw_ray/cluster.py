@@ -26,6 +26,9 @@ import ray.data
 
 # Set by Ray's job supervisor in the environment of a submitted job's entrypoint.
 JOB_SUBMIT_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+# The descriptor of the job's console, for its Tune callbacks: a resumed search's callbacks
+# are the first run's, unpickled, and find this process's console here.
+CONSOLE_FD_ENV = "ABAW_RAY_CONSOLE_FD"
 RAY_LOGGERS = ("ray", "py.warnings")  # ray.tune, ray.train, ray.data ... propagate to "ray"
 
 
@@ -58,6 +61,12 @@ def submitted_job() -> bool:
     return JOB_SUBMIT_ENV in os.environ
 
 
+def starts_local_instance(address: str | None) -> bool:
+    """Whether a job given ``--address`` ``address`` starts its own local Ray instance (which
+    no autoscaler grows) rather than joining a cluster."""
+    return (address or os.environ.get("RAY_ADDRESS") or "local") == "local"
+
+
 def check_output_dir(output: Path) -> str | None:
     """Why ``output`` cannot hold a submitted job's results, or None. Under ``ray job submit``
     the job runs in a temporary copy of its working directory, deleted with the job: a
@@ -84,7 +93,7 @@ def init_ray(
         return
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     local = {}
-    if address == "local":
+    if starts_local_instance(address):
         # Ray Train's placement-group cleaner asks the State API for its controller, and the
         # State API finds the cluster by scanning the host: with another Ray instance on the
         # machine it fails, the cleaner dies, and a stopped trial's CPUs are never freed. The
@@ -208,6 +217,7 @@ def ray_output_to(log_file: Path | None) -> Iterator[Console]:
     ``log_file``; the job prints its own lines to the ``Console`` yielded, the terminal.
     ``log_file`` None: nothing is redirected."""
     if log_file is None:
+        os.environ[CONSOLE_FD_ENV] = str(sys.stdout.fileno())
         yield Console(sys.stdout, sys.stderr, sys.stdout.fileno())
         return
     log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -220,6 +230,7 @@ def ray_output_to(log_file: Path | None) -> Iterator[Console]:
         -1,
     )
     console.fd = console.out.fileno()
+    os.environ[CONSOLE_FD_ENV] = str(console.fd)
     with open(log_file, "a") as log:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)

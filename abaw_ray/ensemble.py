@@ -16,11 +16,12 @@ procedure, on all validation videos for the submission.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from abaw_ray.metrics import ccc, flatten_split, macro_f1, score_split
+from abaw_ray.pseudo import PseudoLabels, make_pseudo_labels
 from abaw_ray.smoothing import NO_SMOOTHING, Smoothing, candidates
 from abaw_ray.tasks import NUM_EXPR_CLASSES, OFFICIAL_SCORE, Task
 
@@ -237,4 +238,43 @@ def build_ensemble(
         submitted,
         apply_recipe(task, members, submitted.recipe, "val", everything),
         apply_recipe(task, members, submitted.recipe, "test", list(test_videos)),
+    )
+
+
+def ensemble_pseudo_labels(
+    task: Task,
+    members: Sequence[Member],
+    ens: EnsembleResult,
+    valid: dict[str, np.ndarray | None],
+    source: str,
+) -> PseudoLabels:
+    """Pseudo-labels of the training videos' unlabelled frames and of the test videos, made by
+    the recipe fitted on the selection videos alone (never the submitted one, which the
+    held-out videos helped fit): a later search that trains on them and holds out the same
+    videos (recorded in the file) scores them on videos nothing here chose by. EXPR
+    confidence is the class's probability before a mode filter (``make_pseudo_labels``)."""
+    recipe = ens.selection.recipe
+    unlabelled = sorted(set.intersection(*(set(m.unlabelled) for m in members)))
+    test = sorted(set.intersection(*(set(m.test) for m in members)))
+    predicted = {
+        **apply_recipe(task, members, recipe, "unlabelled", unlabelled),
+        **apply_recipe(task, members, recipe, "test", test),
+    }
+    probabilities = None
+    if any(s.kind == "mode" for s in recipe.smoothing.values()):
+        unfiltered = Recipe(
+            recipe.weights,
+            {k: NO_SMOOTHING if s.kind == "mode" else s for k, s in recipe.smoothing.items()},
+        )
+        probabilities = {
+            **apply_recipe(task, members, unfiltered, "unlabelled", unlabelled),
+            **apply_recipe(task, members, unfiltered, "test", test),
+        }
+    per_member = [{**m.unlabelled, **m.test} for m in members]
+    labelled = {v: valid.get(v) for v in predicted}
+    pseudo = make_pseudo_labels(task, predicted, per_member, labelled, source, probabilities)
+    return replace(
+        pseudo,
+        selection_videos=tuple(ens.selection.videos),
+        holdout_videos=tuple(v for v in ens.submitted.videos if v not in ens.selection.videos),
     )

@@ -1,21 +1,29 @@
 """Atomic writes: a reader sees the old file or the whole new one, never half of one.
 
-The new content goes to a hidden ``.<name>.<random>.partial`` file beside the target, is
-flushed to disk (fsync), renamed onto the target, and the folder entry is flushed too, so a
-crash or a power cut leaves the old file or the new one. Nothing reads ``.partial`` files as
-results; ``remove_partials`` clears what a killed writer left behind.
+The new content goes to a hidden ``.<name>.w-<host>-<pid>.<random>.partial`` file beside the
+target, is flushed to disk (fsync), renamed onto the target, and the folder entry is flushed
+too, so a crash or a power cut leaves the old file or the new one. Nothing reads ``.partial``
+files as results. ``remove_stale_partials`` clears what killed writers left behind and never
+a live writer's file, whatever job or host it belongs to (several jobs may share a folder).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 PARTIAL_MARK = ".partial"
 FILE_MODE = 0o644  # results are for people and other jobs to read; mkstemp makes them 0600
+# A partial file of another host, whose writer cannot be asked, counts as abandoned after this
+# long unchanged (an atomic write lasts seconds to minutes).
+STALE_PARTIAL_S = 24 * 3600
+WRITER = re.compile(r"\.w-(?P<host>.+)-(?P<pid>\d+)\.[^.]+" + re.escape(PARTIAL_MARK))
 
 
 def _fsync(path: Path, directory: bool = False) -> None:
@@ -33,8 +41,9 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     (``np.save`` appends ``.npy``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    writer = f"w-{socket.gethostname()}-{os.getpid()}"
     fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=f"{PARTIAL_MARK}{suffix}", dir=path.parent
+        prefix=f".{path.name}.{writer}.", suffix=f"{PARTIAL_MARK}{suffix}", dir=path.parent
     )
     os.close(fd)
     try:
@@ -59,15 +68,40 @@ def is_partial(path: str | Path) -> bool:
     return name.startswith(".") and PARTIAL_MARK in name
 
 
-def remove_partials(folder: str | Path) -> int:
-    """Delete the leftovers of killed atomic writes directly in ``folder``; how many.
-    Call it only where no writer is running (a job's start, before its own writes)."""
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_abandoned(path: Path, now: float | None = None) -> bool:
+    """Whether the partial file ``path`` was left by a writer that is gone: a process of this
+    host that no longer runs, or any writer when unchanged for ``STALE_PARTIAL_S``."""
+    now = time.time() if now is None else now
+    try:
+        age = now - path.stat().st_mtime
+    except FileNotFoundError:
+        return False  # renamed into place meanwhile
+    if age > STALE_PARTIAL_S:
+        return True
+    found = WRITER.search(path.name)  # None: a writer that did not sign its file
+    mine = found is not None and found["host"] == socket.gethostname()
+    return mine and not _pid_alive(int(found["pid"]))
+
+
+def remove_stale_partials(folder: str | Path) -> int:
+    """Delete the abandoned partial files directly in ``folder`` (``is_abandoned``); how
+    many. Safe while other jobs write there: a live writer's file stays."""
     folder = Path(folder)
     if not folder.is_dir():
         return 0
     removed = 0
     for p in folder.iterdir():
-        if p.is_file() and is_partial(p):
+        if p.is_file() and is_partial(p) and is_abandoned(p):
             p.unlink(missing_ok=True)
             removed += 1
     return removed

@@ -15,7 +15,7 @@ does with real labels: the same frames and weights, no relation to the faces.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,11 @@ class PseudoLabels:
     values: dict[str, np.ndarray]
     confidence: dict[str, np.ndarray]
     source: str = ""
+    # The videos the search that made them selected its recipe on, and those it held out: a
+    # search that trains on them must hold out the same ones (its held-out score would
+    # otherwise rest on videos these labels were selected on).
+    selection_videos: tuple[str, ...] = ()
+    holdout_videos: tuple[str, ...] = ()
 
     @property
     def frames(self) -> int:
@@ -61,7 +66,9 @@ class PseudoLabels:
             )
             values[v], confidence[v] = self.values[v].copy(), self.confidence[v].copy()
             values[v][carried], confidence[v][carried] = moved[v], moved_conf[v]
-        return PseudoLabels(self.task, values, confidence, f"{self.source} (shifted)")
+        return replace(
+            self, values=values, confidence=confidence, source=f"{self.source} (shifted)"
+        )
 
     def save(self, path: str | Path) -> Path:
         """One ``.npz`` (``values/<video>``, ``confidence/<video>``), written atomically."""
@@ -70,6 +77,8 @@ class PseudoLabels:
         arrays.update({f"confidence/{v}": c for v, c in self.confidence.items()})
         arrays["meta/task"] = np.array(self.task)
         arrays["meta/source"] = np.array(self.source)
+        arrays["meta/selection_videos"] = np.array(self.selection_videos, dtype=str)
+        arrays["meta/holdout_videos"] = np.array(self.holdout_videos, dtype=str)
         with atomic_path(path, suffix=".npz") as tmp:
             np.savez_compressed(tmp, **arrays)
         return path
@@ -94,9 +103,16 @@ class PseudoLabels:
                 elif kind == "confidence":
                     confidence[video] = data[name]
             task, source = str(data["meta/task"]), str(data["meta/source"])
+            if "meta/holdout_videos" not in data.files:
+                raise ValueError(
+                    f"{path}: made before pseudo-label files recorded their search's held-out "
+                    "videos; make them again with --make-pseudo-labels"
+                )
+            selection = tuple(str(v) for v in data["meta/selection_videos"])
+            held = tuple(str(v) for v in data["meta/holdout_videos"])
         if set(values) != set(confidence):
             raise ValueError(f"{path}: videos with values and with confidences differ")
-        return cls(task, values, confidence, source)  # type: ignore[arg-type]
+        return cls(task, values, confidence, source, selection, held)  # type: ignore[arg-type]
 
 
 def make_pseudo_labels(
@@ -105,16 +121,21 @@ def make_pseudo_labels(
     members: Sequence[Mapping[str, np.ndarray]],
     labelled: Mapping[str, np.ndarray | None],
     source: str = "",
+    probabilities: Mapping[str, np.ndarray] | None = None,
 ) -> PseudoLabels:
     """Pseudo-labels of every video in ``ensemble`` (its per-frame predictions: VA values or
     EXPR probabilities), confidence 0 on the frames ``labelled[v]`` marks as having a real
     label (``None``: a video with no labels, e.g. a test video). ``members``: each member's
-    predictions of the same videos (VA confidence is their agreement)."""
+    predictions of the same videos (VA confidence is their agreement). EXPR: the class is
+    ``ensemble``'s; its confidence is that class's probability in ``probabilities`` (default
+    ``ensemble``: give the probabilities before a mode filter, whose one-hot rows would make
+    every confidence 1)."""
     values, confidence = {}, {}
     for v, pred in ensemble.items():
         if task == "expr":
             values[v] = pred.argmax(-1).astype(np.int64)
-            conf = pred.max(-1).astype(np.float32)
+            probs = pred if probabilities is None else probabilities[v]
+            conf = np.take_along_axis(probs, values[v][:, None], -1)[:, 0].astype(np.float32)
         else:
             values[v] = pred.astype(np.float32)
             if len(members) > 1:

@@ -14,8 +14,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from abaw_ray.cluster import CONSOLE_FD_ENV  # noqa: E402
 from abaw_ray.metrics import ccc, confusion_matrix, flatten_split, score_split  # noqa: E402
-from abaw_ray.tasks import EXPR_CLASSES, OFFICIAL_SCORE, PRIMARY_METRIC, Task  # noqa: E402
+from abaw_ray.tasks import (  # noqa: E402
+    EXPR_CLASSES,
+    OFFICIAL_SCORE,
+    PRIMARY_METRIC,
+    TRIAL_ERROR,
+    Task,
+)
 
 
 def _save(fig, path: Path) -> Path:
@@ -231,9 +238,12 @@ def print_summary(task, ens, members, bank, summary, submission, control_of=None
         print("confusion matrix of the ensemble, all validation videos (rows: label):")
         print(format_confusion(*_expr_flat(ens.val, bank.labels, bank.valid, videos)))
     if control_of is not None:
+        pseudo = bool(control_of.config.get("pseudo_labels"))
         print(
             f"shifted-label control (trial {control_of.trial_id}'s settings, labels and masks "
-            f"shifted within each training video): {metric} {summary[f'control_{metric}']:.4f} "
+            f"shifted within each training video"
+            + (", its pseudo-labels with their confidences too" if pseudo else "")
+            + f"): {metric} {summary[f'control_{metric}']:.4f} "
             f"vs {control_of.best[metric]:.4f} on the same selection videos"
         )
         if f"no_pseudo_{metric}" in summary:
@@ -301,10 +311,11 @@ def print_cost(costs: Sequence, summary: dict[str, float], metric: str) -> None:
     )
 
 
-def trial_progress(metric: str, total: int, fd: int) -> Any:
-    """A Tune callback writing one line per finished trial to the file descriptor ``fd``
-    (the job's console): its number, settings, best selection score and its epoch, and
-    whether it was stopped early or failed."""
+def trial_progress(metric: str, total: int) -> Any:
+    """A Tune callback writing one line per finished trial to the job's console (the
+    descriptor ``CONSOLE_FD_ENV`` names, so that a resumed search's unpickled callback writes
+    to this process's console): its number, settings, best selection score and its epoch,
+    and whether it was stopped early or failed, with its error's last lines."""
     from ray.tune import Callback
 
     class TrialProgress(Callback):
@@ -323,21 +334,25 @@ def trial_progress(metric: str, total: int, fd: int) -> Any:
             finished = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
             done = len(finished | {trial.trial_id})  # a resumed search counts earlier ones
             cfg = trial.config
-            score, epoch = self.best.get(trial.trial_id, (np.nan, 0))
-            ran = self.last_epoch.get(trial.trial_id, 0)
-            if outcome == "done" and ran < int(cfg.get("epochs", ran)):
-                outcome = f"ended after epoch {ran} of {cfg['epochs']}: ASHA or patience"
-            line = (
-                f"trial {done}/{total} {trial.trial_id} {cfg.get('model')} "
-                f"{cfg.get('features')}: best {metric} {score:.4f} at epoch {epoch}"
-                + ("" if outcome == "done" else f" ({outcome})")
-            )
-            os.write(fd, (line + "\n").encode())
+            error = (trial.last_result or {}).get(TRIAL_ERROR)
+            if error:
+                line = f"trial {done}/{total} {trial.trial_id} failed: {error}"
+            else:
+                score, epoch = self.best.get(trial.trial_id, (np.nan, 0))
+                ran = self.last_epoch.get(trial.trial_id, 0)
+                if outcome == "done" and ran < int(cfg.get("epochs", ran)):
+                    outcome = f"ended after epoch {ran} of {cfg['epochs']}: ASHA or patience"
+                line = (
+                    f"trial {done}/{total} {trial.trial_id} {cfg.get('model')} "
+                    f"{cfg.get('features')}: best {metric} {score:.4f} at epoch {epoch}"
+                    + ("" if outcome == "done" else f" ({outcome})")
+                )
+            os.write(int(os.environ.get(CONSOLE_FD_ENV, "1")), (line + "\n").encode())
 
         def on_trial_complete(self, iteration, trials, trial, **info) -> None:
             self.line(trials, trial, "done")
 
         def on_trial_error(self, iteration, trials, trial, **info) -> None:
-            self.line(trials, trial, "failed: see the log")
+            self.line(trials, trial, "failed: its node or worker was lost; see the log")
 
     return TrialProgress()

@@ -16,3 +16,9 @@ NUM_EXPR_CLASSES = len(EXPR_CLASSES)
 # under for the validation videos it selects on.
 OFFICIAL_SCORE: dict[Task, str] = {"va": "ccc", "expr": "f1"}
 PRIMARY_METRIC: dict[Task, str] = {t: f"val_{s}" for t, s in OFFICIAL_SCORE.items()}
+
+# What a trial reports besides its scores: 1 on its last epoch (its epochs or patience spent;
+# a search's Tune stops it there, so a trial never ends with a result in flight), and the last
+# lines of an error its training code raised (the trial ends there, not retried).
+TRIAL_FINISHED = "trial_finished"
+TRIAL_ERROR = "trial_error"

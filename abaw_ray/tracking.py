@@ -1,19 +1,31 @@
 """MLflow tracking: one parent run per search, a child run per trial (``trial_callback``),
-and an ensemble run holding the submission, recipe and plots. A
-single trial (``jobs/train_*.py``) is one run that its rank-0 worker logs every epoch to.
+and an ensemble run holding the submission, recipe and plots. A single trial
+(``jobs/train_*.py``) or a control is one run, logged every epoch.
 
-The tracking URI is ``sqlite:///<output>/mlflow.db`` unless MLFLOW_TRACKING_URI says otherwise
-(MLflow 3 refuses plain ``file://`` stores).
+Only the job's driver process talks to MLflow. A search's trials reach it through Tune (its
+callbacks run in the driver); a single trial's rank-0 worker puts each epoch's metrics on a
+Ray queue that a thread of the driver drains into the run (``epoch_relay``). So a cluster's
+tracking server is reached from the head alone, and no worker writes a store.
+
+The tracking URI is MLFLOW_TRACKING_URI when set (on a cluster, the head's tracking server:
+the cluster configs set it), else ``sqlite:///<output>/mlflow.db`` (MLflow 3 refuses plain
+``file://`` stores). Creating that database's tables is done under a file lock, so two jobs
+that start on one new database at once both succeed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from abaw_ray.fsutil import atomic_write_text
+from abaw_ray.tasks import TRIAL_ERROR
 
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "trial_id"
@@ -40,17 +52,35 @@ def _client(uri: str):
     import mlflow
 
     mlflow.set_tracking_uri(uri)
-    return mlflow.MlflowClient(uri)
+    if not uri.startswith("sqlite:///"):
+        return mlflow.MlflowClient(uri)
+    # The first client of a new database creates and migrates its tables; two processes doing
+    # it at once collide ("duplicate column name: step"). One at a time; later it is a no-op.
+    from filelock import FileLock
+
+    with FileLock(f"{uri[len('sqlite:///') :]}.lock"):
+        client = mlflow.MlflowClient(uri)
+        client.search_experiments(max_results=1)
+    return client
 
 
 def experiment_id(client: Any, uri: str, experiment: str) -> str:
-    """The experiment's id, created (opening on the training-runs view) if it is new."""
+    """The experiment's id, created (opening on the training-runs view) if it is new; another
+    job creating it at the same moment is no error."""
+    from mlflow.exceptions import MlflowException
+
     exp = client.get_experiment_by_name(experiment)
     if exp is not None:
         return exp.experiment_id
-    return client.create_experiment(
-        experiment, artifact_location=artifact_location(uri), tags=EXPERIMENT_KIND
-    )
+    try:
+        return client.create_experiment(
+            experiment, artifact_location=artifact_location(uri), tags=EXPERIMENT_KIND
+        )
+    except MlflowException:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def parent_run(
@@ -120,7 +150,11 @@ def trial_callback(uri: str, experiment: str, parent_id: str) -> Any:
             _client(uri).log_batch(self.run_id(trial), metrics=metrics)
 
         def log_trial_end(self, trial: Any, failed: bool = False) -> None:
-            _client(uri).set_terminated(self.run_id(trial), "FAILED" if failed else "FINISHED")
+            client = _client(uri)
+            error = (trial.last_result or {}).get(TRIAL_ERROR)
+            if error:  # the trial's training code raised: it ended there, not retried
+                client.set_tag(self.run_id(trial), "error", str(error)[:5000])
+            client.set_terminated(self.run_id(trial), "FAILED" if failed or error else "FINISHED")
 
     return TrialRuns()
 
@@ -182,12 +216,45 @@ def log_trial_metrics(
             client.log_metric(run.info.run_id, k, float(v))
 
 
-def log_epoch(tracking: dict[str, str], metrics: dict[str, float], step: int) -> None:
-    """From a Train worker (rank 0): one epoch's metrics into the run the driver opened
-    (``tracking``: ``{"uri": ..., "run_id": ...}``)."""
-    client = _client(tracking["uri"])
-    for k, v in metrics.items():
-        client.log_metric(tracking["run_id"], k, float(v), step=step)
+def log_epoch(relay: list[Any], metrics: dict[str, float], step: int) -> None:
+    """From a Train worker (rank 0): one epoch's metrics onto the driver's ``epoch_relay``
+    (a list holding its queue)."""
+    relay[0].put((step, {k: float(v) for k, v in metrics.items()}))
+
+
+@contextlib.contextmanager
+def epoch_relay(uri: str, run_id: str) -> Iterator[list[Any]]:
+    """A Ray queue for a trial's workers (``log_epoch``), drained by a thread of this process
+    into the MLflow run ``run_id`` until the block ends (then emptied once more). Yields the
+    queue in a list, as a trainer's config carries handles."""
+    from mlflow.entities import Metric
+    from ray.util.queue import Empty, Queue
+
+    queue = Queue(actor_options={"num_cpus": 0})
+    done = threading.Event()
+
+    def drain() -> None:
+        client = _client(uri)
+        while True:
+            try:
+                step, metrics = queue.get(timeout=0.5)
+            except Empty:
+                if done.is_set():
+                    return
+                continue
+            client.log_batch(
+                run_id,
+                metrics=[Metric(k, v, int(time.time() * 1000), step) for k, v in metrics.items()],
+            )
+
+    thread = threading.Thread(target=drain, daemon=True)
+    thread.start()
+    try:
+        yield [queue]
+    finally:
+        done.set()
+        thread.join()
+        queue.shutdown()
 
 
 def finish_run(uri: str, run_id: str, metrics: dict[str, float], status: str = "FINISHED") -> None:

@@ -1,23 +1,26 @@
 """The search on an autoscaling cluster, locally: Ray's fake multi-node provider started from our
 own YAML (cluster/fake_multinode.yaml) with ``RAY_FAKE_CLUSTER=1 ray start --head
 --autoscaling-config=...`` (``ray.cluster_utils.AutoscalingCluster`` is broken in the 2.60
-wheel). The head offers no CPUs, so the search's tasks and trials make the autoscaler launch
-worker nodes; the search completes with a valid submission, and after the idle timeout the
-workers are removed: the node count rises from 1 and falls back to 1.
+wheel). The head offers no CPUs and no memory, as the cloud configs' head does, so the search's
+tasks and trials make the autoscaler launch worker nodes.
 
-A worker node is killed mid-trial (every process of it, SIGKILL): the trial's Ray Train worker
-group is restarted elsewhere from its last checkpoint (``FailureConfig``), the search completes
-and every trial is accounted for. The node killed is one that runs a trial's Train worker and
-nothing of a Tune trial itself: Ray places the trials' function actors (and the Train
-controllers pinned beside them) on a worker node as well, and the loss of those is not a worker
-failure that Train's FailureConfig retries.
+- The default path (no --concurrency): nodes rise from the head alone to max_workers in rounds
+  as trials start, the trials in flight stay within what the workers hold plus as many waiting,
+  trials' drivers and Train workers run on workers, the head (and the job's driver) stay under
+  a stated memory bound, and the workers go after the idle timeout.
+- A worker node is killed mid-trial (every process of it, SIGKILL): the trial's Ray Train worker
+  group is restarted elsewhere from its last checkpoint (``FailureConfig``), the search
+  completes and every trial is accounted for. The node killed is one that runs a trial's Train
+  worker and nothing of a Tune trial itself (its function actor, the Train controller pinned
+  beside it), whose loss is not a worker failure that Train's FailureConfig retries.
 
-The test stops what it started, by process id: the sessions of the head (whose monitor process
-starts the fake nodes), of the job and of the node watcher, and any process left that names this
-cluster's GCS port."""
+Each test stops what it started, by process id: the sessions of the head (whose monitor process
+starts the fake nodes), of the job and of the node watcher, and any process left that names
+this cluster's GCS port."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -26,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +40,7 @@ from abaw_ray.cluster import free_port
 from abaw_ray.data import load_corpus
 from abaw_ray.submission import validate_submission
 from abaw_ray.train.loop import TRIAL_JSON
-from tests.raytools import kill_session
+from tests.raytools import console_script, kill_session, ray_token_env
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -44,6 +48,13 @@ CONFIG = REPO / "cluster" / "fake_multinode.yaml"
 SPACE = REPO / "tests" / "data" / "small_va.yaml"
 EPOCHS = 12  # long enough a trial to be killed in the middle of it
 SAMPLES = 2
+MAX_WORKERS = 3  # cluster/fake_multinode.yaml's
+# What the head's Ray processes and the job's driver may hold together (PSS): 2.55 GB measured
+# with trial drivers kept off the head (GCS, dashboard, autoscaler, Train's cleaners, the job's
+# driver); one trial's drivers on the head would add 1.37 GB (bench/trial_drivers.py).
+HEAD_BOUND_GB = 3.5
+# A trial's driver processes: they must run on workers, never the head.
+TRIAL_DRIVERS = ("ray::ImplicitFunc", "ray::TrainController", "ray::StopFlag")
 # The fake provider's node ids: the head ...00000, its workers ...00001, ...00002 and on.
 FAKE_ID = re.compile(r"f{51}\d{5}")
 HEAD = "f" * 51 + "00000"
@@ -216,42 +227,76 @@ def _victim(output: Path, head_sid: int) -> tuple[str, str, int, list[Proc]] | N
     return None
 
 
-def test_search_scales_out_survives_a_lost_node_and_scales_back(corpus_root, tmp_path):
+@dataclass
+class FakeCluster:
+    """A running fake autoscaling cluster: its GCS address, the environment its clients use,
+    the node watcher, the head's session id, and every session to stop at the end."""
+
+    address: str
+    env: dict[str, str]
+    watch: NodeWatch
+    head_sid: int
+    sessions: list[int]
+
+    def start_job(self, args: list[str], log: Path) -> subprocess.Popen:
+        """``jobs/search_va.py --address <this cluster> ARGS`` in a session of its own."""
+        with log.open("w") as out:
+            job = subprocess.Popen(
+                [sys.executable, "jobs/search_va.py", "--address", self.address, *args],
+                cwd=REPO,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.sessions.append(job.pid)
+        return job
+
+
+@contextlib.contextmanager
+def fake_cluster(
+    tmp_path: Path, max_workers: int | None = None, worker_cpus: int | None = None
+) -> Iterator[FakeCluster]:
+    """cluster/fake_multinode.yaml pointed at a head of this test's own, started the way the
+    cloud configs start theirs (no CPU, no memory for Ray, token authentication with a token
+    the test makes); stopped, with every fake node, by the process ids it started."""
     port, dash, agent, client = free_port(), free_port(), free_port(), free_port()
     address = f"127.0.0.1:{port}"
-    # Our YAML, pointed at this test's head (the provider would default to port 6379).
     config = yaml.safe_load(CONFIG.read_text())
-    config["provider"]["gcs_address"] = address
+    config["provider"]["gcs_address"] = address  # the provider would default to port 6379
+    workers = [
+        t for n, t in config["available_node_types"].items() if n != config["head_node_type"]
+    ]
+    if max_workers is not None:
+        config["max_workers"] = max_workers
+        for node_type in workers:
+            node_type["max_workers"] = min(node_type["max_workers"], max_workers)
+    if worker_cpus is not None:
+        for node_type in workers:
+            node_type["resources"]["CPU"] = worker_cpus
     config_file = tmp_path / "fake_multinode.yaml"
     config_file.write_text(yaml.safe_dump(config))
-    space = yaml.safe_load(SPACE.read_text())
-    space["parameters"]["epochs"] = {"value": EPOCHS}
-    space["parameters"]["patience"] = {"value": EPOCHS}  # no early stop: every trial runs out
-    space_file = tmp_path / "space.yaml"
-    space_file.write_text(yaml.safe_dump(space))
-    output = tmp_path / "out"
-
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH"))
     }
+    # Token authentication with a token of the test's own (whatever HOME holds) on the head,
+    # its fake nodes (which inherit the head's environment), the watcher and the job.
+    env.update(ray_token_env(tmp_path))
     # Every process of this cluster, the fake nodes included, finds it by its own dashboard.
     env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dash}"
     head_env = {**env, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
-    client_env = {**env, "RAY_AUTH_MODE": "token"}  # the head keeps Ray's token authentication
-
     sessions: list[int] = []
-    watch = job = None
-    victim = None
-    killed_at = None
+    watch = None
     try:
         head = subprocess.Popen(
             [
-                "ray",
+                console_script("ray"),
                 "start",
                 "--head",
-                "--num-cpus=0",  # trials and tasks cannot run on the head
+                "--num-cpus=0",  # as the cloud configs' head: no CPU and no memory for Ray
+                "--memory=0",
                 f"--port={port}",
                 f"--dashboard-port={dash}",
                 f"--dashboard-agent-listen-port={agent}",
@@ -268,44 +313,108 @@ def test_search_scales_out_survives_a_lost_node_and_scales_back(corpus_root, tmp
         sessions.append(head.pid)
         out, _ = head.communicate(timeout=180)
         assert head.returncode == 0, out
-
-        watch = NodeWatch(address, client_env)
+        watch = NodeWatch(address, env)
         sessions.append(watch.proc.pid)
         watch.wait_for(lambda nodes: nodes == {HEAD: 0.0}, 60, "saw the head alone")
+        yield FakeCluster(address, env, watch, head.pid, sessions)
+    finally:
+        for sid in sessions:
+            kill_session(sid)
+        _kill(p.pid for p in _ours(_procs(), sessions, port))
+        if watch is not None:
+            watch.thread.join(timeout=10)
+        marker = Path("/tmp/ray/ray_current_cluster")  # let later ray.init() start afresh
+        if marker.is_file() and marker.read_text().strip().endswith(f":{port}"):
+            marker.unlink()
+    deadline = time.time() + 30  # SIGKILLed processes take a moment to be reaped
+    while (left := _ours(_procs(), sessions, port)) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not left, [(p.pid, p.cmdline[:80]) for p in left]
 
+
+def _small_space(tmp_path: Path, epochs: int) -> Path:
+    space = yaml.safe_load(SPACE.read_text())
+    space["parameters"]["epochs"] = {"value": epochs}
+    space["parameters"]["patience"] = {"value": epochs}  # no early stop: every trial runs out
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(yaml.safe_dump(space))
+    return space_file
+
+
+def _ray_status(cluster: FakeCluster) -> str:
+    """``ray status`` of the cluster: what a failure message shows of the autoscaler's view."""
+    status = subprocess.run(
+        [console_script("ray"), "status", "--address", cluster.address],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return status.stdout[-3000:] + status.stderr[-1000:]
+
+
+# How long the idle workers may stay after a search: the idle timeout, after Ray Train's
+# autoscaling requests of trials that Tune stopped (their controllers gone before cancelling
+# them) expire, 180 s after they were made.
+SCALE_DOWN_S = 300
+
+
+def _workers_gone(cluster: FakeCluster) -> float:
+    """The idle workers are removed: the GCS sees the head alone, their processes are gone;
+    the seconds it took."""
+    started = time.time()
+    try:
+        cluster.watch.wait_for(
+            lambda nodes: set(nodes) == {HEAD}, SCALE_DOWN_S, "saw the workers removed"
+        )
+    except AssertionError as err:
+        port = int(cluster.address.rsplit(":", 1)[1])
+        left = [
+            (p.node[-5:], p.cmdline[:60])
+            for p in _ours(_procs(), cluster.sessions, port)
+            if p.node not in (None, HEAD) and p.cmdline.startswith("ray::")
+        ]
+        raise AssertionError(f"{err}\nworkers' actors: {left}\n{_ray_status(cluster)}") from None
+    port = int(cluster.address.rsplit(":", 1)[1])
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        procs = _ours(_procs(), cluster.sessions, port)
+        workers = [p for p in procs if p.node not in (None, HEAD)]
+        if not workers:
+            return time.time() - started
+        time.sleep(0.5)
+    raise AssertionError([(p.pid, p.node, p.cmdline[:80]) for p in workers])
+
+
+def test_search_scales_out_survives_a_lost_node_and_scales_back(corpus_root, tmp_path):
+    space_file = _small_space(tmp_path, EPOCHS)
+    output = tmp_path / "out"
+    victim = None
+    killed_at = None
+    # One-CPU workers: a trial's Train worker fills a node of its own (the trials' drivers,
+    # a sliver of CPU each, share another), so a node runs a Train worker and nothing else.
+    with fake_cluster(tmp_path, worker_cpus=1) as cluster:
+        watch = cluster.watch
         job_log = tmp_path / "job.log"
-        with job_log.open("w") as log:
-            job = subprocess.Popen(
-                [
-                    sys.executable,
-                    "jobs/search_va.py",
-                    "--address",
-                    address,
-                    "--data",
-                    str(corpus_root),
-                    "--output",
-                    str(output),
-                    "--space",
-                    str(space_file),
-                    "--num-samples",
-                    str(SAMPLES),
-                    "--concurrency",
-                    "2",  # the head has no CPUs: the job cannot size it by the cluster
-                    "--scheduler",
-                    "none",
-                ],
-                cwd=REPO,
-                env=client_env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        sessions.append(job.pid)
-
+        job = cluster.start_job(
+            [
+                "--data",
+                str(corpus_root),
+                "--output",
+                str(output),
+                "--space",
+                str(space_file),
+                "--num-samples",
+                str(SAMPLES),
+                "--scheduler",
+                "none",
+            ],
+            job_log,
+        )
         # Mid-trial, a worker node goes: all of its processes, at once.
         deadline = time.time() + 420
         while victim is None and job.poll() is None and time.time() < deadline:
-            victim = _victim(output, head.pid)
+            victim = _victim(output, cluster.head_sid)
             if victim is None:
                 time.sleep(0.2)
         assert victim is not None, (
@@ -316,7 +425,7 @@ def test_search_scales_out_survives_a_lost_node_and_scales_back(corpus_root, tmp
         trial_id, node, ckpt_epoch, node_procs = victim
         layout = {}
         for p in _procs():
-            if p.sid == head.pid and p.cmdline.startswith("ray::") and p.node:
+            if p.sid == cluster.head_sid and p.cmdline.startswith("ray::") and p.node:
                 layout.setdefault(p.node[-5:], []).append(p.cmdline.split()[0][5:])
         _kill(p.pid for p in node_procs)
         killed_at = time.time()
@@ -325,31 +434,7 @@ def test_search_scales_out_survives_a_lost_node_and_scales_back(corpus_root, tmp
 
         job.wait(timeout=600)
         assert job.returncode == 0, job_log.read_text()[-5000:]
-
-        # The idle workers are removed: the GCS sees the head alone, their processes are gone.
-        watch.wait_for(lambda nodes: set(nodes) == {HEAD}, 120, "saw the workers removed")
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            workers = [p for p in _ours(_procs(), sessions, port) if p.node not in (None, HEAD)]
-            if not workers:
-                break
-            time.sleep(0.5)
-        assert not workers, [(p.pid, p.node, p.cmdline[:80]) for p in workers]
-    finally:
-        if job is not None and job.poll() is None:
-            job.kill()
-        for sid in sessions:
-            kill_session(sid)
-        leftovers = _ours(_procs(), sessions, port)
-        _kill(p.pid for p in leftovers)
-        if watch is not None:
-            watch.thread.join(timeout=10)
-        marker = Path("/tmp/ray/ray_current_cluster")  # let later ray.init() start afresh
-        if marker.is_file() and marker.read_text().strip().endswith(f":{port}"):
-            marker.unlink()
-    time.sleep(1)
-    left = _ours(_procs(), sessions, port)
-    assert not left, [(p.pid, p.cmdline[:80]) for p in left]
+        _workers_gone(cluster)
 
     changes = [
         s
@@ -364,14 +449,14 @@ def test_search_scales_out_survives_a_lost_node_and_scales_back(corpus_root, tmp
     )
 
     # The node count rose from the head alone to workers of one CPU each, as many as the YAML
-    # allows, and fell back to the head alone.
+    # allows (one for the drivers, one per trial's Train worker), and fell back to the head.
     counts = [len(s["nodes"]) for s in watch.samples]
     assert counts[0] == 1 and counts[-1] == 1, counts
-    assert max(counts) == 3, counts  # the head and max_workers (2) workers
-    peak = next(s["nodes"] for s in watch.samples if len(s["nodes"]) == 3)
+    assert max(counts) == 1 + MAX_WORKERS, counts
+    peak = next(s["nodes"] for s in watch.samples if len(s["nodes"]) == 1 + MAX_WORKERS)
     assert peak.pop(HEAD) == 0.0
     assert all(FAKE_ID.fullmatch(n) and cpus == 1.0 for n, cpus in peak.items()), peak
-    assert 1 in counts[counts.index(3) :], counts  # fell back after the peak
+    assert 1 in counts[counts.index(1 + MAX_WORKERS) :], counts  # fell back after the peak
 
     # The search completed with a valid submission, every trial accounted for.
     out = job_log.read_text()
@@ -398,3 +483,102 @@ def test_search_scales_out_survives_a_lost_node_and_scales_back(corpus_root, tmp
     trainer = next(output.glob(f"ray_results/search_va-*/trainers/train-{trial_id}"))
     after = [c for c in trainer.glob(f"checkpoint_*/{TRIAL_JSON}") if c.stat().st_mtime > killed_at]
     assert all(json.loads(c.read_text())["node_id"] != node for c in after), after
+
+
+def _in_flight(output: Path) -> int | None:
+    """Trials Tune holds PENDING or RUNNING, from its experiment state (saved every step);
+    None while there is none to read."""
+    states = sorted(output.glob("ray_results/search_va-*/experiment_state-*.json"))
+    if not states:
+        return None
+    try:
+        trials = [json.loads(t) for t, _ in json.loads(states[-1].read_text())["trial_data"]]
+    except (OSError, ValueError, KeyError):
+        return None  # being replaced
+    return sum(t["status"] in ("PENDING", "RUNNING") for t in trials)
+
+
+def _pss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def test_the_default_search_scales_out_paces_its_trials_and_spares_the_head(corpus_root, tmp_path):
+    """The default path as README gives it for a cluster: no --concurrency, a 0-CPU head,
+    workers declaring a GPU, more of them allowed than the first trials need."""
+    samples = 8
+    space_file = _small_space(tmp_path, 4)
+    output = tmp_path / "out"
+    seen: list[dict] = []
+    driver_nodes: set[str | None] = set()
+    with fake_cluster(tmp_path) as cluster:
+        job_log = tmp_path / "job.log"
+        job = cluster.start_job(
+            ["--data", str(corpus_root), "--output", str(output), "--space", str(space_file)]
+            + ["--num-samples", str(samples)],
+            job_log,
+        )
+        deadline = time.time() + 1200
+        while job.poll() is None and time.time() < deadline:
+            procs = _procs()
+            head = [
+                p
+                for p in procs
+                if (p.sid == cluster.head_sid and p.node in (None, HEAD)) or p.sid == job.pid
+            ]
+            training = sum(
+                p.cmdline.startswith("ray::RayTrainWorker")
+                for p in procs
+                if p.sid == cluster.head_sid
+            )
+            for p in procs:
+                if p.sid == cluster.head_sid and p.cmdline.startswith(TRIAL_DRIVERS):
+                    driver_nodes.add(p.node)
+            sample = cluster.watch.samples[-1] if cluster.watch.samples else {"nodes": {}}
+            seen.append(
+                {
+                    "nodes": len(sample["nodes"]),
+                    "in_flight": _in_flight(output),
+                    "training": training,
+                    "head_gb": sum(_pss_kb(p.pid) for p in head) / 1e6,
+                }
+            )
+            time.sleep(0.5)
+        job.wait(timeout=60)
+        assert job.returncode == 0, job_log.read_text()[-5000:]
+        flight = [s["in_flight"] for s in seen if s["in_flight"] is not None]
+        peak_head = max(s["head_gb"] for s in seen)
+        print(
+            f"nodes {max(s['nodes'] for s in seen)} at most; trials in flight at most "
+            f"{max(flight)}, training at most {max(s['training'] for s in seen)}; head and job "
+            f"driver at most {peak_head:.2f} GB PSS"
+        )
+        down = _workers_gone(cluster)
+        counts = [len(s["nodes"]) for s in cluster.watch.samples]
+        print(f"workers gone {down:.0f} s after the search ended")
+    # Nodes rose from the head alone to the YAML's max_workers and fell back after.
+    assert counts[0] == 1 and max(counts) == 1 + MAX_WORKERS and counts[-1] == 1, counts
+    # Never every sample at once: at every moment at most what the workers up so far hold
+    # (one trial a 2-CPU node, with the drivers' sliver) plus as many waiting, at least 2.
+    workers = 0
+    for s in seen:
+        workers = max(workers, s["nodes"] - 1)
+        if s["in_flight"] is not None:
+            assert s["in_flight"] <= workers + max(2, workers), (s, workers)
+    assert max(flight) <= 6 < samples, flight
+    assert max(s["training"] for s in seen) >= 2
+    # Trials' drivers and Train workers ran on workers only; the head stayed small.
+    assert driver_nodes and None not in driver_nodes and HEAD not in driver_nodes, driver_nodes
+    for ckpt in output.glob(f"ray_results/search_va-*/trainers/*/checkpoint_*/{TRIAL_JSON}"):
+        assert json.loads(ckpt.read_text())["node_id"] not in (HEAD, None)
+    assert peak_head < HEAD_BOUND_GB, peak_head
+    results = _tune_results(output)
+    assert len(results) == samples
+    (submission,) = output.glob("search_va-*/VA_submission.txt")
+    corpus = load_corpus(corpus_root)
+    assert validate_submission(submission, corpus.templates["va"]) == len(corpus.templates["va"])

@@ -3,10 +3,16 @@ trains on the -5 / -1 markers of unannotated frames."""
 
 from __future__ import annotations
 
+from dataclasses import asdict, replace
+from types import SimpleNamespace
+
 import numpy as np
 
 from abaw_ray.data.labels import shift_within_videos
+from abaw_ray.pseudo import PseudoLabels
 from abaw_ray.train.data import FeatureBank, WindowSampler, shifted_labels, training_windows
+from abaw_ray.train.loop import TrialConfig, trial_targets
+from abaw_ray.tune.controls import control_runs
 
 
 def _labels(n: int, gap: slice) -> tuple[np.ndarray, np.ndarray]:
@@ -85,3 +91,53 @@ def test_control_batches_hold_no_invalid_targets():
     )
     assert any(not np.array_equal(valid[v], bank.valid[v]) for v in bank.splits["train"])
     assert valid["v0"] is bank.valid["v0"]  # validation is scored on the true labels
+
+
+def _pseudo_bank():
+    """A bank of one training video labelled on its first 40 frames, a selection and a
+    held-out video, a test video; and pseudo-labels of the unlabelled frames of all of them."""
+    n = 80
+    labelled = np.arange(n) < 40
+    labels = {v: np.where(labelled, np.arange(n) % 8, -1) for v in ("a", "s", "h")}
+    valid = {v: labelled.copy() for v in ("a", "s", "h")}
+    splits = {"train": ("a",), "val": ("s",), "holdout": ("h",), "test": ("t",)}
+    bank = SimpleNamespace(splits=splits, labels=labels, valid=valid)  # what trial_targets reads
+    conf = np.where(labelled, 0.0, np.linspace(0.2, 1.0, n)).astype(np.float32)
+    pseudo = PseudoLabels(
+        "expr",
+        {v: (np.arange(n) * 3 + 1) % 8 for v in ("a", "s", "h", "t")},
+        {v: conf if v != "t" else np.full(n, 0.7, np.float32) for v in ("a", "s", "h", "t")},
+    )
+    return bank, pseudo
+
+
+def test_a_pseudo_label_trials_control_shifts_every_target_it_trains_on():
+    """The control of a trial that trained on pseudo-labels shifts them with the real labels:
+    left in place they carry signal from models that saw the real labels, so the control
+    would not be a null. It trains on as many frames, with the same weights, none of them on
+    its own target."""
+    bank, pseudo = _pseudo_bank()
+    trial = TrialConfig(task="expr", pseudo_labels=True)
+    videos, lab, ok, w = trial_targets(trial, bank, pseudo)
+    assert videos == ("a", "t")  # the selection and held-out videos are never trained on
+    control = replace(trial, **control_runs(asdict(trial))["control"])
+    cvideos, clab, cok, cw = trial_targets(control, bank, pseudo)
+    assert cvideos == videos
+    for v in videos:
+        assert cok[v].sum() == ok[v].sum() and sorted(cw[v]) == sorted(w[v])
+        same = (clab[v] == lab[v]) & cok[v] & ok[v]
+        assert same.mean() < 0.2, (v, same.mean())
+    assert control_runs({"model": "tcn"}) == {"control": {"shuffle_labels": True}}
+    runs = control_runs({"model": "tcn", "pseudo_labels": True})
+    assert runs["no_pseudo"] == {"pseudo_labels": False}
+    assert runs["pseudo_shifted"] == {"shuffle_pseudo_labels": True}
+
+
+def test_the_pseudo_control_moves_only_the_pseudo_labels():
+    bank, pseudo = _pseudo_bank()
+    trial = TrialConfig(task="expr", pseudo_labels=True)
+    _, lab, ok, _ = trial_targets(trial, bank, pseudo)
+    _, plab, pok, _ = trial_targets(replace(trial, shuffle_pseudo_labels=True), bank, pseudo)
+    real = bank.valid["a"]
+    np.testing.assert_array_equal(plab["a"][real], lab["a"][real])  # real labels in place
+    assert (plab["a"][~real] != lab["a"][~real]).mean() > 0.5

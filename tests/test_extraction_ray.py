@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,19 +19,19 @@ from abaw_ray.features import create_extractor
 from abaw_ray.features.pipeline import ExtractionConfig, decode_faces, extract_features
 from abaw_ray.features.store import FeatureStore
 from tests.media import write_video_without_audio
-from tests.raytools import kill_session, session_pids
+from tests.raytools import Pauses, kill_session, session_pids
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 JOB = [sys.executable, str(REPO / "jobs" / "extract_features.py")]
 
 
-def _run_job(args: list[str], **kw) -> subprocess.Popen:
+def _run_job(args: list[str], pauses: Pauses | None = None, **kw) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
     return subprocess.Popen(
         JOB + args,
         cwd=REPO,
-        env=env,
+        env={**env, **(pauses.env if pauses else {})},
         start_new_session=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -57,30 +56,21 @@ def _args(corpus_root: Path, store_dir: Path, extractors: str) -> list[str]:
     ]
 
 
-def _first_videos(proc: subprocess.Popen, manifest: Path) -> dict:
-    """Polls the manifest until the job has recorded a video (the kill point is a state)."""
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if manifest.is_file():
-            done = json.loads(manifest.read_text())["videos"]
-            if done:
-                return done
-        time.sleep(0.05)
-    raise AssertionError("no video finished before the deadline")
-
-
 def test_killed_extraction_resumes_without_recomputing(corpus_root, tmp_path):
     store_dir = tmp_path / "store"
     args = _args(corpus_root, store_dir, "mobilenetv3,logmel")
     manifest = store_dir / "mobilenetv3.tiny" / "manifest.json"
     total = len(load_corpus(corpus_root).videos)
-    proc = _run_job(args)
+    # The driver pauses once the first video is in the manifest; the kill lands there.
+    pauses = Pauses(tmp_path / "pause", "video_recorded")
+    proc = _run_job(args, pauses)
     try:
-        done = _first_videos(proc, manifest)
+        (first,) = pauses.wait("video_recorded", 1, proc)
     finally:
         kill_session(proc.pid)
         proc.communicate()
-    assert 0 < len(done) < total, "the kill should land half-way"
+    done = json.loads(manifest.read_text())["videos"]
+    assert list(done) == [first] and total > 1
     mtimes = {v: (store_dir / "mobilenetv3.tiny" / f"{v}.npy").stat().st_mtime_ns for v in done}
     # Nothing half-written: every array present loads whole.
     for f in store_dir.rglob("*.npy"):
@@ -174,9 +164,11 @@ def test_a_writer_killed_mid_extraction_leaves_no_truncated_array(corpus_root, t
     args = _args(corpus_root, store_dir, "mobilenetv3")
     manifest = store_dir / "mobilenetv3.tiny" / "manifest.json"
     total = len(load_corpus(corpus_root).videos)
-    proc = _run_job(args)
+    # The driver pauses once the first video is in the manifest; the writer is killed there.
+    pauses = Pauses(tmp_path / "pause", "video_recorded")
+    proc = _run_job(args, pauses)
     try:
-        _first_videos(proc, manifest)
+        (first,) = pauses.wait("video_recorded", 1, proc)
         # The worker that writes the arrays, found among this job's own processes.
         (writer,) = [
             pid
@@ -184,6 +176,7 @@ def test_a_writer_killed_mid_extraction_leaves_no_truncated_array(corpus_root, t
             if b"FaceWriter" in Path(f"/proc/{pid}/cmdline").read_bytes()
         ]
         os.kill(writer, signal.SIGKILL)
+        pauses.release("video_recorded")  # every video from now on
         out, _ = proc.communicate(timeout=300)
     finally:
         kill_session(proc.pid)

@@ -86,3 +86,94 @@ def test_videos_a_trial_is_scored_on_never_train_on_pseudo_labels():
     # "b" is a fold's validation video: its pseudo-labelled frames must not be trained on
     videos, *_ = training_targets(labels, valid, pseudo, ["a"], exclude=["b"])
     assert videos == ("a", "t")
+
+
+def _members(task: str, videos: dict[str, int], n: int, seed: int):
+    """``n`` trials' predictions of every video (labelled ones as ``val``), noisy copies of a
+    shared signal, each with its own quality."""
+    from abaw_ray.ensemble import Member
+
+    rng = np.random.default_rng(seed)
+    width = 2 if task == "va" else 8
+    base = {v: rng.normal(size=(t, width)).astype(np.float32) for v, t in videos.items()}
+    members = []
+    for i in range(n):
+        noisy = {v: b + rng.normal(scale=1.0 + 0.1 * i, size=b.shape) for v, b in base.items()}
+        if task == "va":
+            noisy = {v: np.tanh(x).astype(np.float32) for v, x in noisy.items()}
+        else:
+            noisy = {v: np.exp(x) / np.exp(x).sum(-1, keepdims=True) for v, x in noisy.items()}
+        val = {v: x for v, x in noisy.items() if v.startswith(("s", "h"))}
+        test = {v: x for v, x in noisy.items() if v.startswith("t")}
+        unlabelled = {v: x for v, x in noisy.items() if v.startswith("u")}
+        members.append(Member(f"m{i}", val, test, f"trial {i}", unlabelled))
+    return base, members
+
+
+@pytest.mark.parametrize("task", ["va", "expr"])
+def test_pseudo_labels_do_not_depend_on_the_held_out_labels(task):
+    """Pseudo-labels are made with the recipe fitted on the selection videos alone: changing
+    only the held-out videos' labels changes nothing of them (the submitted recipe is refit
+    on the held-out videos too, and used to leak them into a later search)."""
+    from abaw_ray.ensemble import build_ensemble, ensemble_pseudo_labels
+
+    frames = {"s1": 300, "s2": 300, "h1": 300, "h2": 300, "u1": 200, "t1": 200}
+    base, members = _members(task, frames, 4, seed=1)
+    labelled = [v for v in frames if v[0] in "sh"]
+    if task == "va":
+        labels = {v: np.tanh(base[v]) for v in labelled}
+    else:
+        labels = {v: base[v].argmax(-1) for v in labelled}
+    valid = {v: np.ones(frames[v], bool) for v in labelled}
+    valid["u1"] = np.arange(200) < 50  # a training video, labelled on its first 50 frames
+    selection, held = ["s1", "s2"], ["h1", "h2"]
+
+    def pseudo(labels):
+        ens = build_ensemble(task, members, selection, held, ["t1"], labels, valid)
+        return ens, ensemble_pseudo_labels(task, members, ens, valid, "search-1")
+
+    ens, first = pseudo(labels)
+    flipped = dict(labels)
+    for v in held:  # the held-out labels replaced by the worst member's own predictions
+        own = members[-1].val[v]
+        flipped[v] = own if task == "va" else own.argmax(-1)
+    ens2, second = pseudo(flipped)
+    assert ens.submitted.recipe != ens2.submitted.recipe  # what would have leaked
+    for v in ("u1", "t1"):
+        np.testing.assert_array_equal(first.values[v], second.values[v])
+        np.testing.assert_array_equal(first.confidence[v], second.confidence[v])
+    assert first.selection_videos == ("s1", "s2") and first.holdout_videos == ("h1", "h2")
+    assert not (first.confidence["u1"][:50] > 0).any() and (first.confidence["u1"][50:] > 0).any()
+
+
+def test_expr_pseudo_confidence_stays_a_probability_under_the_mode_filter():
+    """With the mode filter chosen, the class is the filtered one but its confidence is the
+    ensemble's probability of that class (one-hot rows would make every frame 1.0)."""
+    from abaw_ray.ensemble import Recipe, ensemble_pseudo_labels
+    from abaw_ray.smoothing import Smoothing
+
+    probs = np.array([[0.6, 0.4], [0.3, 0.7], [0.55, 0.45], [0.52, 0.48], [0.9, 0.1]], np.float32)
+    probs = np.pad(probs, ((0, 0), (0, 6)))
+    from abaw_ray.ensemble import EnsembleResult, Fit, Member
+
+    member = Member("m0", {}, {"t": probs}, "", {})
+    recipe = Recipe({"classes": {"m0": 1.0}}, {"classes": Smoothing("mode", 3)})
+    fit = Fit(recipe, ("s",), {"f1": 0.5}, ("m0", {"f1": 0.5}))
+    ens = EnsembleResult(fit, {}, fit, {}, {})
+    p = ensemble_pseudo_labels("expr", [member], ens, {"t": None}, "x")
+    # mode of [0, 1, 0, 0, 0] over 3 frames: 0 everywhere; confidence P(class 0) per frame
+    np.testing.assert_array_equal(p.values["t"], [0, 0, 0, 0, 0])
+    np.testing.assert_allclose(p.confidence["t"], [0.6, 0.3, 0.55, 0.52, 0.9], atol=1e-6)
+
+
+def test_the_file_keeps_the_videos_its_search_selected_on_and_held_out(tmp_path):
+    p = PseudoLabels(
+        "va",
+        {"t": np.zeros((3, 2), np.float32)},
+        {"t": np.ones(3, np.float32)},
+        "search-1",
+        selection_videos=("s1", "s2"),
+        holdout_videos=("h1",),
+    )
+    back = PseudoLabels.load(p.save(tmp_path / "pseudo_labels.npz"))
+    assert back.selection_videos == ("s1", "s2") and back.holdout_videos == ("h1",)

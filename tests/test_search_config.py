@@ -38,11 +38,15 @@ def test_default_names_sort_by_start_time():
     assert a.startswith("search_va-") and a < b
 
 
-def test_flags_override_the_config_defaults_and_only_those():
+def test_flags_override_the_config_defaults_and_only_those(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     space = load_search_space(REPO / "search_spaces" / "embedded_va.yaml")
     parser = search_parser("va", None)
     defaults = search_config(parser.parse_args([]), space, "/s")
-    assert defaults == SearchConfig(space=space, storage_path="/s", name=None)
+    # A job on its own local instance: no autoscaler to wait for, no head to spare.
+    assert defaults == SearchConfig(space=space, storage_path="/s", name=None, local_instance=True)
+    joined = search_config(parser.parse_args(["--address", "10.0.0.1:6379"]), space, "/s")
+    assert joined == SearchConfig(space=space, storage_path="/s", name=None)
     assert defaults.holdout == SearchConfig.holdout and defaults.num_samples == 8
     given = search_config(
         parser.parse_args(["--num-samples", "3", "--holdout", "0", "--top-k", "2"]), space, "/s"
@@ -53,21 +57,119 @@ def test_flags_override_the_config_defaults_and_only_those():
     assert "(default: 8)" in help_text and "(default: 0.333)" in help_text
 
 
+def _nodes(*resources: dict[str, float], dead: int = 0) -> list[dict]:
+    """What ``ray.nodes()`` says of nodes with these resources (and ``dead`` dead ones)."""
+    alive = [{"Alive": True, "Resources": r} for r in resources]
+    return alive + [{"Alive": False, "Resources": {"CPU": 64.0}}] * dead
+
+
 @pytest.mark.parametrize(
-    "resources, expected",
+    "nodes, gpus, local, expected",
     [
-        ({"CPU": 3.0}, 3),  # three 1-CPU trials fit now
-        ({"CPU": 16.0, "GPU": 1.0}, 4),  # 0.25 GPU a trial: the GPU fits four
-        ({"CPU": 0.0}, 8),  # an autoscaling cluster's CPU-0 head alone: all, to scale up
-        ({}, 8),
+        (_nodes({"CPU": 3.0}), 0.0, True, 3),  # three 1-CPU trials on a local instance
+        (_nodes({"CPU": 3.0}), 0.0, False, 2),  # on a cluster each driver takes a sliver too
+        (_nodes({"CPU": 2.0}, {"CPU": 2.0}, {"CPU": 2.0}), 0.0, False, 3),  # one a node
+        (_nodes({"CPU": 16.0, "GPU": 1.0}), 0.25, False, 4),  # 0.25 GPU a trial: four
+        (_nodes({"CPU": 0.0}, {"CPU": 16.0}, dead=2), 0.0, False, 15),  # a 0-CPU head
+        (_nodes({"CPU": 0.0}), 0.0, False, 0),  # an autoscaling cluster's head alone
+        ([], 0.0, False, 0),
     ],
 )
-def test_default_concurrency_fits_the_cluster_or_lets_it_scale(resources, expected, monkeypatch):
+def test_trials_fitting_counts_each_nodes_cpus_gpus_and_the_drivers_share(
+    nodes, gpus, local, expected
+):
+    from abaw_ray.tune.search import trials_fitting
+
+    space = load_search_space(SPACE)
+    cfg = SearchConfig(space, "/tmp", "s", gpus_per_trial=gpus, local_instance=local)
+    assert trials_fitting(nodes, cfg) == expected
+
+
+@pytest.mark.parametrize(
+    "fit, settings, expected",
+    [
+        (0, {}, 2),  # nothing up yet: two trials wait, so the autoscaler launches nodes
+        (4, {}, 8),  # four run: four more may wait (the cluster doubles a round)
+        (4, {"max_concurrent": 5}, 5),  # --concurrency caps it
+        (3, {"local_instance": True}, 3),  # a local instance: what fits, nothing waits
+        (0, {"local_instance": True}, 1),  # ... and at least one, whatever fits
+    ],
+)
+def test_trials_at_once_grow_with_the_cluster_and_bound_the_waiting(fit, settings, expected):
+    from abaw_ray.tune.search import trials_at_once
+
+    cfg = SearchConfig(load_search_space(SPACE), "/tmp", "s", num_samples=200, **settings)
+    assert trials_at_once(cfg, fit) == expected
+
+
+def test_paced_limiter_hands_out_trials_as_the_cluster_grows(monkeypatch):
+    """200 samples on an autoscaling cluster: two trials while the head is alone, more as
+    nodes join, one more each time one ends; never all 200 at once."""
+    import copy
+
+    import ray
+    from ray.tune.search import Searcher
+
+    from abaw_ray.tune.search import PacedLimiter
+
+    class Counting(Searcher):
+        def __init__(self) -> None:
+            super().__init__(metric="val_ccc", mode="max")
+            self.suggested: list[str] = []
+            self.completed: list[str] = []
+
+        def suggest(self, trial_id):
+            self.suggested.append(trial_id)
+            return {"lr": 0.001}
+
+        def on_trial_complete(self, trial_id, result=None, error=False):
+            self.completed.append(trial_id)
+
+    nodes = _nodes({"CPU": 0.0})
+    monkeypatch.setattr(ray, "nodes", lambda: nodes)
+    inner = Counting()
+    cfg = SearchConfig(load_search_space(SPACE), "/tmp", "s", num_samples=200)
+    limiter = PacedLimiter(inner, cfg)
+
+    def ask(n: int) -> list[str]:
+        given = [f"t{len(inner.suggested) + i}" for i in range(n)]
+        return [t for t in given if limiter.suggest(t) is not None]
+
+    assert len(ask(10)) == 2  # the head alone: 2 wait for the autoscaler
+    nodes = _nodes({"CPU": 0.0}, {"CPU": 16.0}, {"CPU": 16.0})  # two 16-CPU workers joined
+    assert len(ask(100)) == 58  # 15 a node (with the drivers' share) + 30 waiting, 2 asked
+    limiter.on_trial_complete(inner.suggested[0], {"val_ccc": 0.5})
+    assert inner.completed == [inner.suggested[0]]  # TPE learns as trials end
+    assert len(ask(5)) == 1  # one ended, one more
+    nodes = _nodes({"CPU": 0.0}, dead=2)  # every worker gone
+    assert ask(5) == []
+    state = copy.deepcopy(limiter.get_state())  # what Tune saves to resume
+    assert len(state["live_trials"]) == 60 and state["pacing"].num_samples == 200
+
+
+@pytest.mark.parametrize(
+    "raised, stopped",
+    [("GetTimeoutError", False), ("RayActorError", True), (None, True)],
+)
+def test_a_slow_stop_flag_is_not_a_stop_but_a_dead_one_is(raised, stopped, monkeypatch):
+    """A trial asks its stop flag each epoch: a loaded node answering late must not end the
+    trial (that ended trials early, mid-search, on a busy fake cluster); a flag gone with its
+    Tune trial, or one that says so, stops it."""
     import ray
 
-    from abaw_ray.tune.search import default_concurrency
+    from abaw_ray.train.loop import stop_requested
 
-    monkeypatch.setattr(ray, "cluster_resources", lambda: resources)
-    gpus = 0.25 if "GPU" in resources else 0.0
-    cfg = SearchConfig(load_search_space(SPACE), "/tmp", "s", num_samples=8, gpus_per_trial=gpus)
-    assert default_concurrency(cfg) == expected
+    class Flag:
+        class is_set:  # noqa: N801 - an actor method's shape: flag.is_set.remote()
+            @staticmethod
+            def remote():
+                return "ref"
+
+    def get(ref, timeout=None):
+        if raised is not None:
+            raise getattr(ray.exceptions, raised)()
+        return True
+
+    monkeypatch.setattr(ray, "get", get)
+    assert stop_requested({"stop_flag": [Flag()]}) is stopped
+    assert stop_requested({"stop_flag": None}) is False

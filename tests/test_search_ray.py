@@ -15,12 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from abaw_ray.data import load_corpus
 from abaw_ray.metrics import score_split
 from abaw_ray.submission import validate_submission
 from abaw_ray.train.loop import TRIAL_JSON, load_predictions
-from tests.raytools import kill_session
+from tests.raytools import Pauses, console_script, kill_session, ray_token_env, venv_env
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -35,11 +36,11 @@ def _env() -> dict[str, str]:
     }
 
 
-def _job(args: list[str]) -> subprocess.Popen:
+def _job(args: list[str], pauses: Pauses | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(REPO / "jobs" / "search_va.py"), *args],
         cwd=REPO,
-        env=_env(),
+        env={**_env(), **(pauses.env if pauses else {})},
         start_new_session=True,
         text=True,
         stdout=subprocess.PIPE,
@@ -63,28 +64,6 @@ def _trainers(output: Path) -> dict[str, list[str]]:
 def _checkpoints(trainer: Path) -> list[Path]:
     """A Train run's checkpoint folders (not its checkpoint_manager_snapshot.json)."""
     return sorted(c for c in trainer.glob("checkpoint_*") if c.is_dir())
-
-
-def _wait_for_trainers(proc: subprocess.Popen, output: Path, count: int) -> None:
-    """Until the search has started its ``count``-th trial (sequential trials: the ones
-    before it have finished), polling its folders: the kill point is a state, not a time."""
-    deadline = time.time() + 400
-    while time.time() < deadline and proc.poll() is None:
-        if len(_trainers(output)) >= count:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"the search never started trial {count}: {_trainers(output)}")
-
-
-def _read_until(proc: subprocess.Popen, text: str) -> list[str]:
-    """The job's output lines up to and including the first holding ``text`` (its lines are
-    line-buffered, so the line arrives as it is printed)."""
-    seen = []
-    for line in proc.stdout:
-        seen.append(line.rstrip("\n"))
-        if text in line:
-            return seen
-    raise AssertionError(f"the job ended without printing {text!r}: {seen[-20:]}")
 
 
 def _runs(output: Path) -> list[tuple[str, str, str | None]]:
@@ -122,19 +101,19 @@ def test_killed_and_interrupted_search_resumes_exactly(corpus_root, tmp_path):
         "--concurrency",
         "1",
     ]
-    # 1. Killed outright (SIGKILL to the job and its Ray) just as the second trial starts.
-    proc = _job(args)
+    # 1. Killed outright (SIGKILL to the job and its Ray) as the second trial starts: the
+    # trial is held at its start (a pause point) until the kill has landed.
+    pauses = Pauses(tmp_path / "pause1", "trial_start")
+    proc = _job(args, pauses)
     try:
-        _wait_for_trainers(proc, output, 2)
+        pauses.hold_at("trial_start", 2, proc)
     finally:
         kill_session(proc.pid)
         proc.communicate()
     search = _search_dir(output)
-    first = min(
-        (n for n, ckpts in _trainers(output).items() if ckpts),
-        key=lambda n: (search / "trainers" / n).stat().st_mtime,
-    )
+    (first,) = [n for n, ckpts in _trainers(output).items() if ckpts]
     first_ckpts = _trainers(output)[first]
+    assert first_ckpts and first == f"train-{pauses.reached('trial_start')[0]}"
     mtime = (search / "trainers" / first).stat().st_mtime_ns
 
     # Naming the existing search without --resume: the job refuses to clobber it.
@@ -143,11 +122,13 @@ def test_killed_and_interrupted_search_resumes_exactly(corpus_root, tmp_path):
     kill_session(again.pid)
     assert again.returncode == 2 and "--resume" in out
 
-    # 2. Resumed, then interrupted (SIGINT, as Ctrl-C) as its third trial starts: it stops,
-    # says how to resume, writes no ensemble or submission and marks its MLflow runs KILLED.
-    resumed = _job([*args, "--resume"])
+    # 2. Resumed, then interrupted (SIGINT, as Ctrl-C) with its third trial held at its start
+    # (the second, restarted, goes on): it stops, says how to resume, writes no ensemble or
+    # submission and marks its MLflow runs KILLED.
+    pauses = Pauses(tmp_path / "pause2", "trial_start")
+    resumed = _job([*args, "--resume"], pauses)
     try:
-        _wait_for_trainers(resumed, output, 3)
+        pauses.hold_at("trial_start", 2, resumed)
         os.killpg(resumed.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
         out, _ = resumed.communicate(timeout=300)
     finally:
@@ -162,14 +143,16 @@ def test_killed_and_interrupted_search_resumes_exactly(corpus_root, tmp_path):
     assert any(n == search.name and status == "KILLED" for n, status, _ in runs)
 
     # 3. Resumed to the end of its trials, then killed outright (SIGKILL to the job and its
-    # Ray) while it builds the ensemble: after the trials table, before any output.
-    final = _job([*args, "--resume"])
+    # Ray) where it starts the ensemble: after the trials table, before any output.
+    pauses = Pauses(tmp_path / "pause3", "before_ensemble")
+    final = _job([*args, "--resume"], pauses)
     try:
-        seen = _read_until(final, "top trials by")
+        pauses.wait("before_ensemble", 1, final)
     finally:
         kill_session(final.pid)
-        final.communicate()
+    seen = final.communicate()[0].splitlines()
     assert any(line.startswith("trial 4/4 ") for line in seen), seen[-20:]
+    assert any("top trials by" in line for line in seen), seen[-20:]
     assert not (output / search.name / "VA_submission.txt").exists()
     assert not any(n == "ensemble" for n, *_ in _runs(output))
     trained = {n: (search / "trainers" / n).stat().st_mtime_ns for n in _trainers(output)}
@@ -277,14 +260,16 @@ def _free_port() -> int:
 
 
 def test_job_runs_under_ray_job_submit(corpus_root, tmp_path):
-    # The head keeps Ray 2.60's default authentication (a token); the client passes it the
-    # way README says: RAY_AUTH_MODE=token and the token (here the one the head saved).
-    head_env = {k: v for k, v in _env().items() if not k.startswith("RAY_AUTH")}
-    env = {**head_env, "RAY_AUTH_MODE": "token"}
+    # Token authentication as the cluster configs set it up, with a token the test makes
+    # (whatever HOME holds): the head and the client both use it. This venv's scripts come
+    # first on PATH, so the entrypoint's "python" is this environment's, as on a cluster node.
+    auth = ray_token_env(tmp_path)
+    env = venv_env({**{k: v for k, v in _env().items() if not k.startswith("RAY_AUTH")}, **auth})
+    head_env = env
     port, dash, agent = _free_port(), _free_port(), _free_port()
     head = subprocess.Popen(
         [
-            "ray",
+            console_script("ray"),
             "start",
             "--head",
             "--num-cpus",
@@ -310,7 +295,7 @@ def test_job_runs_under_ray_job_submit(corpus_root, tmp_path):
         def submit_job() -> subprocess.CompletedProcess:
             return subprocess.run(
                 [
-                    "ray",
+                    console_script("ray"),
                     "job",
                     "submit",
                     f"--address={address}",
@@ -347,7 +332,7 @@ def test_job_runs_under_ray_job_submit(corpus_root, tmp_path):
         deadline = time.time() + 600
         while time.time() < deadline:
             status = subprocess.run(
-                ["ray", "job", "status", f"--address={address}", job_id],
+                [console_script("ray"), "job", "status", f"--address={address}", job_id],
                 env=env,
                 capture_output=True,
                 text=True,
@@ -357,7 +342,7 @@ def test_job_runs_under_ray_job_submit(corpus_root, tmp_path):
                 break
             time.sleep(3)
         logs = subprocess.run(
-            ["ray", "job", "logs", f"--address={address}", job_id],
+            [console_script("ray"), "job", "logs", f"--address={address}", job_id],
             env=env,
             capture_output=True,
             text=True,
@@ -368,7 +353,7 @@ def test_job_runs_under_ray_job_submit(corpus_root, tmp_path):
         assert lines[-1].startswith("cost: 2 trials (1 CPU, 0 GPU each)"), lines[-3:]
         assert lines[-2].startswith("submission: ") and lines[-2].endswith("(validated)")
         # No secret in what the job printed or wrote: the cluster's token appears nowhere.
-        token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+        token = Path(auth["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
         assert len(token) >= 16 and token not in logs
         for path in output.rglob("*"):
             if path.is_file():
@@ -431,3 +416,34 @@ def test_expression_searches_end_with_their_own_validated_submissions(corpus_roo
     second = output / "search_expr-second" / "EXPR_submission.txt"
     assert validate_submission(second, template) == len(template)
     assert first.read_bytes() == content
+
+
+def test_a_trial_error_is_not_retried_and_the_console_shows_it(corpus_root, tmp_path):
+    """A deterministic error in a trial (here a negative hidden size) ends the trial at once:
+    Train and Tune retry lost workers and nodes, never the same error; the console names the
+    trial and shows the error's last line; the MLflow run is FAILED."""
+    space = yaml.safe_load(SPACE.read_text())
+    space["parameters"]["hidden"] = {"value": -1}
+    space["parameters"]["model"] = {"value": "attention"}
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(yaml.safe_dump(space))
+    output = tmp_path / "out"
+    pauses = Pauses(tmp_path / "pause", "worker_start")
+    pauses.release("worker_start")  # never held: only counted
+    job = _job(
+        ["--data", str(corpus_root), "--output", str(output), "--space", str(space_file)]
+        + ["--num-samples", "2", "--num-cpus", "2", "--concurrency", "1"],
+        pauses,
+    )
+    out, _ = job.communicate(timeout=900)
+    kill_session(job.pid)
+    assert job.returncode == 1, out[-3000:]
+    starts = pauses.times("worker_start")
+    assert len(starts) == 2 and set(starts.values()) == {1}, starts  # one attempt a trial
+    failed = re.findall(r"^trial \d/2 ([0-9a-f]{8}) failed: (.*)$", out, re.M)
+    assert len(failed) == 2, out[-3000:]
+    assert all("RuntimeError" in why or "negative" in why for _, why in failed), failed
+    assert "finished an epoch" in out
+    runs = _runs(output)
+    trial_runs = [status for _, status, trial in runs if trial is not None]
+    assert trial_runs == ["FAILED", "FAILED"], runs

@@ -17,7 +17,7 @@ from abaw_ray.cluster import free_port
 from abaw_ray.data import load_corpus
 from abaw_ray.submission import validate_submission
 from abaw_ray.train.loop import TRIAL_JSON
-from tests.raytools import kill_session
+from tests.raytools import console_script, kill_session, ray_token_env
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _ray_start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
     proc = subprocess.Popen(
-        ["ray", "start", "--num-cpus", "1", "--disable-usage-stats", *args],
+        [console_script("ray"), "start", "--num-cpus", "1", "--disable-usage-stats", *args],
         env=env,
         start_new_session=True,  # its Ray processes share the session: stopped by its id
         stdout=subprocess.PIPE,
@@ -40,8 +40,11 @@ def _ray_start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
 def test_search_runs_its_trials_on_both_nodes(corpus_root, tmp_path):
     port, dash, agent_a, agent_b = free_port(), free_port(), free_port(), free_port()
     # Every process of this cluster finds it by its dashboard, whatever else runs on the host.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}  # own below
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
     env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dash}"
+    # Token authentication with a token of the test's own, on both nodes and the job (what
+    # the cluster configs do with the user's token), whatever HOME holds.
+    env.update(ray_token_env(tmp_path))
     address = f"127.0.0.1:{port}"
     started = []
     try:
@@ -56,9 +59,6 @@ def test_search_runs_its_trials_on_both_nodes(corpus_root, tmp_path):
                 env,
             )
         )
-        # The head keeps Ray's default token authentication; what joins it says so and
-        # reads the token the head saved (~/.ray/auth_token), as README tells users to.
-        env = {**env, "RAY_AUTH_MODE": "token"}
         started.append(
             _ray_start(
                 [

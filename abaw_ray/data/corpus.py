@@ -278,11 +278,18 @@ def find_raw_videos(root: Path) -> dict[str, Path]:
     return raw
 
 
+def raw_video(video: str) -> str:
+    """The raw video a video was cropped from: ``X_left`` and ``X_right`` -> ``X``, any other
+    name itself. A pair shares its raw file and audio, so a pair is one unit wherever videos
+    are split (held-out draw, folds)."""
+    return PAIR_SUFFIX.sub("", video)
+
+
 def audio_source_name(video: str, raw: Mapping[str, Path]) -> str | None:
     """``<base>_left`` / ``<base>_right`` share ``<base>``'s file unless they have their own."""
     if video in raw:
         return video
-    base = PAIR_SUFFIX.sub("", video)
+    base = raw_video(video)
     return base if base in raw else None
 
 

@@ -130,11 +130,27 @@ def shift_within_videos(
     shifted by one random offset (a quarter to three quarters of the video), so the targets
     keep their marginals, smoothness and annotation gaps but lose any relation to the
     features. Videos not in ``videos`` are returned untouched."""
+    labels, valid, _ = shift_training_targets(labels, valid, None, videos, seed)
+    return labels, valid
+
+
+def shift_training_targets(
+    labels: dict[str, np.ndarray],
+    valid: dict[str, np.ndarray],
+    weights: dict[str, np.ndarray] | None,
+    videos: Sequence[str],
+    seed: int,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """``shift_within_videos`` of every target a trial trains on: labels, their mask and their
+    per-frame weights (pseudo-labels' confidences) moved together, one offset a video."""
     rng = np.random.default_rng(seed)
     labels, valid = dict(labels), dict(valid)
+    weights = dict(weights) if weights is not None else None
     for v in videos:
         n = len(labels[v])
         offset = int(rng.integers(n // 4, max(n // 4 + 1, 3 * n // 4)))
         labels[v] = np.roll(labels[v], offset, axis=0)
         valid[v] = np.roll(valid[v], offset, axis=0)
-    return labels, valid
+        if weights is not None and v in weights:
+            weights[v] = np.roll(weights[v], offset, axis=0)
+    return labels, valid, weights

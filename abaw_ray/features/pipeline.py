@@ -37,6 +37,7 @@ from abaw_ray.data.timeline import fill_from_nearest
 from abaw_ray.features.audio import AudioFrontEnd, NoAudioError, VocalIsolator, decode_audio
 from abaw_ray.features.registry import create_extractor, get_spec, locate_weights
 from abaw_ray.features.store import FeatureStore, store_key
+from abaw_ray.pause import pause_point
 
 FACE_SIZE = 112
 DECODE_BATCH = 64
@@ -402,6 +403,7 @@ def extract_faces(
             else:
                 store.record(key, {video: result["entries"][key]})
                 report.written[key].append(video)
+        pause_point("video_recorded", video)
     report.unfinished += sorted(todo)  # their rows were lost with a worker: a rerun redoes them
 
 

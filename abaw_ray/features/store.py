@@ -5,12 +5,14 @@
     <root>/<key>/<video>.mask.npy    visual: True where the frame had a face (others filled)
     <root>/<key>/<video>.times.npy   audio: each row's time in seconds
     <root>/<key>/manifest.json       extractor, version, weights, dim, rate; rows per video
+    <root>/<key>/manifest.json.lock  held while a job updates the manifest
 
 ``key`` is the extractor's name, with ``.tiny`` appended for tiny random weights so the two
 never mix. Every file is written atomically and a video enters the manifest only after its
 arrays are in place, so an interrupted extraction resumes where it stopped. Extraction workers
 write the arrays (the store must be shared storage on a cluster); the driver alone writes the
-manifest.
+manifest. Several jobs may share a store: each update of a manifest rereads it under a file
+lock, and a job clears only the partial files of writers that are gone.
 """
 
 from __future__ import annotations
@@ -22,9 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock
 
 from abaw_ray.features.registry import ExtractorSpec, get_spec
-from abaw_ray.fsutil import atomic_path, atomic_write_text, remove_partials
+from abaw_ray.fsutil import atomic_path, atomic_write_text, remove_stale_partials
+
+MANIFEST_LOCK = "manifest.json.lock"
 
 
 def store_key(name: str, tiny: bool) -> str:
@@ -98,20 +103,21 @@ class FeatureStore:
         }
         if force and self.dir(key).exists():
             shutil.rmtree(self.dir(key))
-        remove_partials(self.dir(key))  # what an extraction killed mid-write left
-        current = self.manifest(key)
-        if current:
-            old = {k: current.get(k) for k in header}
-            if old != header:
-                diff = {k: (old[k], header[k]) for k in header if old[k] != header[k]}
-                raise StoreMismatchError(
-                    f"{self.manifest_path(key)} was written with other settings {diff}; "
-                    f"rerun with --force to redo {key}, or use another --store"
-                )
-            return key
-        atomic_write_text(
-            self.manifest_path(key), json.dumps({**header, "videos": {}, "gaps": {}}, indent=1)
-        )
+        remove_stale_partials(self.dir(key))  # what killed writers left; never a live one's
+        with self._lock(key):
+            current = self.manifest(key)
+            if current:
+                old = {k: current.get(k) for k in header}
+                if old != header:
+                    diff = {k: (old[k], header[k]) for k in header if old[k] != header[k]}
+                    raise StoreMismatchError(
+                        f"{self.manifest_path(key)} was written with other settings {diff}; "
+                        f"rerun with --force to redo {key}, or use another --store"
+                    )
+                return key
+            atomic_write_text(
+                self.manifest_path(key), json.dumps({**header, "videos": {}, "gaps": {}}, indent=1)
+            )
         return key
 
     def is_complete(self, key: str, video: str, rows: int | None = None) -> bool:
@@ -167,10 +173,19 @@ class FeatureStore:
     def record_gap(self, key: str, video: str, reason: str) -> None:
         self._update(key, lambda m: m["gaps"].__setitem__(video, reason))
 
+    def _lock(self, key: str) -> FileLock:
+        """The manifest's lock: jobs sharing a store (on one host or over NFS) update it one
+        at a time."""
+        self.dir(key).mkdir(parents=True, exist_ok=True)
+        return FileLock(self.dir(key) / MANIFEST_LOCK)
+
     def _update(self, key: str, change) -> None:
-        manifest = self.manifest(key)
-        change(manifest)
-        atomic_write_text(self.manifest_path(key), json.dumps(manifest, indent=1))
+        """Read, change and write the manifest under its lock: entries another job recorded
+        meanwhile are kept."""
+        with self._lock(key):
+            manifest = self.manifest(key)
+            change(manifest)
+            atomic_write_text(self.manifest_path(key), json.dumps(manifest, indent=1))
 
     def load(self, key: str, video: str, mmap: bool = False) -> StoredFeatures:
         d = self.dir(key)

@@ -27,7 +27,7 @@ import numpy as np
 import ray
 import torch
 
-from abaw_ray.data.corpus import Corpus
+from abaw_ray.data.corpus import Corpus, raw_video
 from abaw_ray.data.labels import shift_within_videos
 from abaw_ray.features.align import frame_features
 from abaw_ray.features.store import FeatureStore
@@ -222,17 +222,43 @@ def split_holdout(
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(selection videos, held-out videos). ``holdout`` is a fraction of the videos (0 < h < 1,
     at least one video, and at least one left to select on) or a whole number of videos;
-    0 holds nothing out. The draw is seeded and does not depend on the order given."""
+    0 holds nothing out. Whole raw videos are drawn (a ``_left``/``_right`` pair is one,
+    ``raw_video``), in a seeded order, each taken while the count allows (the first always):
+    the draw never splits a pair and does not depend on the order given."""
     ordered = sorted(videos)
     if holdout <= 0:
         return tuple(ordered), ()
     count = int(holdout) if holdout >= 1 else max(1, round(holdout * len(ordered)))
-    if count >= len(ordered):
+    groups: dict[str, list[str]] = {}
+    for v in ordered:
+        groups.setdefault(raw_video(v), []).append(v)
+    if count >= len(ordered) or len(groups) < 2:
         raise ValueError(
-            f"holdout {holdout} leaves no validation video to select on ({len(ordered)} in all)"
+            f"holdout {holdout} leaves no validation video to select on ({len(ordered)} in all, "
+            f"{len(groups)} raw videos)"
         )
-    held = set(np.random.default_rng(seed).choice(ordered, size=count, replace=False).tolist())
-    return tuple(v for v in ordered if v not in held), tuple(v for v in ordered if v in held)
+    names = sorted(groups)
+    held: list[str] = []
+    for i in np.random.default_rng(seed).permutation(len(names)):
+        size = len(groups[names[i]])
+        if not held or len(held) + size <= count:
+            held += groups[names[i]]
+        if len(held) >= count:
+            break
+    return tuple(v for v in ordered if v not in set(held)), tuple(v for v in ordered if v in held)
+
+
+def hold_out(videos: Sequence[str], held: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(selection videos, held-out videos) with ``held`` held out, as an earlier search did
+    (its pseudo-labels record them). Raises ValueError naming a held video that is not one of
+    ``videos``."""
+    unknown = sorted(set(held) - set(videos))
+    if unknown:
+        raise ValueError(f"held-out videos {unknown[:5]} are not validation videos of this corpus")
+    ordered = sorted(videos)
+    return tuple(v for v in ordered if v not in set(held)), tuple(
+        v for v in ordered if v in set(held)
+    )
 
 
 def build_bank(
@@ -244,15 +270,20 @@ def build_bank(
     holdout: float = 0.0,
     seed: int = 0,
     shard_bytes: int = SHARD_BYTES,
+    holdout_videos: Sequence[str] | None = None,
 ) -> FeatureBank:
     """The bank of ``keys`` over every video of the task's splits: one Ray task per feature
     variant builds its shard into the object store (Ray must be initialised; the store must be
     readable where the tasks run); the driver gets only the statistics. ``holdout`` and
-    ``seed`` split the validation videos (``split_holdout``)."""
+    ``seed`` split the validation videos (``split_holdout``), unless ``holdout_videos`` names
+    the videos to hold out (``hold_out``)."""
     splits = {s: tuple(corpus.split_videos(task, s)) for s in ("train", "val", "test")}
     if not splits["train"] or not splits["val"]:
         raise ValueError(f"the corpus has no {task.upper()} training or validation videos")
-    splits["val"], splits["holdout"] = split_holdout(splits["val"], holdout, seed)
+    if holdout_videos is not None:
+        splits["val"], splits["holdout"] = hold_out(splits["val"], holdout_videos)
+    else:
+        splits["val"], splits["holdout"] = split_holdout(splits["val"], holdout, seed)
     videos = [v for s in SPLITS for v in splits[s]]
     manifests = {k: store.manifest(k) for k in keys}
     for k, m in manifests.items():

@@ -30,7 +30,7 @@ from abaw_ray.data.timeline import nearest_available
 from abaw_ray.features.pipeline import decode_faces
 from abaw_ray.features.registry import create_extractor
 from abaw_ray.models import create_model
-from abaw_ray.tasks import PRIMARY_METRIC, Task
+from abaw_ray.tasks import PRIMARY_METRIC, TRIAL_FINISHED, Task
 from abaw_ray.train.data import (
     SPLITS,
     inference_chunks,
@@ -40,6 +40,7 @@ from abaw_ray.train.data import (
 )
 from abaw_ray.train.loop import (
     TrialConfig,
+    last_epoch,
     resume_point,
     save_trial_checkpoint,
     seed_everything,
@@ -344,6 +345,7 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
         if improved:
             best, best_epoch = metrics[metric], epoch
         metrics[f"best_{metric}"] = best
+        metrics[TRIAL_FINISHED] = last_epoch(trial, epoch, best_epoch)
         if stop_requested(config):  # stopped while this epoch ran: report nothing of it
             break
         if improved and rank == 0:
@@ -363,7 +365,7 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
-        if config.get("tracking") and rank == 0:  # a single trial's own MLflow run
-            tracking.log_epoch(config["tracking"], metrics, epoch + 1)
-        if epoch - best_epoch >= trial.patience:
+        if config.get("epoch_relay") and rank == 0:  # a single trial's own MLflow run
+            tracking.log_epoch(config["epoch_relay"], metrics, epoch + 1)
+        if metrics[TRIAL_FINISHED]:
             break

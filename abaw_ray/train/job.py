@@ -30,7 +30,7 @@ from abaw_ray.models import list_models
 from abaw_ray.tasks import OFFICIAL_SCORE, PRIMARY_METRIC, Task
 from abaw_ray.train.loop import TrialConfig, load_predictions
 from abaw_ray.train.prepare import EMBEDDED_FEATURES, prepare, resolve_corpus
-from abaw_ray.train.trainer import build_trainer
+from abaw_ray.train.trainer import error_tail, fit_trial
 
 # TrialConfig fields a flag overrides: flag -> (field, type, help)
 TRIAL_FLAGS = {
@@ -208,18 +208,21 @@ def train_on_ray(
         storage / f"{name}.mlflow.json",
         resume=args.resume,
     )
-    trainer = build_trainer(
-        trial,
-        ray.put(data),
-        storage,
-        name,
-        workers=args.workers,
-        gpus_per_worker=args.gpus_per_worker,
-        tracking={"uri": uri, "run_id": run_id},
-    )
     try:
-        with interruptible_job():
-            result = trainer.fit()
+        with interruptible_job(), tracking.epoch_relay(uri, run_id) as relay:
+            result = fit_trial(
+                trial=trial,
+                data_ref=ray.put(data),
+                storage_path=storage,
+                name=name,
+                workers=args.workers,
+                gpus_per_worker=args.gpus_per_worker,
+                epoch_relay=relay,
+            )
+    except ray.train.TrainingFailedError as err:
+        tracking.finish_run(uri, run_id, {}, status="FAILED")
+        print(f"trial {name} failed: {error_tail(err)}", file=console.err)
+        return 1
     except (Interrupted, KeyboardInterrupt) as err:
         tracking.finish_run(uri, run_id, {}, status="KILLED")
         print(

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from abaw_ray import tracking
+from abaw_ray.data.labels import shift_training_targets
 from abaw_ray.losses import (
     ccc_loss,
     class_weights,
@@ -33,14 +34,14 @@ from abaw_ray.losses import (
 )
 from abaw_ray.metrics import score_split
 from abaw_ray.models import create_model
+from abaw_ray.pause import pause_point
 from abaw_ray.pseudo import PseudoLabels, training_targets
-from abaw_ray.tasks import NUM_EXPR_CLASSES, PRIMARY_METRIC, Task
+from abaw_ray.tasks import NUM_EXPR_CLASSES, PRIMARY_METRIC, TRIAL_FINISHED, Task
 from abaw_ray.train.data import (
     FeatureBank,
     WindowSampler,
     balanced_window_weights,
     predict_videos,
-    shifted_labels,
     training_windows,
 )
 
@@ -57,13 +58,14 @@ MODEL_SETTINGS = (
 MODEL_STATE = "model.pt"
 PREDICTIONS = "predictions.npz"
 TRIAL_JSON = "trial.json"
+STOP_FLAG_TIMEOUT_S = 60  # a stop flag's answer awaited at most; none by then: not stopped
 
 
 # What a worker loop's config holds besides a TrialConfig's fields: the data's object
 # reference, the pseudo-labels' (a search started from an earlier one's), whether to predict
-# the training videos' unlabelled frames too (a search that will make pseudo-labels), the MLflow
-# run of a single trial, the search's stop flag.
-LOOP_KEYS = frozenset({"bank", "pseudo", "predict_unlabelled", "tracking", "stop_flag"})
+# the training videos' unlabelled frames too (a search that will make pseudo-labels), the queue
+# a single trial's epochs reach MLflow by (tracking.epoch_relay), the search's stop flag.
+LOOP_KEYS = frozenset({"bank", "pseudo", "predict_unlabelled", "epoch_relay", "stop_flag"})
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,29 @@ class TrialConfig:
     def model_hparams(self) -> dict[str, Any]:
         """The settings that reach ``create_model``; ``None`` ones are dropped there."""
         return {name: getattr(self, name) for name in MODEL_SETTINGS}
+
+
+def trial_targets(
+    trial: TrialConfig, bank: FeatureBank, pseudo: PseudoLabels | None = None
+) -> tuple[tuple[str, ...], dict[str, np.ndarray], dict[str, np.ndarray], dict | None]:
+    """What a trial trains on: (videos, labels, valid, per-frame weights or None). The
+    training videos' real labels, and with ``trial.pseudo_labels`` the pseudo-labels of their
+    unlabelled frames and of the test videos, weighted by confidence, never on the videos the
+    trial is scored on (selection and held-out). The control (``shuffle_labels``) shifts all
+    of them, pseudo-labels included, with their masks and weights (``shift_training_targets``);
+    ``shuffle_pseudo_labels`` alone shifts the pseudo-labels only (their own control)."""
+    videos, labels, valid, weights = bank.splits["train"], bank.labels, bank.valid, None
+    if trial.pseudo_labels:
+        if pseudo is None:
+            raise ValueError("pseudo_labels=True needs pseudo-labels")
+        if trial.shuffle_pseudo_labels and not trial.shuffle_labels:
+            pseudo = pseudo.shifted(trial.seed)
+        videos, labels, valid, weights = training_targets(
+            labels, valid, pseudo, videos, exclude=(*bank.splits["val"], *bank.splits["holdout"])
+        )
+    if trial.shuffle_labels:
+        labels, valid, weights = shift_training_targets(labels, valid, weights, videos, trial.seed)
+    return tuple(videos), labels, valid, weights
 
 
 def seed_everything(seed: int) -> None:
@@ -246,18 +271,27 @@ def resume_point(
     return state["epoch"] + 1, saved["metrics"][metric], state["epoch"]
 
 
+def last_epoch(trial: TrialConfig, epoch: int, best_epoch: int) -> float:
+    """1.0 when ``epoch`` (0-based) ends the trial: its last, or ``patience`` epochs without a
+    better selection score (``TRIAL_FINISHED``); else 0.0."""
+    return float(epoch + 1 >= trial.epochs or epoch - best_epoch >= trial.patience)
+
+
 def stop_requested(config: dict[str, Any]) -> bool:
     """Whether the search stopped this trial (ASHA, the time budget, an interrupt): the
-    trial's ``stop_flag`` actor says so, or is gone with the Tune trial that owned it. A trial
-    outside a search has no flag and runs to its end."""
+    trial's ``stop_flag`` actor says so, or is gone with the Tune trial that owned it. A flag
+    slow to answer (a loaded node) is not a stop. A trial outside a search has no flag and
+    runs to its end."""
     import ray
 
     flag = config.get("stop_flag")
     if not flag:
         return False
     try:
-        return bool(ray.get(flag[0].is_set.remote(), timeout=60))
-    except ray.exceptions.RayError:
+        return bool(ray.get(flag[0].is_set.remote(), timeout=STOP_FLAG_TIMEOUT_S))
+    except ray.exceptions.GetTimeoutError:
+        return False
+    except ray.exceptions.RayActorError:
         return True
 
 
@@ -266,6 +300,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    pause_point("worker_start", ray.train.get_context().get_experiment_name())
     trial = TrialConfig.from_dict(config)
     index: FeatureBank = ray.get(config["bank"][0])
     # Only this combination's shards, once per node: zero-copy views of the object store.
@@ -275,23 +310,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     seed_everything(trial.seed)
     device = ray.train.torch.get_device()
 
-    labels, valid = shifted_labels(bank, trial.seed) if trial.shuffle_labels else (None, None)
-    train_videos, frame_weights = bank.splits["train"], None
+    pseudo: PseudoLabels | None = None
     if trial.pseudo_labels:
         if not config.get("pseudo"):
             raise ValueError(
                 "pseudo_labels=True needs an earlier search's pseudo-labels (--pseudo-labels)"
             )
-        pseudo: PseudoLabels = ray.get(config["pseudo"][0])
-        if trial.shuffle_pseudo_labels:
-            pseudo = pseudo.shifted(trial.seed)
-        train_videos, labels, valid, frame_weights = training_targets(
-            labels or bank.labels,
-            valid or bank.valid,
-            pseudo,
-            train_videos,
-            exclude=(*bank.splits["val"], *bank.splits["holdout"]),
-        )
+        pseudo = ray.get(config["pseudo"][0])
+    train_videos, labels, valid, frame_weights = trial_targets(trial, bank, pseudo)
     sampler = WindowSampler(
         bank,
         trial.feature_keys,
@@ -375,8 +401,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if improved:
             best, best_epoch = metrics[metric], epoch
         metrics[f"best_{metric}"] = best
-        if config.get("tracking") and rank == 0:  # a single trial's own MLflow run
-            tracking.log_epoch(config["tracking"], metrics, epoch + 1)
+        metrics[TRIAL_FINISHED] = last_epoch(trial, epoch, best_epoch)
+        if config.get("epoch_relay") and rank == 0:  # a single trial's own MLflow run
+            tracking.log_epoch(config["epoch_relay"], metrics, epoch + 1)
         if stop_requested(config):  # stopped while this epoch ran: report nothing of it
             break
         if improved and rank == 0:
@@ -403,5 +430,5 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
-        if epoch - best_epoch >= trial.patience:
+        if metrics[TRIAL_FINISHED]:
             break

@@ -50,9 +50,11 @@ def prepare(
     holdout: float = 0.0,
     seed: int = 0,
     realistic: bool = False,
+    holdout_videos: Sequence[str] | None = None,
 ) -> Prepared:
     """Ray must be initialised. ``tiny`` defaults to True on the embedded corpus; ``holdout``
-    and ``seed`` set the validation videos that nothing selects on (``split_holdout``)."""
+    and ``seed`` set the validation videos that nothing selects on (``split_holdout``), or
+    ``holdout_videos`` names them (an earlier search's, whose pseudo-labels this one uses)."""
     root, embedded = resolve_corpus(data, realistic)
     tiny = embedded if tiny is None else tiny
     corpus = load_corpus(root)
@@ -66,5 +68,14 @@ def prepare(
             f"({', '.join(report.unfinished[:5])}): rerun to finish them\n{report.summary()}"
         )
     keys = {n: store_key(n, tiny) for n in names}
-    bank = build_bank(corpus, store, list(keys.values()), task, alignments, holdout, seed)
+    bank = build_bank(
+        corpus,
+        store,
+        list(keys.values()),
+        task,
+        alignments,
+        holdout,
+        seed,
+        holdout_videos=holdout_videos,
+    )
     return Prepared(corpus, store, bank, ray.put(bank), keys, report, embedded)

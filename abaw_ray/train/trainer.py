@@ -12,6 +12,13 @@ from ray.train.torch import TorchTrainer
 
 from abaw_ray.train.loop import PRIMARY_METRIC, TrialConfig, train_loop_per_worker
 
+# The CPU share a trial's driver processes ask for on a cluster (Tune's function actor or a
+# fit_in_task task; Train's controller, the actors it starts and the stop flag follow it to
+# its node). Any share keeps them off a head that offers no CPU; they hold 1.37 GB (PSS) a
+# trial (bench/trial_drivers.py) and use little CPU. On a job's own local instance they ask
+# for none, so they take no share of a worker's CPU.
+TRIAL_DRIVER_CPU = 0.01
+
 
 def build_trainer(
     trial: TrialConfig,
@@ -22,8 +29,7 @@ def build_trainer(
     gpus_per_worker: float = 0.0,
     cpus_per_worker: float = 1.0,
     callbacks: list[Any] | None = None,
-    max_failures: int = 2,
-    tracking: dict[str, str] | None = None,
+    epoch_relay: list[Any] | None = None,
     stop_flag: Any = None,
     keep_checkpoints: int | None = 1,
     pseudo_ref: ray.ObjectRef | None = None,
@@ -33,9 +39,10 @@ def build_trainer(
     ``trial.mode`` is ``frozen`` (``train_loop_per_worker``), a ``FrameIndex`` when it is
     ``finetune`` (``finetune_loop_per_worker``, whose workers read and augment each epoch's
     windows with Ray Data). It travels inside a list so Ray hands the workers the reference,
-    and each node fetches the data from the object store once. ``tracking`` (``uri``,
-    ``run_id``): an MLflow run the workers log each epoch's metrics to (a single trial's run;
-    a search's trials are logged by its Tune callback instead). ``stop_flag``: the actor
+    and each node fetches the data from the object store once. ``epoch_relay``:
+    the queue (``tracking.epoch_relay``) rank 0 puts each epoch's metrics on, for the
+    driver to log into a single trial's MLflow run (a search's trials are logged by its Tune
+    callback instead). ``stop_flag``: the actor
     handle a search stops the trial by (``stop_requested``). ``keep_checkpoints``: how many
     of the best checkpoints to keep (None: all; a checkpoint is written only when the
     selection score improves). ``pseudo_ref``: an earlier search's ``PseudoLabels`` (for a
@@ -58,7 +65,7 @@ def build_trainer(
         train_loop_config={
             **asdict(trial),
             "bank": [data_ref],
-            "tracking": tracking,
+            "epoch_relay": epoch_relay,
             "stop_flag": [stop_flag] if stop_flag is not None else None,
             "pseudo": [pseudo_ref] if pseudo_ref is not None else None,
             "predict_unlabelled": predict_unlabelled,
@@ -74,10 +81,43 @@ def build_trainer(
                 checkpoint_score_attribute=metric,
                 checkpoint_score_order="max",
             ),
-            failure_config=FailureConfig(max_failures=max_failures),
+            # Train retries nothing itself: fit_trial retries a lost worker, never an error
+            # the training code raised (that would fail again the same way).
+            failure_config=FailureConfig(max_failures=0),
             callbacks=callbacks,
         ),
     )
+
+
+def lost_worker(err: Exception) -> bool:
+    """Whether a failed Train run lost a worker or its node (worth a retry, from the last
+    checkpoint) rather than meeting an error its training code raised (not worth one: it
+    would raise again)."""
+    if not isinstance(err, ray.train.WorkerGroupError):
+        return True  # the controller's or a preemption's: not the training code's
+    failures = list(err.worker_failures.values())
+    return not failures or any(isinstance(e, ray.exceptions.RayActorError) for e in failures)
+
+
+def error_tail(err: Exception, lines: int = 3) -> str:
+    """The last lines of a failed run's first worker error: what the console shows."""
+    failures = getattr(err, "worker_failures", None)
+    text = str(failures[min(failures)]) if failures else str(err)
+    kept = [line.rstrip() for line in text.splitlines() if line.strip()]
+    return " | ".join(kept[-lines:])
+
+
+def fit_trial(max_failures: int = 2, **build: Any) -> Any:
+    """``build_trainer(**build).fit()``, run again (it resumes from its last checkpoint: the
+    same storage and name) when a worker or its node was lost, at most ``max_failures``
+    times; an error the training code raised is raised at once (``lost_worker``)."""
+    for attempt in range(max_failures + 1):
+        try:
+            return build_trainer(**build).fit()
+        except ray.train.TrainingFailedError as err:
+            if attempt == max_failures or not lost_worker(err):
+                raise
+    raise AssertionError("unreachable")
 
 
 @ray.remote(num_cpus=0)
@@ -89,15 +129,19 @@ def fit_in_task(
     pseudo: list[ray.ObjectRef] | None = None,
     **kw: Any,
 ) -> tuple[Any, dict[str, Any]] | None:
-    """A Ray task that builds (``build_trainer``, settings ``kw``) and fits one trial; its
+    """A Ray task that fits one trial (``fit_trial``, settings ``kw``); its
     best checkpoint and that checkpoint's metrics (None when no epoch finished). It holds no
     CPU, the trainer's workers do, so the driver starts several and only waits. References
-    travel inside lists (``data``, ``pseudo``) so that Ray hands the task the references."""
-    pseudo_ref = pseudo[0] if pseudo else None
-    trainer = build_trainer(
-        TrialConfig.from_dict(trial), data[0], storage, name, pseudo_ref=pseudo_ref, **kw
+    travel inside lists (``data``, ``pseudo``) so that Ray hands the task the references.
+    Launch it with ``.options(num_cpus=SearchConfig.driver_cpus)``, like a search's trials."""
+    result = fit_trial(
+        trial=TrialConfig.from_dict(trial),
+        data_ref=data[0],
+        storage_path=storage,
+        name=name,
+        pseudo_ref=pseudo[0] if pseudo else None,
+        **kw,
     )
-    result = trainer.fit()
     if not result.best_checkpoints:
         return None
     checkpoint, metrics = result.best_checkpoints[0]

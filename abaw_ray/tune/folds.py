@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from abaw_ray.data.corpus import PAIR_SUFFIX
+from abaw_ray.data.corpus import raw_video
 from abaw_ray.fsutil import atomic_write_text
 from abaw_ray.metrics import score_split
 from abaw_ray.smoothing import Smoothing, choose_smoothing, smooth_predictions
@@ -38,18 +38,10 @@ from abaw_ray.train.data import FeatureBank
 from abaw_ray.train.loop import TrialConfig, load_predictions
 from abaw_ray.train.prepare import Prepared
 from abaw_ray.train.trainer import fit_in_task
-from abaw_ray.tune.search import SearchConfig, default_concurrency
+from abaw_ray.tune.search import SearchConfig, trials_at_once, trials_fitting
 
 FOLDS_DIR = "folds"  # inside the search's folder, like the controls: never taken for a search
 POOLED_SPLITS = ("train", "val", "holdout")  # the labelled videos the folds are drawn from
-
-
-def raw_video(video: str) -> str:
-    """The raw video a video was cropped from: ``X_left`` and ``X_right`` -> ``X``, any other
-    name itself. This is the corpus's own rule (``corpus.PAIR_SUFFIX``; ``audio_source_name``
-    gives a video its own raw file or its pair's ``X``), so it groups every pair sharing a raw
-    file, and a pair with a raw file each too. People are not identified across raw videos."""
-    return PAIR_SUFFIX.sub("", video)
 
 
 def pooled_videos(bank: FeatureBank) -> tuple[str, ...]:
@@ -229,13 +221,8 @@ def run_folds(
     fold_videos = assign_folds(annotated, k, seed)
     storage = f"{cfg.experiment_uri()}/{FOLDS_DIR}"
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    settings = {
-        "workers": cfg.workers_per_trial,
-        "gpus_per_worker": cfg.gpus_per_trial,
-        "cpus_per_worker": cfg.cpus_per_worker,
-        "max_failures": cfg.max_failures,
-    }
-    at_once = cfg.max_concurrent or default_concurrency(replace(cfg, num_samples=k))
+    settings = cfg.trial_resources()
+    at_once = trials_at_once(cfg, trials_fitting(ray.nodes(), cfg))
     names = [f"fold{i}-{trial_id}-{stamp}" for i in range(1, k + 1)]
     data = [ray.put(fold_bank(bank, videos)) for videos in fold_videos]
     # Pseudo-labels were made by models that saw every fold's labels: folds train without.
@@ -251,7 +238,11 @@ def run_folds(
     while queue or pending:
         while queue and len(pending) < at_once:
             i = queue.pop(0)
-            pending[fit_in_task.remote(config, [data[i]], storage, names[i], **settings)] = i
+            pending[
+                fit_in_task.options(num_cpus=cfg.driver_cpus).remote(
+                    config, [data[i]], storage, names[i], **settings
+                )
+            ] = i
         (done,), _ = ray.wait(list(pending), num_returns=1)
         i = pending.pop(done)
         try:

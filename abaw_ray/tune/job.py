@@ -13,7 +13,7 @@ import contextlib
 import json
 import sys
 import time
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,20 +29,22 @@ from abaw_ray.cluster import (
     interruptible_job,
     job_on_ray,
     name_refusal,
+    starts_local_instance,
     stoppable_search,
 )
 from abaw_ray.data.corpus import preflight
-from abaw_ray.ensemble import EnsembleResult, Member, apply_recipe, build_ensemble
+from abaw_ray.ensemble import EnsembleResult, Member, build_ensemble, ensemble_pseudo_labels
 from abaw_ray.errors import CorpusNotFoundError
 from abaw_ray.fsutil import atomic_write_text
 from abaw_ray.metrics import score_split
-from abaw_ray.pseudo import PSEUDO_FILE, PseudoLabels, make_pseudo_labels
+from abaw_ray.pause import pause_point
+from abaw_ray.pseudo import PSEUDO_FILE, PseudoLabels
 from abaw_ray.submission import write_submission
 from abaw_ray.tasks import NUM_EXPR_CLASSES, OFFICIAL_SCORE, PRIMARY_METRIC, Task
 from abaw_ray.train.data import FeatureBank
 from abaw_ray.train.loop import TrialConfig, load_predictions
 from abaw_ray.train.prepare import Prepared, prepare
-from abaw_ray.train.trainer import build_trainer
+from abaw_ray.tune.controls import control_runs, train_control
 from abaw_ray.tune.cost import TrialCost, best_by_hours, cost_summary, cost_unit, trial_costs
 from abaw_ray.tune.folds import (
     FoldResult,
@@ -65,14 +67,18 @@ from abaw_ray.tune.space import SearchSpace, load_search_space
 
 REPO = Path(__file__).resolve().parents[2]
 SUBMISSION_FILE: dict[str, str] = {"va": "VA_submission.txt", "expr": "EXPR_submission.txt"}
-CONTROLS_DIR = "controls"  # inside the search's folder, so a control is never a search
 
 # SearchConfig fields a flag overrides: flag -> (field, type, help)
 CONFIG_FLAGS = {
     "--num-samples": ("num_samples", int, "trials to run"),
     "--searcher": ("searcher", str, "tpe (Optuna TPE) or random"),
     "--scheduler": ("scheduler", str, "asha (stop weak trials early) or none"),
-    "--concurrency": ("max_concurrent", int, "trials at once (None: what the cluster fits)"),
+    "--concurrency": (
+        "max_concurrent",
+        int,
+        "trials at once at most (None: what the cluster holds as it grows, plus a few waiting "
+        "for the autoscaler)",
+    ),
     "--workers-per-trial": ("workers_per_trial", int, "data-parallel Ray Train workers"),
     "--gpus-per-trial": ("gpus_per_trial", float, "GPUs per trial; 0.25 packs four on a GPU"),
     "--cpus-per-worker": ("cpus_per_worker", float, "CPUs per Ray Train worker"),
@@ -177,7 +183,10 @@ def search_config(args: argparse.Namespace, space: SearchSpace, storage: str) ->
         name: getattr(args, flag[2:].replace("-", "_")) for flag, (name, *_) in CONFIG_FLAGS.items()
     }
     given = {name: value for name, value in flags.items() if value is not None}
-    return SearchConfig(space=space, storage_path=storage, name=args.name, **given)
+    local = starts_local_instance(args.address)
+    return SearchConfig(
+        space=space, storage_path=storage, name=args.name, local_instance=local, **given
+    )
 
 
 def load_members(outcomes: list[TrialOutcome], top_k: int) -> list[Member]:
@@ -196,21 +205,6 @@ def load_members(outcomes: list[TrialOutcome], top_k: int) -> list[Member]:
             )
         )
     return members
-
-
-def ensemble_pseudo_labels(
-    task: Task, members: list[Member], ens: EnsembleResult, bank: FeatureBank, source: str
-) -> PseudoLabels:
-    """The submitted ensemble's pseudo-labels: the training videos' unlabelled frames and the
-    test videos, each frame with a confidence (``make_pseudo_labels``)."""
-    unlabelled = sorted(set.intersection(*(set(m.unlabelled) for m in members)))
-    predicted = {
-        **apply_recipe(task, members, ens.submitted.recipe, "unlabelled", unlabelled),
-        **ens.test,
-    }
-    per_member = [{**m.unlabelled, **m.test} for m in members]
-    labelled = {v: bank.valid.get(v) for v in predicted}
-    return make_pseudo_labels(task, predicted, per_member, labelled, source)
 
 
 def majority_baseline(bank: FeatureBank) -> float:
@@ -239,37 +233,6 @@ def pseudo_problem(pseudo: PseudoLabels, bank: FeatureBank, source: Path) -> str
             f"corpus {bank.num_frames[v]}"
         )
     return None
-
-
-def train_control(
-    best: TrialOutcome,
-    prepared: Prepared,
-    cfg: SearchConfig,
-    run: dict[str, str],
-    changes: dict[str, Any],
-    kind: str,
-) -> float:
-    """The best trial's settings with ``changes`` (the control: shifted labels and masks);
-    its selection score. Stored under the search's own folder, so it can never be
-    taken for a search; every epoch is logged to the MLflow run ``run`` (``uri``,
-    ``run_id``)."""
-    trial = replace(TrialConfig.from_dict(best.config), **changes)
-    trainer = build_trainer(
-        trial,
-        prepared.bank_ref,
-        f"{cfg.experiment_uri()}/{CONTROLS_DIR}",
-        f"{kind}-{best.trial_id}-{time.strftime('%Y%m%d-%H%M%S')}",
-        gpus_per_worker=cfg.gpus_per_trial,
-        cpus_per_worker=cfg.cpus_per_worker,
-        tracking=run,
-        pseudo_ref=prepared.pseudo_ref,
-    )
-    result = trainer.fit()
-    metric = PRIMARY_METRIC[trial.task]
-    score = float(result.best_checkpoints[0][1][metric]) if result.best_checkpoints else np.nan
-    status = "FAILED" if np.isnan(score) else "FINISHED"
-    tracking.finish_run(run["uri"], run["run_id"], {f"best_{metric}": score}, status)
-    return score
 
 
 def ensemble_summary(task: Task, ens: EnsembleResult) -> dict[str, float]:
@@ -402,7 +365,9 @@ def search_on_ray(
     parent = None
     try:
         with interruptible_job():  # after init_ray, which sets its own SIGTERM handler
-            prepared = prepare_search(args, space, cfg, output)
+            prepared = prepare_search(
+                args, space, cfg, output, pseudo.holdout_videos if pseudo else None
+            )
             problem = folds_problem(prepared.bank, args.folds, cfg.seed)
             if problem is None and pseudo is not None:
                 problem = pseudo_problem(pseudo, prepared.bank, args.pseudo_labels)
@@ -433,7 +398,7 @@ def search_on_ray(
                 combos,
                 callbacks=[
                     tracking.trial_callback(uri, experiment, parent),
-                    report.trial_progress(cfg.metric, cfg.num_samples, console.fd),
+                    report.trial_progress(cfg.metric, cfg.num_samples),
                 ],
                 resume=args.resume,
                 verbose=1 if args.ray_logs else 0,
@@ -459,7 +424,11 @@ def search_on_ray(
 
 
 def prepare_search(
-    args: argparse.Namespace, space: SearchSpace, cfg: SearchConfig, output: Path
+    args: argparse.Namespace,
+    space: SearchSpace,
+    cfg: SearchConfig,
+    output: Path,
+    holdout_videos: tuple[str, ...] | None = None,
 ) -> Prepared:
     alignments = next((p.args for p in space.parameters if p.name == "alignment"), ("interp",))
     return prepare(
@@ -473,6 +442,7 @@ def prepare_search(
         holdout=cfg.holdout,
         seed=cfg.seed,
         realistic=args.realistic,
+        holdout_videos=holdout_videos,
     )
 
 
@@ -493,11 +463,14 @@ def finish_search(
     costs = trial_costs(cfg, outcomes)
     with contextlib.redirect_stdout(console.out):
         report.print_trials(task, outcomes)
+    pause_point("before_ensemble")
     members = load_members(outcomes, cfg.top_k)
     if not members:
         tracking.finish_run(uri, parent, {}, status="FAILED")
+        errors = [f"  trial {o.trial_id}: {o.error}" for o in outcomes if o.error]
         print(
-            f"error: no trial of {cfg.name} finished an epoch; see {cfg.experiment_uri()}",
+            f"error: no trial of {cfg.name} finished an epoch; see {cfg.experiment_uri()}"
+            + ("\n" + "\n".join(errors) if errors else ""),
             file=console.err,
         )
         return 1
@@ -537,7 +510,7 @@ def finish_search(
     summary = {**ensemble_summary(task, ens), **cost_summary(costs)}
     pseudo_path = None
     if args.make_pseudo_labels:
-        pseudo = ensemble_pseudo_labels(task, members, ens, bank, cfg.name)
+        pseudo = ensemble_pseudo_labels(task, members, ens, bank.valid, cfg.name)
         pseudo_path = pseudo.save(output / cfg.name / PSEUDO_FILE)
         artifacts.append(pseudo_path)
         summary.update(pseudo_frames=pseudo.frames, pseudo_confidence=pseudo.mean_confidence())
@@ -548,12 +521,7 @@ def finish_search(
         summary["majority_baseline_val_f1"] = majority_baseline(bank)
     if args.control:
         best = outcomes[0]
-        controls = {"control": {"shuffle_labels": True}}
-        if best.config.get("pseudo_labels"):
-            # What the pseudo-labels are worth: without them, and shifted within each video.
-            controls["no_pseudo"] = {"pseudo_labels": False}
-            controls["pseudo_shifted"] = {"shuffle_pseudo_labels": True}
-        for kind, changes in controls.items():
+        for kind, changes in control_runs(best.config).items():
             params = {**best.config, **changes, "controls": best.trial_id}
             run = {
                 "uri": uri,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +20,18 @@ from typing import Any, Literal
 import pyarrow.fs as pafs
 import ray
 from ray import tune
+from ray.tune.search import ConcurrencyLimiter
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from abaw_ray.tasks import PRIMARY_METRIC
+from abaw_ray.pause import pause_point
+from abaw_ray.tasks import PRIMARY_METRIC, TRIAL_ERROR, TRIAL_FINISHED
 from abaw_ray.train.loop import TRIAL_JSON, TrialConfig
-from abaw_ray.train.trainer import build_trainer
+from abaw_ray.train.trainer import TRIAL_DRIVER_CPU, error_tail, fit_trial, lost_worker
 from abaw_ray.tune.space import SearchSpace
 
 TRAINERS_DIR = "trainers"
+PENDING_MIN = 2  # trials that may wait for resources even when none run yet
+TUNE_STOP_WAIT_S = 300  # how long a trial whose training ended waits for Tune to stop it
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,10 @@ class SearchConfig:
     num_samples: int = 8  # trials to run
     searcher: Literal["tpe", "random"] = "tpe"  # Optuna TPE, or random sampling
     scheduler: Literal["asha", "none"] = "asha"  # ASHA stops weak trials early
-    max_concurrent: int | None = None  # trials at once (None: what the cluster fits)
+    max_concurrent: int | None = None  # trials at once at most (None: no cap but the pacing)
+    # the job started its own Ray: no autoscaler grows it (no trial waits for one) and no
+    # head is to be spared (trial drivers ask for no CPU)
+    local_instance: bool = False
     workers_per_trial: int = 1  # data-parallel Ray Train workers of each trial
     gpus_per_trial: float = 0.0  # fractions pack several small trials on a GPU
     cpus_per_worker: float = 1.0
@@ -61,6 +68,22 @@ class SearchConfig:
     def trainers_uri(self) -> str:
         return f"{self.experiment_uri()}/{TRAINERS_DIR}"
 
+    @property
+    def driver_cpus(self) -> float:
+        """The CPU share of a trial's driver processes (``TRIAL_DRIVER_CPU``)."""
+        return 0.0 if self.local_instance else TRIAL_DRIVER_CPU
+
+    def trial_resources(self) -> dict[str, Any]:
+        """``build_trainer``'s resource settings for a trial of this search: its workers,
+        each with its share of the trial's GPUs, its CPUs, and the retries after a lost
+        worker. Controls and folds train with the same."""
+        return {
+            "workers": self.workers_per_trial,
+            "gpus_per_worker": self.gpus_per_trial / self.workers_per_trial,
+            "cpus_per_worker": self.cpus_per_worker,
+            "max_failures": self.max_failures,
+        }
+
 
 @dataclass
 class TrialOutcome:
@@ -70,6 +93,7 @@ class TrialOutcome:
     best: dict[str, float] | None = None  # metrics of the best (checkpointed) epoch
     checkpoint: str | None = None  # URI of that checkpoint
     last: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None  # the last lines of the error it ended with, if one
 
     @property
     def score(self) -> float:
@@ -78,8 +102,9 @@ class TrialOutcome:
 
 @ray.remote(num_cpus=0)
 class StopFlag:
-    """Set when Tune stops the trial that owns it; the trial's workers read it each epoch
-    (``stop_requested``). It dies with its trial, which the workers read as a stop too."""
+    """Set when Tune ends the trial that owns it (``StopRelay``, a callback of the driver);
+    the trial's workers read it each epoch (``stop_requested``). It dies with its trial,
+    which the workers read as a stop too."""
 
     def __init__(self) -> None:
         self.stopped = False
@@ -89,6 +114,31 @@ class StopFlag:
 
     def is_set(self) -> bool:
         return self.stopped
+
+
+def stop_flag_name(trial_id: str) -> str:
+    return f"abaw-stop-{trial_id}"
+
+
+def stop_relay() -> Any:
+    """A Tune callback (it runs in the search's driver) that sets a trial's ``StopFlag`` when
+    Tune ends the trial: ASHA, the time budget, its last result, an error."""
+    from ray.tune import Callback
+
+    class StopRelay(Callback):
+        def _stop(self, trial: Any) -> None:
+            try:
+                ray.get_actor(stop_flag_name(trial.trial_id)).set.remote()
+            except ValueError:
+                pass  # the trial's flag is gone with it
+
+        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+            self._stop(trial)
+
+        def on_trial_error(self, iteration, trials, trial, **info) -> None:
+            self._stop(trial)
+
+    return StopRelay()
 
 
 def run_trial(
@@ -104,37 +154,50 @@ def run_trial(
 ) -> None:
     """The Tune function trainable: one TorchTrainer whose rank-0 reports reach Tune through
     ``TuneReportCallback``. The trainer's name is the Tune trial id, so a restored search
-    finds and resumes the same Train run. When Tune stops the trial (ASHA, the time budget,
-    an interrupt) its workers stop before their next epoch or checkpoint: Tune sets the
-    session's stop event, which a thread relays to the workers' ``StopFlag``."""
-    from ray.train._internal.session import get_session
+    finds and resumes the same Train run. When Tune ends the trial (ASHA, the time budget,
+    an interrupt) its workers stop before their next epoch or checkpoint (its ``StopFlag``).
+    A lost worker is retried (``fit_trial``), an error of the training code is not: the trial
+    reports it (``TRIAL_ERROR``) and ends."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    stop_flag = StopFlag.remote()
-    stop_event = get_session().stop_event
+    trial_id = tune.get_context().get_trial_id()
+    # Beside this trial's driver, never wherever a 0-CPU actor happens to land (the head);
+    # named, so the driver's StopRelay finds it.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    stop_flag = StopFlag.options(
+        name=stop_flag_name(trial_id), get_if_exists=True, scheduling_strategy=here
+    ).remote()
 
-    def relay_stop() -> None:
-        stop_event.wait()
-        stop_flag.set.remote()
+    def stopped() -> bool:
+        return ray.get(stop_flag.is_set.remote())
 
-    threading.Thread(target=relay_stop, daemon=True).start()
-    trial = TrialConfig.from_dict(config)
-    trainer = build_trainer(
-        trial,
-        bank_ref[0],
-        trainers_uri,
-        name=f"train-{tune.get_context().get_trial_id()}",
-        workers=workers,
-        gpus_per_worker=gpus_per_worker,
-        cpus_per_worker=cpus_per_worker,
-        callbacks=[TuneReportCallback()],
-        max_failures=max_failures,
-        stop_flag=stop_flag,
-        keep_checkpoints=None,  # a stopped trial's last epochs must not evict what Tune saw
-        pseudo_ref=pseudo_ref[0] if pseudo_ref else None,
-        predict_unlabelled=predict_unlabelled,
-    )
-    trainer.fit()
+    if pause_point("trial_start", trial_id, stopped) and stopped():
+        return
+    try:
+        fit_trial(
+            max_failures=max_failures,
+            trial=TrialConfig.from_dict(config),
+            data_ref=bank_ref[0],
+            storage_path=trainers_uri,
+            name=f"train-{trial_id}",
+            workers=workers,
+            gpus_per_worker=gpus_per_worker,
+            cpus_per_worker=cpus_per_worker,
+            callbacks=[TuneReportCallback()],
+            stop_flag=stop_flag,
+            keep_checkpoints=None,  # a stopped trial's last epochs must not evict what Tune saw
+            pseudo_ref=pseudo_ref[0] if pseudo_ref else None,
+            predict_unlabelled=predict_unlabelled,
+        )
+    except ray.train.TrainingFailedError as err:
+        if lost_worker(err):
+            raise  # Tune runs the trial again (its FailureConfig): it resumes from a checkpoint
+        tune.report({TRIAL_ERROR: error_tail(err), TRIAL_FINISHED: 1})
+    # Tune ends the trial on its last result (TRIAL_FINISHED): return once it has read it,
+    # never with a result in flight (Tune's function session then waits forever).
+    deadline = time.time() + TUNE_STOP_WAIT_S
+    while not stopped() and time.time() < deadline:
+        time.sleep(0.2)
 
 
 def _max_epochs(space: SearchSpace) -> int:
@@ -146,18 +209,48 @@ def _max_epochs(space: SearchSpace) -> int:
     return TrialConfig().epochs
 
 
-def default_concurrency(cfg: SearchConfig) -> int:
-    """As many trials as the cluster fits now; on a cluster that fits none (an autoscaling
-    one whose workers are all down, its head offering no CPU) every trial, so that the
-    pending trials make the autoscaler launch workers (``--concurrency`` caps it)."""
-    res = ray.cluster_resources()
-    by_cpu = int(res.get("CPU", 0) // max(cfg.workers_per_trial * cfg.cpus_per_worker, 1e-6))
-    if by_cpu == 0:
-        return cfg.num_samples
-    limit = by_cpu
-    if cfg.gpus_per_trial:
-        limit = min(limit, int(res.get("GPU", 0) // cfg.gpus_per_trial) or 1)
-    return max(1, min(limit, cfg.num_samples))
+def trials_fitting(nodes: list[dict[str, Any]], cfg: SearchConfig) -> int:
+    """How many trials the alive ``nodes`` (``ray.nodes()``) hold at once, node by node (a
+    Train worker does not span nodes): CPUs for the workers and their share of the driver's,
+    GPUs at each worker's share of ``gpus_per_trial``."""
+    cpus = cfg.cpus_per_worker + cfg.driver_cpus / cfg.workers_per_trial
+    gpus = cfg.gpus_per_trial / cfg.workers_per_trial
+    workers = 0
+    for node in nodes:
+        if not node.get("Alive"):
+            continue
+        res = node.get("Resources", {})
+        fit = int(res.get("CPU", 0) // max(cpus, 1e-6))
+        if gpus:
+            fit = min(fit, int(res.get("GPU", 0) // gpus))
+        workers += fit
+    return workers // cfg.workers_per_trial
+
+
+def trials_at_once(cfg: SearchConfig, fit: int) -> int:
+    """Trials to have in flight when the cluster holds ``fit`` of them now: those, plus as
+    many waiting for resources (at least ``PENDING_MIN``): what makes an autoscaler launch
+    nodes, doubling the cluster a round as its own ``upscaling_speed`` 1 does. None wait on a
+    job's own local instance, which nothing grows. Never more than ``--concurrency``."""
+    waiting = 0 if cfg.local_instance else max(PENDING_MIN, fit)
+    at_once = max(1, fit + waiting)
+    return min(at_once, cfg.max_concurrent) if cfg.max_concurrent else at_once
+
+
+class PacedLimiter(ConcurrencyLimiter):
+    """Tune's ``ConcurrencyLimiter`` with a limit read from the cluster each time Tune asks
+    for a trial (``trials_at_once`` of what the cluster holds now): it grows as an autoscaler
+    adds nodes and never hands out every sample at once, so the searcher (TPE) learns from
+    finished trials while it proposes new ones."""
+
+    def __init__(self, searcher: Any, cfg: SearchConfig) -> None:
+        super().__init__(searcher, max_concurrent=max(1, cfg.max_concurrent or cfg.num_samples))
+        self.pacing = cfg  # what the limit is computed from (saved with the searcher's state)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        fit = trials_fitting(ray.nodes(), self.pacing)
+        self.max_concurrent = trials_at_once(self.pacing, fit)
+        return super().suggest(trial_id)
 
 
 def build_tuner(
@@ -181,38 +274,41 @@ def build_tuner(
         run_trial,
         bank_ref=[bank_ref],
         trainers_uri=cfg.trainers_uri(),
-        workers=cfg.workers_per_trial,
-        gpus_per_worker=cfg.gpus_per_trial / cfg.workers_per_trial,
-        cpus_per_worker=cfg.cpus_per_worker,
-        max_failures=cfg.max_failures,
+        **cfg.trial_resources(),
         pseudo_ref=[pseudo_ref] if pseudo_ref is not None else None,
         predict_unlabelled=predict_unlabelled,
     )
     # The function trainable only drives the trainer; the trainer's workers hold the CPUs and
-    # GPUs. A zero-CPU bundle (with a token of memory, as Ray needs one non-zero resource)
-    # keeps the driver from taking the share that a worker needs.
-    trainable = tune.with_resources(
-        trainable, tune.PlacementGroupFactory([{"CPU": 0, "memory": 1e6}])
-    )
+    # GPUs. Its bundle asks for a sliver of CPU on a cluster (a 0-CPU head never takes it)
+    # and none on a local instance (no share a worker needs); "memory" as Ray needs one
+    # non-zero resource in a bundle.
+    bundle = {"CPU": cfg.driver_cpus} if cfg.driver_cpus else {"CPU": 0, "memory": 1e6}
+    trainable = tune.with_resources(trainable, tune.PlacementGroupFactory([bundle]))
     # Tune saves its experiment state (trials, searcher) at most every 10 s by default: a
     # trial started since the last save is unknown to a resumed search, which would replace it
     # by a new one. Saving at every controller step keeps resume exact; the state is small.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    # PacedLimiter bounds the trials in flight; Tune's own bound on trials waiting for their
+    # placement group would otherwise be frozen at the limiter's first value.
+    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(1, cfg.num_samples)))
+    # A failed trial's last result holds its error and no score (TRIAL_ERROR).
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     if resume:
-        tuner = tune.Tuner.restore(
+        # The first run's callbacks come back unpickled: they find this process's console
+        # (CONSOLE_FD_ENV) and continue their counts.
+        return tune.Tuner.restore(
             cfg.experiment_uri(), trainable=trainable, resume_unfinished=True, resume_errored=True
         )
-        # Restore brings back the callbacks pickled by the first run (their console and
-        # counters); this process's own take their place.
-        tuner._local_tuner.get_run_config().callbacks = callbacks
-        return tuner
     sampler = (
         optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=min(4, cfg.num_samples))
         if cfg.searcher == "tpe"
         else optuna.samplers.RandomSampler(seed=cfg.seed)
     )
-    searcher = OptunaSearch(
-        space=cfg.space.define_by_run(combos), metric=cfg.metric, mode="max", sampler=sampler
+    searcher = PacedLimiter(
+        OptunaSearch(
+            space=cfg.space.define_by_run(combos), metric=cfg.metric, mode="max", sampler=sampler
+        ),
+        cfg,
     )
     scheduler = (
         ASHAScheduler(
@@ -232,14 +328,14 @@ def build_tuner(
             search_alg=searcher,
             scheduler=scheduler,
             num_samples=cfg.num_samples,
-            max_concurrent_trials=cfg.max_concurrent or default_concurrency(cfg),
             time_budget_s=cfg.time_budget_s,
         ),
         run_config=tune.RunConfig(
             name=cfg.name,
             storage_path=cfg.storage_path,
-            callbacks=callbacks,
+            callbacks=[*(callbacks or []), stop_relay()],
             verbose=verbose,
+            stop={TRIAL_FINISHED: 1},  # a trial's last result (its epochs or patience spent)
             # A trial whose driving actor dies with its node is run again; its trainer, same
             # name and storage, continues from its last checkpoint.
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
@@ -313,11 +409,14 @@ def collect_outcomes(cfg: SearchConfig, results: tune.ResultGrid) -> list[TrialO
     outcomes = []
     for r in results:
         trial_id = (r.metrics or {}).get("trial_id") or Path(r.path).name.split("_")[-2]
-        status = "error" if r.error else "done"
+        error = (r.metrics or {}).get(TRIAL_ERROR) or (str(r.error).strip() if r.error else None)
+        status = "error" if error else "done"
         last_epoch = (r.metrics or {}).get("epoch")
         found = best_checkpoint(f"{cfg.trainers_uri()}/train-{trial_id}", cfg.metric, last_epoch)
         config = {k: v for k, v in (r.config or {}).items()}
-        outcome = TrialOutcome(trial_id, config, status, last=dict(r.metrics or {}))
+        outcome = TrialOutcome(
+            trial_id, config, status, last=dict(r.metrics or {}), error=error and error[-500:]
+        )
         if found:
             outcome.best = {**found[0], "_score": found[0][cfg.metric]}
             outcome.checkpoint = found[1]

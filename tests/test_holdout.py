@@ -1,0 +1,42 @@
+"""The held-out validation videos: a seeded draw of whole raw videos (a ``_left``/``_right`` pair,
+two people cropped from one raw video with one audio track, is never split across selection and
+held-out), and a search trained on pseudo-labels holds out what their search held out."""
+
+from __future__ import annotations
+
+import pytest
+
+from abaw_ray.data.corpus import raw_video
+from abaw_ray.train.data import split_holdout
+
+VIDEOS = ["10-60-1280x720_left", "10-60-1280x720_right", "21-24-1920x1080", "5-25-640x360"]
+VIDEOS += ["video7", "118-30-640x480"]
+
+
+def test_a_pair_is_one_raw_video():
+    assert raw_video("10-60-1280x720_left") == raw_video("10-60-1280x720_right") == "10-60-1280x720"
+    assert raw_video("video7") == "video7"
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_pair_never_straddles_the_hold_out(seed):
+    selection, held = split_holdout(VIDEOS, 1 / 3, seed)
+    assert sorted([*selection, *held]) == sorted(VIDEOS) and not set(selection) & set(held)
+    pair = {"10-60-1280x720_left", "10-60-1280x720_right"}
+    assert pair <= set(held) or pair <= set(selection), (seed, held)
+    # a third of 6 videos: 2, whether that is the pair or two single videos
+    assert len(held) == 2
+
+
+def test_the_draw_holds_out_the_pair_for_some_seeds_and_single_videos_for_others():
+    draws = [set(split_holdout(VIDEOS, 1 / 3, seed)[1]) for seed in range(20)]
+    assert any("10-60-1280x720_left" in d for d in draws)
+    assert any("10-60-1280x720_left" not in d for d in draws)
+
+
+def test_a_count_and_zero_and_too_many():
+    assert split_holdout(VIDEOS, 0, 0) == (tuple(sorted(VIDEOS)), ())
+    selection, held = split_holdout(VIDEOS, 1, 3)
+    assert len(held) in (1, 2)  # one video, or the pair it belongs to
+    with pytest.raises(ValueError, match="no validation video to select on"):
+        split_holdout(["a_left", "a_right"], 1, 0)
