@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import logging
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -24,11 +25,11 @@ from typing import Any, TextIO
 import ray
 import ray.data
 
+from abaw_ray.console import CONSOLE_FD_ENV
+
 # Set by Ray's job supervisor in the environment of a submitted job's entrypoint.
 JOB_SUBMIT_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
-# The descriptor of the job's console, for its Tune callbacks: a resumed search's callbacks
-# are the first run's, unpickled, and find this process's console here.
-CONSOLE_FD_ENV = "ABAW_RAY_CONSOLE_FD"
+
 RAY_LOGGERS = ("ray", "py.warnings")  # ray.tune, ray.train, ray.data ... propagate to "ray"
 
 
@@ -67,16 +68,23 @@ def starts_local_instance(address: str | None) -> bool:
     return (address or os.environ.get("RAY_ADDRESS") or "local") == "local"
 
 
-def check_output_dir(output: Path) -> str | None:
-    """Why ``output`` cannot hold a submitted job's results, or None. Under ``ray job submit``
-    the job runs in a temporary copy of its working directory, deleted with the job: a
-    relative ``--output`` would land there."""
+def check_output_dir(output: Path, flag: str = "--output") -> str | None:
+    """Why ``output`` cannot hold a job's results, or None: a path under a regular file, a
+    folder this process may not write, or (under ``ray job submit``, where the job runs in a
+    temporary copy of its working directory, deleted with the job) a relative path."""
     if submitted_job() and not output.is_absolute():
         return (
-            f"--output {output} is relative: under ray job submit it would be written inside "
+            f"{flag} {output} is relative: under ray job submit it would be written inside "
             f"the job's temporary working directory ({Path.cwd()}) and lost with it; pass an "
             "absolute path on storage every node shares, e.g. --output /shared/abaw"
         )
+    existing = output.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{flag} {output}: {existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{flag} {output}: {existing} is not writable"
     return None
 
 
@@ -124,8 +132,8 @@ def job_on_ray(args: argparse.Namespace, kind: str, name: str, output: Path) -> 
     before the output is restored, so that nothing of Ray's follows the job's last line."""
     log_file = output / "logs" / f"{name}.log"
     print(
-        f"{'resuming' if args.resume else 'starting'} {kind} {name}: results in {output}"
-        + ("" if args.ray_logs else f", Ray's logs in {log_file}"),
+        f"{'resuming' if getattr(args, 'resume', False) else 'starting'} {kind} {name}: "
+        f"results in {output}" + ("" if args.ray_logs else f", Ray's logs in {log_file}"),
         flush=True,
     )
     with ray_output_to(None if args.ray_logs else log_file) as console:
@@ -142,6 +150,17 @@ def name_refusal(where: str, kind: str, resume: bool) -> str:
     if resume:
         return f"error: {where} holds no {kind} to resume"
     return f"error: {where} holds a {kind} already: pass --resume to continue it, or another --name"
+
+
+def resume_command(name: str) -> str:
+    """The command that resumes this job's run (a search, a trial): the command it was
+    started with, plus ``--resume --name NAME``."""
+    argv = [a for a in sys.argv[1:] if a != "--resume"]
+    if "--name" in argv:
+        i = argv.index("--name")
+        del argv[i : i + 2]
+    command = shlex.join(["python", sys.argv[0], *argv, "--resume", "--name", name])
+    return f"ray job submit --working-dir . -- {command}" if submitted_job() else command
 
 
 class Interrupted(Exception):
@@ -215,7 +234,11 @@ def ray_output_to(log_file: Path | None) -> Iterator[Console]:
     """Inside the block, all that this process writes to its standard output and error, Ray's
     and Tune's logs and tables, library warnings and native code's lines alike, is appended to
     ``log_file``; the job prints its own lines to the ``Console`` yielded, the terminal.
-    ``log_file`` None: nothing is redirected."""
+    ``log_file`` None: nothing is redirected.
+
+    The output reaches the file through a pipe that a thread drains, so a log that cannot be
+    written (a full disk) never fails a write of Ray's or Tune's: its lines go to the
+    terminal instead, after one line saying so."""
     if log_file is None:
         os.environ[CONSOLE_FD_ENV] = str(sys.stdout.fileno())
         yield Console(sys.stdout, sys.stderr, sys.stdout.fileno())
@@ -231,16 +254,55 @@ def ray_output_to(log_file: Path | None) -> Iterator[Console]:
     )
     console.fd = console.out.fileno()
     os.environ[CONSOLE_FD_ENV] = str(console.fd)
-    with open(log_file, "a") as log:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
+    read_end, write_end = os.pipe()
+    pump = threading.Thread(
+        target=_drain_into, args=(read_end, log_file, os.dup(saved[1])), daemon=True
+    )
+    pump.start()
+    os.dup2(write_end, 1)
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    try:
+        yield console
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, original in zip((1, 2), saved):
+            os.dup2(original, fd)  # the pipe's last write ends in this process close here
+            os.close(original)
+        pump.join(timeout=LOG_DRAIN_S)
+        console.out.close()
+        console.err.close()
+
+
+LOG_DRAIN_S = 10  # how long a job waits, at its end, for the last of Ray's output to be logged
+
+
+def _drain_into(read_end: int, log_file: Path, fallback: int) -> None:
+    """Copy the pipe into ``log_file`` until every writer is gone; on the first failed write,
+    say so once on ``fallback`` (the terminal's stderr) and copy there from then on."""
+    failed = False
+    with os.fdopen(read_end, "rb", buffering=0) as src, os.fdopen(fallback, "wb", 0) as term:
         try:
-            yield console
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            for fd, original in zip((1, 2), saved):
-                os.dup2(original, fd)
-                os.close(original)
-            console.out.close()
-            console.err.close()
+            log = open(log_file, "ab", buffering=0)  # noqa: SIM115 - closed below
+        except OSError as err:
+            log, failed = None, True
+            term.write(
+                f"note: cannot write Ray's log {log_file} ({err}); it follows here\n".encode()
+            )
+        while chunk := src.read(65536):
+            if not failed:
+                try:
+                    log.write(chunk)
+                    continue
+                except OSError as err:
+                    failed = True
+                    term.write(
+                        f"note: Ray's log {log_file} cannot be written ({err.strerror}); "
+                        f"its lines follow here\n".encode()
+                    )
+            with contextlib.suppress(OSError):
+                term.write(chunk)
+        if log is not None:
+            with contextlib.suppress(OSError):
+                log.close()

@@ -19,3 +19,8 @@ class InputFormatError(ValueError):
 class CorpusNotFoundError(ValueError):
     """A ``--data`` root that is missing, empty or not laid out as Aff-Wild2: one line naming
     what is missing, raised before a job starts anything."""
+
+
+class BadInputError(ValueError):
+    """Input a job cannot use (a corpus without training videos, held-out videos it lacks),
+    said in one line: the job prints it and exits 2."""

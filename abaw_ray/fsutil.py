@@ -105,3 +105,18 @@ def remove_stale_partials(folder: str | Path) -> int:
             p.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+RESULTS_IGNORE = "# written by abaw-ray: results, not code (git and ray job submit skip them)\n*\n"
+
+
+def ensure_results_dir(path: str | Path) -> Path:
+    """Create a folder for a job's results, with a ``.gitignore`` of ``*`` in it, so that git
+    and ``ray job submit --working-dir .`` (which reads ``.gitignore`` files) leave it out
+    wherever it is: a results folder inside the repository never makes an upload too large."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    ignore = path / ".gitignore"
+    if not ignore.exists():
+        atomic_write_text(ignore, RESULTS_IGNORE)
+    return path

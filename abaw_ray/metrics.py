@@ -149,3 +149,17 @@ def score_split(
     out = {key: float(np.nanmean(per_class))}
     out.update({f"{key}_class{c}": float(np.nan_to_num(f)) for c, f in enumerate(per_class)})
     return out
+
+
+def majority_baseline(
+    labels: Mapping[str, np.ndarray],
+    valid: Mapping[str, np.ndarray],
+    train: Sequence[str],
+    videos: Sequence[str],
+) -> float:
+    """EXPR: macro F1 on ``videos`` of always predicting the most frequent class of the
+    ``train`` videos."""
+    counts = np.concatenate([labels[v][valid[v]] for v in train])
+    majority = np.bincount(counts, minlength=NUM_EXPR_CLASSES).argmax()
+    preds = {v: np.eye(NUM_EXPR_CLASSES)[np.full(len(labels[v]), majority)] for v in videos}
+    return score_split("expr", preds, videos, labels, valid)["f1"]

@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from abaw_ray.cluster import CONSOLE_FD_ENV  # noqa: E402
+from abaw_ray.console import console_fd  # noqa: E402
 from abaw_ray.metrics import ccc, confusion_matrix, flatten_split, score_split  # noqa: E402
 from abaw_ray.tasks import (  # noqa: E402
     EXPR_CLASSES,
@@ -174,15 +174,26 @@ def print_trials(task: Task, outcomes: Sequence, shown: int = 10) -> None:
         f"checkpoint); top trials by {metric} on the selection videos:"
     )
     head = "".join(f"{h:>9}" for h in extra)
-    print(f"  {'trial':<14}{metric:>9}{head}{'epoch':>6}  {'model':<17}features")
+    pseudo = any("pseudo_labels" in o.config for o in outcomes)  # a search given pseudo-labels
+    column = f"{'pseudo':<8}" if pseudo else ""
+    print(f"  {'trial':<14}{metric:>9}{head}{'epoch':>6}  {column}{'model':<17}features")
     for o in outcomes[:shown]:
         if o.best is None:
-            print(f"  {o.trial_id:<14}{'-':>9}  ({o.status}, no checkpoint)")
+            why = f"failed: {o.error}" if o.error else f"{o.status}, no checkpoint"
+            print(f"  {o.trial_id:<14}{'-':>9}  ({why})")
             continue
         cols = "".join(f"{o.best[f'{metric}_{h}']:>9.3f}" for h in extra)
+        used = f"{'yes' if o.config.get('pseudo_labels') else 'no':<8}" if pseudo else ""
         print(
-            f"  {o.trial_id:<14}{o.best[metric]:>9.4f}{cols}{o.best['epoch']:>6}  "
+            f"  {o.trial_id:<14}{o.best[metric]:>9.4f}{cols}{o.best['epoch']:>6}  {used}"
             f"{o.config.get('model', '?'):<17}{o.config.get('features', '?')}"
+        )
+    if pseudo:
+        n = sum(bool(o.config.get("pseudo_labels")) for o in outcomes)
+        best = outcomes[0].config.get("pseudo_labels") if outcomes else False
+        print(
+            f"  pseudo-labels: {n} of {len(outcomes)} trials trained on them; the best "
+            + ("did" if best else "did not (--control measures them only when it does)")
         )
 
 
@@ -194,22 +205,31 @@ def _scores(task: Task, scores: dict[str, float]) -> str:
     return f"{scores[key]:.4f}"
 
 
-def print_summary(task, ens, members, bank, summary, submission, control_of=None) -> None:
+def print_summary(
+    task, ens, members, bank, summary, submission, control_of=None, folds=None
+) -> None:
     """The end of a search: selection and held-out scores of the best single trial and the
-    ensemble, what was submitted, baselines and the control."""
+    ensemble; what was submitted (the trial ensemble refit on every validation video, or
+    with ``folds`` the fold ensemble, announced before the file); baselines; the controls;
+    the submission file, last."""
     key = OFFICIAL_SCORE[task]
     metric = PRIMARY_METRIC[task]
     sel, n_sel, n_held = ens.selection, len(bank.splits["val"]), len(bank.splits["holdout"])
     best_id = sel.best_single[0]
-    selection, held_out = f"selection ({n_sel} videos)", f"held out ({n_held} videos)"
+    used = {t for w in ens.selection.recipe.weights.values() for t, x in w.items() if x}
+    selection, held_out = f"selection ({_count(n_sel)})", f"held out ({_count(n_held)})"
     print(f"\n{'':<34}{selection:>26}{held_out:>26}")
     held = ens.holdout
+    ensemble = f"ensemble of {len(used)} trial{'s' * (len(used) != 1)}" + (
+        f" (of {len(members)} offered)" if len(used) != len(members) else ""
+    )
     for label, chosen, hkey in (
         (f"best single trial {best_id}", sel.best_single[1], "best_single"),
-        (f"ensemble of {len(members)} trials", sel.scores, "ensemble"),
+        (ensemble, sel.scores, "ensemble"),
     ):
         h = f"{held[hkey][key]:.4f}" if held else "-"
         print(f"  {label:<32}{chosen[key]:>26.4f}{h:>26}")
+    print(f"  its members and weights: {recipe_text(ens.selection.recipe)}")
     if held:
         print(
             f"  held-out videos: {', '.join(bank.splits['holdout'])} (nothing was selected on "
@@ -217,11 +237,16 @@ def print_summary(task, ens, members, bank, summary, submission, control_of=None
         )
     else:
         print("  no held-out videos (--holdout 0): the selection scores are optimistic")
-    print(
-        f"submitted ensemble: refit on all {len(ens.submitted.videos)} validation videos by the "
-        f"same recipe; val {key} {_scores(task, ens.submitted.scores)} (optimistic: fit there); "
-        f"smoothing {ens.submitted.recipe.smoothing_names()}"
+    refit = (
+        f"the same recipe refit on all {len(ens.submitted.videos)} validation videos: val "
+        f"{key} {_scores(task, ens.submitted.scores)} (optimistic: fit there)"
     )
+    if ens.submitted.recipe != ens.selection.recipe:
+        refit += f"; members and weights {recipe_text(ens.submitted.recipe)}"
+    if folds is None:
+        print(f"submitted: the trial ensemble, {refit}")
+    else:
+        print(f"the trial ensemble, {refit}; not submitted: the fold ensemble below is")
     if task == "expr":
         print(
             "majority-class baseline (all validation videos): f1 "
@@ -253,10 +278,27 @@ def print_summary(task, ens, members, bank, summary, submission, control_of=None
                 f"without, {summary[f'pseudo_shifted_{metric}']:.4f} with them shifted within "
                 f"each video (their control), on the same selection videos"
             )
+
+
+def print_submission(submission) -> None:
     print(
         f"submission: {submission or '- (the corpus has no test template)'}"
         + (" (validated)" if submission else "")
     )
+
+
+def _count(n: int, what: str = "video") -> str:
+    return f"{n} {what}{'s' * (n != 1)}"
+
+
+def recipe_text(recipe) -> str:
+    """``valence: 3a2b1c00 x2, 9f8e7d00 x1, box(15); arousal: ...``: each target's members
+    with their weights and its smoothing."""
+    parts = []
+    for target, weights in recipe.weights.items():
+        members = ", ".join(f"{t} x{w:g}" for t, w in sorted(weights.items(), key=lambda x: -x[1]))
+        parts.append(f"{target}: {members}, {recipe.smoothing[target]}")
+    return "; ".join(parts)
 
 
 def search_plots(task, out_dir: Path, ens, best, bank) -> list[Path]:
@@ -347,7 +389,7 @@ def trial_progress(metric: str, total: int) -> Any:
                     f"{cfg.get('features')}: best {metric} {score:.4f} at epoch {epoch}"
                     + ("" if outcome == "done" else f" ({outcome})")
                 )
-            os.write(int(os.environ.get(CONSOLE_FD_ENV, "1")), (line + "\n").encode())
+            os.write(console_fd(), (line + "\n").encode())
 
         def on_trial_complete(self, iteration, trials, trial, **info) -> None:
             self.line(trials, trial, "done")

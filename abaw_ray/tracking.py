@@ -20,7 +20,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,23 @@ def tracking_uri(output: Path) -> str:
         return os.environ["MLFLOW_TRACKING_URI"]
     output.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{(output / 'mlflow.db').resolve()}"
+
+
+UI_PORT = 5000  # mlflow ui's default port, where a local database is served
+
+
+def ui_link(uri: str, experiment: str) -> str:
+    """Where a person looks at an experiment's runs: its runs table (the "Model training"
+    view) on the tracking server, or, for a local database, on the ``mlflow ui`` the line
+    gives the command of."""
+    exp = _client(uri).get_experiment_by_name(experiment)
+    page = f"#/experiments/{exp.experiment_id}/runs" if exp is not None else "#/experiments"
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{page}"
+    return (
+        f"http://127.0.0.1:{UI_PORT}/{page} once served by "
+        f"mlflow ui --host 127.0.0.1 --port {UI_PORT} --backend-store-uri {uri}"
+    )
 
 
 def artifact_location(uri: str) -> str | None:
@@ -100,10 +117,14 @@ def parent_run(
     return run.info.run_id
 
 
-def trial_callback(uri: str, experiment: str, parent_id: str) -> Any:
+def trial_callback(
+    uri: str, experiment: str, parent_id: str, params: Callable[[dict], dict] | None = None
+) -> Any:
     """A Tune callback logging one MLflow run per trial under the search's parent run. A
     resumed search finds each trial's run again (by its ``trial_id`` tag) and continues it:
-    one run per trial, however often the search is resumed. Steps are the reported epochs."""
+    one run per trial, however often the search is resumed. Steps are the reported epochs.
+    ``params``: a trial's sampled config -> the parameters to record (default: the config;
+    a search records every setting the trial trained with, defaults included)."""
     from ray.tune.logger import LoggerCallback
 
     class TrialRuns(LoggerCallback):
@@ -129,7 +150,7 @@ def trial_callback(uri: str, experiment: str, parent_id: str) -> Any:
                     tags={PARENT_TAG: parent_id, TRIAL_TAG: trial.trial_id},
                 )
                 rid = run.info.run_id
-                for k, v in trial.config.items():
+                for k, v in (params(trial.config) if params else trial.config).items():
                     client.log_param(rid, k, str(v)[:500])
             self.runs[trial.trial_id] = rid
             return rid
@@ -159,9 +180,9 @@ def trial_callback(uri: str, experiment: str, parent_id: str) -> Any:
     return TrialRuns()
 
 
-def kill_runs(uri: str, parent_id: str) -> int:
-    """Marks the search's parent run and its children still RUNNING as KILLED (an
-    interrupted search); the number of children marked."""
+def kill_runs(uri: str, parent_id: str, status: str = "KILLED") -> int:
+    """Marks the search's parent run and its children still RUNNING as ``status`` (KILLED: an
+    interrupted search; FAILED: a search that failed); the number of children marked."""
     client = _client(uri)
     parent = client.get_run(parent_id)
     children = client.search_runs(
@@ -169,8 +190,8 @@ def kill_runs(uri: str, parent_id: str) -> int:
         f"tags.`{PARENT_TAG}` = '{parent_id}' and attributes.status = 'RUNNING'",
     )
     for run in children:
-        client.set_terminated(run.info.run_id, "KILLED")
-    client.set_terminated(parent_id, "KILLED")
+        client.set_terminated(run.info.run_id, status)
+    client.set_terminated(parent_id, status)
     return len(children)
 
 
@@ -223,10 +244,13 @@ def log_epoch(relay: list[Any], metrics: dict[str, float], step: int) -> None:
 
 
 @contextlib.contextmanager
-def epoch_relay(uri: str, run_id: str) -> Iterator[list[Any]]:
+def epoch_relay(
+    uri: str, run_id: str, on_epoch: Callable[[int, dict[str, float]], None] | None = None
+) -> Iterator[list[Any]]:
     """A Ray queue for a trial's workers (``log_epoch``), drained by a thread of this process
-    into the MLflow run ``run_id`` until the block ends (then emptied once more). Yields the
-    queue in a list, as a trainer's config carries handles."""
+    into the MLflow run ``run_id`` (and ``on_epoch``, a job's progress line) until the block
+    ends (then emptied once more). Yields the queue in a list, as a trainer's config carries
+    handles."""
     from mlflow.entities import Metric
     from ray.util.queue import Empty, Queue
 
@@ -246,6 +270,8 @@ def epoch_relay(uri: str, run_id: str) -> Iterator[list[Any]]:
                 run_id,
                 metrics=[Metric(k, v, int(time.time() * 1000), step) for k, v in metrics.items()],
             )
+            if on_epoch is not None:
+                on_epoch(step, metrics)
 
     thread = threading.Thread(target=drain, daemon=True)
     thread.start()

@@ -1,4 +1,4 @@
-"""Extract pre-trained features of an Aff-Wild2 corpus into the feature store, on Ray Data.
+r"""Extract pre-trained features of an Aff-Wild2 corpus into the feature store, on Ray Data.
 
     python jobs/extract_features.py [--data ROOT] [--store DIR] [--extractors a,b] [--tiny]
     ray job submit --working-dir . -- python jobs/extract_features.py \
@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from abaw_ray.cluster import add_ray_flags, check_output_dir, init_ray
+from abaw_ray.cluster import add_ray_flags, check_output_dir, job_on_ray
 from abaw_ray.data import load_corpus
 from abaw_ray.data.corpus import preflight
 from abaw_ray.data.synthetic import ensure_default_corpus
@@ -24,6 +24,7 @@ from abaw_ray.features.pipeline import ExtractionConfig, extract_features
 from abaw_ray.features.registry import list_extractors
 from abaw_ray.features.store import FeatureStore
 from abaw_ray.features.weights import WeightsNotFoundError
+from abaw_ray.fsutil import ensure_results_dir
 
 EMBEDDED_EXTRACTORS = "face_hog,logmel"
 
@@ -32,10 +33,15 @@ def extraction_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", type=Path, help="Aff-Wild2 root (default: the embedded corpus)")
     p.add_argument(
+        "--output",
+        type=Path,
+        default=Path("outputs"),
+        help="results folder: the store by default and the job's log (default: outputs)",
+    )
+    p.add_argument(
         "--store",
         type=Path,
-        default=Path("outputs/features"),
-        help="feature store folder, shared storage on a cluster (default: outputs/features)",
+        help="feature store folder, shared storage on a cluster (default: OUTPUT/features)",
     )
     p.add_argument(
         "--extractors",
@@ -98,23 +104,23 @@ def main(argv: list[str] | None = None) -> int:
     except (CorpusNotFoundError, InputFormatError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    problem = check_output_dir(args.store)
+    problem = check_output_dir(args.output)
+    if problem is None and args.store is not None:
+        problem = check_output_dir(args.store, "--store")
     if problem is not None:
-        print(f"error: {problem.replace('--output', '--store')}", file=sys.stderr)
+        print(f"error: {problem}", file=sys.stderr)
         return 2
-    log_file = (
-        args.store.resolve().parent / "logs" / f"extract-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    )
-    if not args.ray_logs:
-        print(f"Ray's logs in {log_file}", flush=True)
-    init_ray(args.address, args.num_cpus, log_file, args.ray_logs)
-    try:
-        report = extract_features(corpus, FeatureStore(args.store), config)
-    except WeightsNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"feature store {args.store.resolve()} for {root}")
-    print(report.summary())
+    output = ensure_results_dir(args.output.resolve())
+    store = ensure_results_dir(args.store.resolve() if args.store else output / "features")
+    name = f"extract-{time.strftime('%Y%m%d-%H%M%S')}"
+    with job_on_ray(args, "extraction", name, output) as console:
+        try:
+            report = extract_features(corpus, FeatureStore(store), config)
+        except WeightsNotFoundError as err:
+            print(f"error: {err}", file=console.err)
+            return 2
+        print(f"feature store {store} for {root}", file=console.out)
+        print(report.summary(), file=console.out)
     return 1 if report.unfinished else 0
 
 

@@ -1,7 +1,7 @@
-"""The expression job: corpus -> features -> Ray Tune search -> ensemble -> EXPR submission.
+r"""The expression job: corpus -> features -> Ray Tune search -> ensemble -> EXPR submission.
 
     python jobs/search_expr.py [--data ROOT] [--output DIR] [--space FILE] [--num-samples N]
-    ray job submit --working-dir . -- python jobs/search_expr.py --data /data/affwild2 \\
+    ray job submit --working-dir . -- python jobs/search_expr.py --data /data/affwild2 \
         --output /shared/abaw --gpus-per-trial 0.25 --space search_spaces/expr.yaml
 
 Without --data it runs on the embedded synthetic corpus. Every trial, the ensemble and the

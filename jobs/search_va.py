@@ -1,7 +1,7 @@
-"""The main job: corpus -> features -> Ray Tune search -> ensemble -> VA submission.
+r"""The main job: corpus -> features -> Ray Tune search -> ensemble -> VA submission.
 
     python jobs/search_va.py [--data ROOT] [--output DIR] [--space FILE] [--num-samples N] [--tiny]
-    ray job submit --working-dir . -- python jobs/search_va.py --data /data/affwild2 \\
+    ray job submit --working-dir . -- python jobs/search_va.py --data /data/affwild2 \
         --output /shared/abaw --gpus-per-trial 0.25
 
 Without --data it runs on the embedded synthetic corpus. Every trial, the ensemble and the

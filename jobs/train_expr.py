@@ -1,6 +1,6 @@
-"""Train one expression trial (a Ray Train TorchTrainer) and print its macro F1.
+r"""Train one expression trial (a Ray Train TorchTrainer) and print its macro F1.
 
-    python jobs/train_expr.py [--data ROOT] [--tiny] --model expr_transformer \\
+    python jobs/train_expr.py [--data ROOT] [--tiny] --model expr_transformer \
         --features mobilenetv3 [--mode frozen|finetune] [--workers 2]
 
 frozen: backbone features from the feature store (fast, what the search uses). finetune: the

@@ -1,6 +1,6 @@
-"""Train one VA trial (a Ray Train TorchTrainer) and print its scores.
+r"""Train one VA trial (a Ray Train TorchTrainer) and print its scores.
 
-    python jobs/train_va.py [--data ROOT] [--tiny] --model mfn \\
+    python jobs/train_va.py [--data ROOT] [--tiny] --model mfn \
         --features clip_large,wavlm_large [--workers 2]
 
 Without --data: the embedded corpus with its tiny/model-free features. Missing features are

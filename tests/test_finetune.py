@@ -186,18 +186,20 @@ def test_finetune_trial_runs_end_to_end_on_ray_data(held_index, tmp_path):
         np.testing.assert_array_equal(decoded["frames"], local["frames"])
         np.testing.assert_array_equal(decoded["target"], local["target"])
 
-        trial = TrialConfig(
-            task="expr",
-            mode="finetune",
-            features="mobilenetv3.tiny",
-            model="expr_transformer",
-            hidden=32,
-            layers=1,
-            epochs=2,
-            window=16,
-            stride=48,
-            batch_size=4,
-            class_weights=True,
+        trial = TrialConfig.from_dict(
+            dict(
+                task="expr",
+                mode="finetune",
+                features="mobilenetv3.tiny",
+                model="expr_transformer",
+                hidden=32,
+                layers=1,
+                epochs=2,
+                window=16,
+                stride=48,
+                batch_size=4,
+                class_weights=True,
+            )
         )
         result = build_trainer(trial, ref, tmp_path, "finetune").fit()
     finally:

@@ -124,8 +124,25 @@ def test_three_folds_report_scores_and_submit_the_fold_ensemble(corpus_root, tmp
         face = corpus.videos[v].face_mask(corpus.num_frames(v))
         mine = np.array(written[v])[face[frames]]  # frames with a face: their own prediction
         np.testing.assert_allclose(mine, np.clip(expected[frames][face[frames]], -1, 1), atol=2e-6)
+    # The summary, the recipe file and MLflow say the fold ensemble was submitted, announced
+    # before the file, with the out-of-fold score as its estimate.
     lines = out.strip().splitlines()
-    assert lines[-1].startswith("cost: 2 trials") and "replaces the trial ensemble" in lines[-2]
+    assert lines[-1].startswith("cost: 2 trials") and lines[-2].startswith("submission: ")
+    assert lines[-3].startswith("submitted: the fold ensemble") and oof.group(1) in lines[-3]
+    assert "not submitted: the fold ensemble below is" in out
+    assert not re.search(r"^submitted: the trial ensemble", out, re.M)
+    submitted = json.loads((output / search.name / "ensemble_recipe.json").read_text())
+    assert submitted["submitted"]["kind"] == "fold ensemble"
+    assert submitted["submitted"]["estimate"]["out_of_fold"] == pytest.approx(
+        metrics["folds_oof_ccc"]
+    )
+    assert metrics["submitted_estimate_ccc"] == metrics["folds_oof_ccc"]
+    with sqlite3.connect(output / "mlflow.db") as db:
+        (kind,) = db.execute(
+            "select p.value from params p join runs r on r.run_uuid = p.run_uuid "
+            "where r.name = 'ensemble' and p.key = 'submitted'"
+        ).fetchone()
+    assert kind == "fold ensemble"
 
     # Pseudo-labels: every frame of the test videos and exactly the unlabelled frames of the
     # training videos that have some, none of a validation video; the printed count and

@@ -7,8 +7,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -147,7 +149,7 @@ with ray_output_to(Path({str(log)!r})) as console:
 print("summary, last")
 """
     proc = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["trial 1/1 done", "trial progress", "summary, last"]
@@ -156,3 +158,101 @@ print("summary, last")
     for noise in ("a Tune table", "a Ray warning", "native stdout", "native stderr"):
         assert noise in logged
     assert "summary" not in logged and "trial 1/1" not in logged
+
+
+def test_a_log_that_cannot_be_written_never_fails_the_job(tmp_path):
+    """A full disk under the log (/dev/full refuses every write, ENOSPC): Ray's and Tune's
+    prints go on, their lines reach the terminal after one note, and the job ends well. Once,
+    a full disk aborted a search through Tune's own print."""
+    script = """
+import os
+from pathlib import Path
+from abaw_ray.cluster import ray_output_to
+with ray_output_to(Path("/dev/full")) as console:
+    for i in range(2000):
+        print(f"a Tune table row {i}", flush=True)
+    os.write(2, b"native stderr\\n")
+    print("trial 1/1 done", file=console.out)
+print("summary, last")
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == ["trial 1/1 done", "summary, last"]
+    err = proc.stderr.splitlines()
+    assert err[0].startswith("note: Ray's log /dev/full cannot be written (No space left")
+    assert err[1] == "a Tune table row 0" and "a Tune table row 1999" in err
+    assert err[-1] == "native stderr"
+
+
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        (None, "cannot read the search space"),
+        ("task: va\nfeatures: {visual: [face_hog\n", "not valid YAML"),
+        ("", "expected a mapping with task, features, parameters"),
+        ("task: va\nfeatures: {visual: face_hog}\n", "features.visual: expected a list"),
+        ("task: va\nfeatures: {visual: [face_hog]}\nparameters: {hiden: {value: 3}}\n", "hiden"),
+        (
+            "task: va\nfeatures: {visual: [face_hog]}\nparameters: {lr: {value: fast}}\n",
+            "'fast' is not a float",
+        ),
+    ],
+)
+def test_a_bad_space_is_one_line_and_exit_2_before_ray_starts(tmp_path, space, message):
+    path = tmp_path / "space.yaml"
+    if space is not None:
+        path.write_text(space)
+    proc = subprocess.run(
+        [sys.executable, "jobs/search_va.py", "--space", str(path), "--output", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}") and message in lines[0]
+    assert "starting search" not in proc.stdout  # refused before Ray
+
+
+def test_an_output_under_a_regular_file_is_refused(tmp_path):
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where the folder should be")
+    proc = subprocess.run(
+        [sys.executable, "jobs/search_va.py", "--output", str(blocker / "run1")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        f"error: --output {blocker / 'run1'}: {blocker} is a file, not a folder"
+    )
+
+
+def test_results_inside_the_repository_stay_out_of_a_job_submission(tmp_path):
+    """``ray job submit --working-dir .`` uploads the repository as Ray packages it (its own
+    packaging, reading .gitignore and .rayignore files): a results folder a job made inside
+    the repository (``--output runs``) carries a .gitignore of its own and stays out, and so
+    does .git; the upload is the code, a few MB, far below Ray's 100 MiB limit."""
+    from ray._private.runtime_env.packaging import create_package
+
+    from abaw_ray.fsutil import ensure_results_dir
+
+    runs = ensure_results_dir(REPO / f"_runs_{tmp_path.name}")  # as `--output runs` makes it
+    try:
+        (runs / "features").mkdir()
+        (runs / "features" / "big.npy").write_bytes(os.urandom(8 << 20))
+        package = tmp_path / "package.zip"
+        create_package(str(REPO), package, include_gitignore=True)
+        names = zipfile.ZipFile(package).namelist()
+    finally:
+        shutil.rmtree(runs)
+    size = package.stat().st_size
+    print(f"upload of the working directory: {size / 1e6:.2f} MB in {len(names)} files")
+    assert not [n for n in names if n.startswith((runs.name, ".git/", "outputs/", ".venv/"))]
+    assert "jobs/search_va.py" in names and "abaw_ray/tune/search.py" in names
+    assert size < 10e6

@@ -47,3 +47,40 @@ def test_video_norm_standardises_each_video_by_its_own_statistics():
         plain = WindowSampler(bank, ["f"], "interp", n).batch([(v, 0)]).inputs[0][0].numpy()
         np.testing.assert_allclose(plain, whole, atol=1e-6)
     assert abs(plain.mean() - 5) < 0.5
+
+
+def test_a_windows_unlabelled_frames_never_weigh():
+    """Frames marked -1 (unannotated) take no part in a window's weight: a window of 10 class-1
+    frames and 10 unannotated ones weighs class 1's inverse frequency alone."""
+    labels = {"a": np.zeros(60, np.int64), "b": np.r_[np.ones(20), np.full(10, -1), np.full(10, 2)]}
+    labels["b"] = labels["b"].astype(np.int64)
+    valid = {"a": np.ones(60, bool), "b": labels["b"] >= 0}
+    windows = np.array([[0, 0], [1, 10], [1, 20]])
+    p = balanced_window_weights(windows, ["a", "b"], 20, labels, valid, num_classes=3)
+    inverse = 93 / np.array([61.0, 21.0, 11.0])  # counts 60 + 1, 20 + 1, 10 + 1 of 93
+    expected = np.array([inverse[0], inverse[1], inverse[2]])
+    np.testing.assert_allclose(p, expected / expected.sum())
+
+
+def test_video_norm_uses_the_whole_videos_statistics_in_every_window():
+    """A window shorter than its video is standardised by the video's statistics, not the
+    window's own (a window standardised by itself would lose where it sits in the video)."""
+    from dataclasses import replace
+
+    from abaw_ray.train.data import WindowSampler
+    from tests.test_controls import _bank
+
+    bank = _bank()
+    frames = dict(bank.frames["f"])
+    n = bank.num_frames["t1"]
+    ramp = np.linspace(0, 4, n, dtype=np.float32)[:, None]  # a drift along the video
+    frames["t1"] = (frames["t1"].astype(np.float32) * 3 + 5 + ramp).astype(np.float16)
+    bank = replace(bank, frames={"f": frames})
+    whole = bank.frames["f"]["t1"].astype(np.float32)
+    window, start = 16, n // 2
+    sampler = WindowSampler(bank, ["f"], "interp", window, video_norm=True)
+    x = sampler.batch([("t1", start)]).inputs[0][0].numpy()
+    expected = (whole[start : start + window] - whole.mean(0)) / whole.std(0)
+    np.testing.assert_allclose(x, expected, atol=1e-4)
+    own = whole[start : start + window]
+    assert not np.allclose(x, (own - own.mean(0)) / own.std(0), atol=1e-2)

@@ -259,13 +259,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_job_runs_under_ray_job_submit(corpus_root, tmp_path):
+def test_job_runs_under_ray_job_submit_and_stops_cleanly_under_ray_job_stop(corpus_root, tmp_path):
     # Token authentication as the cluster configs set it up, with a token the test makes
     # (whatever HOME holds): the head and the client both use it. This venv's scripts come
     # first on PATH, so the entrypoint's "python" is this environment's, as on a cluster node.
     auth = ray_token_env(tmp_path)
     env = venv_env({**{k: v for k, v in _env().items() if not k.startswith("RAY_AUTH")}, **auth})
-    head_env = env
+    # The head as the cluster configs start it: a stopped job gets time to stop cleanly.
+    head_env = {**env, "RAY_JOB_STOP_WAIT_TIME_S": "60"}
     port, dash, agent = _free_port(), _free_port(), _free_port()
     head = subprocess.Popen(
         [
@@ -286,67 +287,56 @@ def test_job_runs_under_ray_job_submit(corpus_root, tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
     )
+    ray = [console_script("ray"), "job"]
     try:
         out, _ = head.communicate(timeout=120)
         assert head.returncode == 0, out
         address = f"http://127.0.0.1:{dash}"
         output = tmp_path / "out"
 
-        def submit_job() -> subprocess.CompletedProcess:
-            return subprocess.run(
-                [
-                    console_script("ray"),
-                    "job",
-                    "submit",
-                    f"--address={address}",
-                    "--working-dir",
-                    str(REPO),
-                    "--no-wait",
-                    "--",
-                    "python",
-                    "jobs/search_va.py",
-                    "--data",
-                    str(corpus_root),
-                    "--output",
-                    str(output),
-                    "--space",
-                    str(SPACE),
-                    "--num-samples",
-                    "2",
-                ],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
+        def submit_job(*extra: str) -> str:
+            command = [*ray, "submit", f"--address={address}", "--working-dir", str(REPO)]
+            command += [*extra, "--no-wait", "--", "python", "jobs/search_va.py"]
+            command += ["--data", str(corpus_root), "--output", str(output)]
+            command += ["--space", str(SPACE), "--num-samples", "2"]
+            deadline = time.time() + 120
+            while True:  # the head's job agent may still be starting: Ray asks to retry
+                submit = subprocess.run(
+                    command, env=env, capture_output=True, text=True, timeout=120
+                )
+                if "No available agent" not in submit.stderr or time.time() > deadline:
+                    break
+                time.sleep(2)
+            assert submit.returncode == 0, submit.stdout + submit.stderr
+            return re.search(r"raysubmit_[A-Za-z0-9]+", submit.stdout).group(0)
 
-        # The head's job agent may still be starting: Ray asks to try again later.
-        submit = submit_job()
-        deadline = time.time() + 120
-        while "No available agent" in submit.stderr and time.time() < deadline:
-            time.sleep(2)
-            submit = submit_job()
-        assert submit.returncode == 0, submit.stdout + submit.stderr
-        job_id = re.search(r"raysubmit_[A-Za-z0-9]+", submit.stdout).group(0)
-        status = ""
-        deadline = time.time() + 600
-        while time.time() < deadline:
-            status = subprocess.run(
-                [console_script("ray"), "job", "status", f"--address={address}", job_id],
+        def wait_status(job_id: str, *ends: str) -> str:
+            deadline = time.time() + 600
+            while time.time() < deadline:
+                status = subprocess.run(
+                    [*ray, "status", f"--address={address}", job_id],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                ).stdout
+                status = re.sub(r"\x1b\[[0-9;]*m", "", status).upper()  # no terminal colours
+                if any(e in status for e in ends):
+                    return status
+                time.sleep(3)
+            raise AssertionError(f"job {job_id} never reached {ends}: {status}")
+
+        def job_logs(job_id: str) -> str:
+            logs = subprocess.run(
+                [*ray, "logs", f"--address={address}", job_id],
                 env=env,
                 capture_output=True,
                 text=True,
-            ).stdout
-            status = re.sub(r"\x1b\[[0-9;]*m", "", status).upper()  # drop terminal colours
-            if "SUCCEEDED" in status or "FAILED" in status or "STOPPED" in status:
-                break
-            time.sleep(3)
-        logs = subprocess.run(
-            [console_script("ray"), "job", "logs", f"--address={address}", job_id],
-            env=env,
-            capture_output=True,
-            text=True,
-        ).stdout
+            )
+            return logs.stdout
+
+        job_id = submit_job()
+        status = wait_status(job_id, "SUCCEEDED", "FAILED", "STOPPED")
+        logs = job_logs(job_id)
         assert "SUCCEEDED" in status, logs[-3000:]
         assert f"results in {output}" in logs  # it says where its results go
         lines = logs.strip().splitlines()
@@ -361,6 +351,28 @@ def test_job_runs_under_ray_job_submit(corpus_root, tmp_path):
         corpus = load_corpus(corpus_root)
         (submission,) = output.glob("search_va-*/VA_submission.txt")
         assert validate_submission(submission, corpus.templates["va"]) > 0
+
+        # `ray job stop` while a trial is held at its start: the job stops as Ctrl-C stops
+        # it (SIGTERM, then the 60 s the head gives before SIGKILL): its MLflow runs are
+        # KILLED, none RUNNING, and it prints how to resume.
+        pauses = Pauses(tmp_path / "pause", "trial_start")
+        runtime_env = json.dumps({"env_vars": pauses.env})
+        stopped = submit_job("--runtime-env-json", runtime_env)
+        pauses.wait("trial_start", 1)
+        subprocess.run(
+            [*ray, "stop", f"--address={address}", stopped],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        wait_status(stopped, "STOPPED", "FAILED", "SUCCEEDED")
+        logs = job_logs(stopped)
+        assert "interrupted by SIGTERM" in logs and "--resume --name search_va-" in logs, logs
+        assert "Resume it with: " in logs
+        runs = _runs(output)
+        assert not [r for r in runs if r[1] == "RUNNING"], runs
+        assert sum(1 for _, status, trial in runs if status == "KILLED" and trial is None) == 1
     finally:
         kill_session(head.pid)  # only the head this test started
         marker = Path("/tmp/ray/ray_current_cluster")  # let later ray.init() start afresh

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
+from typing import Literal
 
 import optuna
 import pytest
 
+from abaw_ray.train.loop import TrialConfig
+from abaw_ray.tune.search import trial_params
 from abaw_ray.tune.space import SearchSpaceError, load_search_space
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,3 +110,119 @@ def test_the_real_corpus_is_searched_on_the_papers_features(task):
     assert not {"face_hog", "face_pixels", "logmel"} & set(real.extractors)
     assert set(real.extractors) <= set(list_extractors())
     assert "face_hog" in embedded.extractors
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("  loss: {choice: [mix, focall]}\n", "'focall' is not one of 'mix', 'ce', 'f1', 'focal'"),
+        ("  alignment: {value: convolution}\n", "is not one of 'interp', 'pool', 'conv'"),
+        ("  gates: {choice: [paerp], when: {model: mfn}}\n", "one of 'paper', 'reference'"),
+        ("  cycle: {value: all, when: {model: mctn}}\n", "one of 'first', 'every'"),
+        ("  hidden: {uniform: [16, 64]}\n", "is not an int"),
+        ("  causal: {value: true}\n", "model mfn takes no causal"),
+        ("  video_norm: {value: 1}\n", "is not a bool"),
+        ("  hiddden: {value: 32}\n", "unknown setting"),
+    ],
+)
+def test_a_misspelt_or_mistyped_setting_fails_when_the_space_loads(tmp_path, line, message):
+    """Every setting is checked against its type where the space loads: a category's valid
+    values, a model's own settings, and a setting that a model the space can pick does not
+    take (``loss: focall`` once trained ``mix`` without a word)."""
+    path = tmp_path / "space.yaml"
+    path.write_text(GOOD + line)
+    with pytest.raises(SearchSpaceError) as err:
+        load_search_space(path)
+    assert message in str(err.value) and str(path) in str(err.value)
+
+
+def test_any_model_setting_can_be_searched_where_its_model_is_picked(tmp_path):
+    """tcn's kernel_size and causal (absent from the old central list) are searched like any
+    setting, under a condition on the model."""
+    path = tmp_path / "space.yaml"
+    path.write_text(
+        "task: va\nfeatures: {visual: [face_hog]}\nparameters:\n"
+        "  model: {choice: [tcn, attention]}\n"
+        "  kernel_size: {choice: [3, 5], when: {model: tcn}}\n"
+        "  causal: {choice: [true, false], when: {model: tcn}}\n"
+        "  hidden: {choice: [32, 64]}\n"
+    )
+    space = load_search_space(path)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    fn = space.define_by_run(space.combinations())
+    picked = set()
+    for _ in range(20):
+        trial = study.ask()
+        constants = fn(trial)
+        config = {**trial.params, **constants}
+        cfg = TrialConfig.from_dict(config)
+        picked.add(cfg.model)
+        if cfg.model == "tcn":
+            assert set(cfg.model_args) == {"kernel_size", "causal", "hidden"}
+        else:
+            assert cfg.model_args == {"hidden": config["hidden"]}
+        study.tell(trial, 0.0)
+    assert picked == {"tcn", "attention"}
+
+
+def test_a_trial_records_every_setting_it_trained_with():
+    """MLflow records what a trial trained with: the model's defaults for what the space left
+    out (an expression transformer's 6 layers, not None)."""
+    settings = trial_params({"task": "expr", "model": "expr_transformer", "hidden": 32})
+    assert settings["layers"] == 6 and settings["heads"] == 4 and settings["hidden"] == 32
+    assert settings["loss"] == "mix" and settings["modality_dropout"] == 0.0
+    assert None not in {settings[k] for k in ("layers", "heads", "dropout", "hidden")}
+
+
+def test_trial_settings_are_checked_where_a_trial_is_built():
+    with pytest.raises(ValueError, match="model attention"):
+        TrialConfig.from_dict({"model": "attention", "layers": 2})
+    with pytest.raises(ValueError, match="one of 'mix', 'ce', 'f1', 'focal'"):
+        TrialConfig.from_dict({"loss": "focall"})
+    cfg = TrialConfig.from_dict({"model": "mfn", "gates": "reference", "memory": None})
+    assert cfg.model_args == {"gates": "reference"}
+    assert TrialConfig.from_dict(asdict(cfg)) == cfg  # what a checkpoint or a task carries
+
+
+def test_a_new_model_and_its_new_setting_need_no_edit_outside_the_model(tmp_path):
+    """A family is its class, registered by name: its settings (here a new one, ``bias``)
+    reach a search space, a trial, MLflow and the model with no other edit."""
+    import torch
+    from torch import nn
+
+    from abaw_ray.models import create_model, model_settings
+    from abaw_ray.models.registry import _MODELS, register_model
+
+    @register_model("tiny_linear_for_test")
+    class TinyLinear(nn.Module):
+        def __init__(
+            self,
+            input_dims: list[int],
+            output_dim: int,
+            bias: Literal["none", "learned"] = "learned",  # the new setting
+        ) -> None:
+            super().__init__()
+            self.head = nn.Linear(sum(input_dims), output_dim, bias=bias == "learned")
+
+        def forward(self, inputs):
+            return {"pred": self.head(torch.cat(list(inputs), -1))}
+
+    try:
+        assert model_settings("tiny_linear_for_test")["bias"].default == "learned"
+        path = tmp_path / "space.yaml"
+        path.write_text(
+            "task: va\nfeatures: {visual: [face_hog]}\nparameters:\n"
+            "  model: {value: tiny_linear_for_test}\n  bias: {choice: [none, learned]}\n"
+        )
+        load_search_space(path)
+        path.write_text(path.read_text().replace("[none, learned]", "[none, lerned]"))
+        with pytest.raises(SearchSpaceError, match="one of 'none', 'learned'"):
+            load_search_space(path)
+        cfg = TrialConfig.from_dict({"model": "tiny_linear_for_test", "bias": "none"})
+        assert trial_params(asdict(cfg))["bias"] == "none"
+        model = create_model(cfg.model, [3, 2], "va", **cfg.model_args)
+        assert model.core.head.bias is None
+        out = model([torch.zeros(1, 4, 3), torch.zeros(1, 4, 2)])["pred"]
+        assert out.shape == (1, 4, 2)
+    finally:
+        _MODELS.pop("tiny_linear_for_test")

@@ -42,8 +42,16 @@ def _fit(prepared, trial, tmp_path, name, workers=1):
 
 
 def test_data_parallel_trial_learns_and_checkpoints_predictions(prepared, tmp_path):
-    trial = TrialConfig(
-        features="face_hog+logmel", model="mfn", hidden=32, epochs=8, window=48, stride=24, lr=3e-3
+    trial = TrialConfig.from_dict(
+        dict(
+            features="face_hog+logmel",
+            model="mfn",
+            hidden=32,
+            epochs=8,
+            window=48,
+            stride=24,
+            lr=3e-3,
+        )
     )
     result = _fit(prepared, trial, tmp_path, "mfn-2workers", workers=2)
     checkpoint, metrics = result.best_checkpoints[0]
@@ -71,15 +79,17 @@ def test_data_parallel_trial_learns_and_checkpoints_predictions(prepared, tmp_pa
 
 
 def test_conv_alignment_beats_its_control(prepared, tmp_path):
-    trial = TrialConfig(
-        features="face_hog+logmel",
-        model="attention",
-        alignment="conv",
-        hidden=32,
-        epochs=5,
-        window=48,
-        stride=24,
-        lr=3e-3,
+    trial = TrialConfig.from_dict(
+        dict(
+            features="face_hog+logmel",
+            model="attention",
+            alignment="conv",
+            hidden=32,
+            epochs=5,
+            window=48,
+            stride=24,
+            lr=3e-3,
+        )
     )
     conv = _fit(prepared, trial, tmp_path, "attention-conv").best_checkpoints[0][1]["val_ccc"]
     control = _fit(prepared, replace(trial, shuffle_labels=True), tmp_path, "attention-conv-ctl")
@@ -101,8 +111,8 @@ def test_pseudo_labels_train_only_as_much_as_their_confidence(prepared, tmp_path
     target = {v: np.tile([0.9, 0.0], (bank.num_frames[v], 1)).astype(np.float32) for v in test}
     zero = PseudoLabels("va", target, {v: np.zeros(len(t), np.float32) for v, t in target.items()})
     sure = PseudoLabels("va", target, {v: np.ones(len(t), np.float32) for v, t in target.items()})
-    trial = TrialConfig(
-        features="face_hog+logmel", model="attention", hidden=32, epochs=4, window=48, lr=3e-3
+    trial = TrialConfig.from_dict(
+        dict(features="face_hog+logmel", model="attention", hidden=32, epochs=4, window=48, lr=3e-3)
     )
 
     def fit(name, pseudo=None):

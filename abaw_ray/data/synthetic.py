@@ -31,6 +31,7 @@ import av
 import numpy as np
 from PIL import Image, ImageFilter
 
+from abaw_ray.console import progress
 from abaw_ray.data.labels import HEADERS
 from abaw_ray.tasks import EXPR_CLASSES
 
@@ -455,7 +456,10 @@ def generate(
     va_test = test_names[1:] if len(test_names) > 2 else test_names
     expr_test = test_names[:-1] if len(test_names) > 2 else test_names
 
-    for i, (name, split) in enumerate(zip(names, splits)):
+    videos_written = progress(
+        list(zip(names, splits)), desc=f"writing the corpus {Path(out).name}", unit="video"
+    )
+    for i, (name, split) in enumerate(videos_written):
         vrng = np.random.default_rng([seed, i])
         in_pair = i < 2
         fps = pair_fps if in_pair else FRAME_RATES[i % len(FRAME_RATES)]

@@ -6,11 +6,15 @@ here, a learned strided convolution in the models.
 
 from __future__ import annotations
 
+import typing
 from typing import Literal
 
 import numpy as np
 
-AlignMethod = Literal["interp", "pool"]
+AlignMethod = Literal["interp", "pool"]  # what this module computes
+# A trial's choice: these two, or "conv" (native rate, a learned convolution in the model).
+Alignment = Literal["interp", "pool", "conv"]
+ALIGNMENTS: tuple[str, ...] = typing.get_args(Alignment)
 DIM_BLOCK = 64  # feature columns aligned at a time
 
 

@@ -32,6 +32,7 @@ import numpy as np
 import ray
 from PIL import Image
 
+from abaw_ray.console import progress
 from abaw_ray.data.corpus import Corpus, face_image_path
 from abaw_ray.data.timeline import fill_from_nearest
 from abaw_ray.features.audio import AudioFrontEnd, NoAudioError, VocalIsolator, decode_audio
@@ -390,9 +391,12 @@ def extract_faces(
         compute=ray.data.ActorPoolStrategy(size=1),  # a video's rows meet in one place
         num_cpus=0,  # file writes; it must not take a core from decoding or the models
     )
+    bar = progress(
+        total=sum(todo.values()), desc=f"extracting {', '.join(keys.values())}", unit="frame"
+    )
     for row in ds.iter_rows():
         video, result = str(row["video"]), json.loads(row["result"])
-        todo.pop(video, None)
+        bar.update(todo.pop(video, 0))
         for name, why in result["bad"].items():
             report.bad_frames[f"{video}/{name}"] = why
         report.frames += result["frames"]
@@ -404,6 +408,7 @@ def extract_faces(
                 store.record(key, {video: result["entries"][key]})
                 report.written[key].append(video)
         pause_point("video_recorded", video)
+    bar.close()
     report.unfinished += sorted(todo)  # their rows were lost with a worker: a rerun redoes them
 
 
@@ -476,9 +481,11 @@ def extract_audio(
         num_gpus=gpus,
         num_cpus=cpus,
     )
+    bar = progress(total=len(items), desc=f"extracting {', '.join(keys.values())}", unit="audio")
     for row in ds.iter_rows():
         videos, error = json.loads(row["videos"]), str(row["error"])
         by_source.pop(str(row["source"]), None)
+        bar.update()
         for key in keys.values():
             if error:
                 for video in videos:
@@ -487,6 +494,7 @@ def extract_audio(
                 continue
             store.record(key, json.loads(row["entries"])[key])
             report.written[key] += videos
+    bar.close()
     report.unfinished += sorted(v for videos in by_source.values() for v in videos)
 
 

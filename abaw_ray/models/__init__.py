@@ -10,6 +10,20 @@ from abaw_ray.models import (  # noqa: F401
     tcn,
     transformer,
 )
-from abaw_ray.models.registry import OUTPUT_DIMS, FusionModel, create_model, list_models
+from abaw_ray.models.registry import (
+    OUTPUT_DIMS,
+    FusionModel,
+    Setting,
+    create_model,
+    list_models,
+    model_settings,
+)
 
-__all__ = ["OUTPUT_DIMS", "FusionModel", "create_model", "list_models"]
+__all__ = [
+    "OUTPUT_DIMS",
+    "FusionModel",
+    "Setting",
+    "create_model",
+    "list_models",
+    "model_settings",
+]

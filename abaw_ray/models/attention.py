@@ -12,6 +12,7 @@ from abaw_ray.models.layers import ModalityProjection
 from abaw_ray.models.registry import register_model
 
 
+@register_model("attention")
 class ModalityAttentionFusion(nn.Module):
     def __init__(
         self,
@@ -32,8 +33,3 @@ class ModalityAttentionFusion(nn.Module):
         fused = (weights * h).sum(2)
         temporal, _ = self.temporal(fused)
         return {"pred": self.head(temporal), "modality_weights": weights.squeeze(-1)}
-
-
-@register_model("attention")
-def build(input_dims: Sequence[int], output_dim: int, **hp: object) -> nn.Module:
-    return ModalityAttentionFusion(input_dims, output_dim, **hp)

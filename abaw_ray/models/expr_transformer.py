@@ -14,6 +14,7 @@ from abaw_ray.models.layers import ModalityProjection, SinusoidalPosition
 from abaw_ray.models.registry import register_model
 
 
+@register_model("expr_transformer")
 class ExpressionTransformer(nn.Module):
     def __init__(
         self,
@@ -42,8 +43,3 @@ class ExpressionTransformer(nn.Module):
             base = base + proj(x)
         encoded = self.encoder(self.position(base))
         return {"pred": self.head(self.norm(encoded + base))}  # residual from the features
-
-
-@register_model("expr_transformer")
-def build(input_dims: Sequence[int], output_dim: int, **hp: object) -> nn.Module:
-    return ExpressionTransformer(input_dims, output_dim, **hp)

@@ -12,6 +12,7 @@ from torch import nn
 from abaw_ray.models.registry import register_model
 
 
+@register_model("frame_mlp")
 class FrameMLP(nn.Module):
     def __init__(
         self,
@@ -33,8 +34,3 @@ class FrameMLP(nn.Module):
 
     def forward(self, inputs: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"pred": self.net(torch.cat(list(inputs), dim=-1))}
-
-
-@register_model("frame_mlp")
-def build(input_dims: Sequence[int], output_dim: int, **hp: object) -> nn.Module:
-    return FrameMLP(input_dims, output_dim, **hp)

@@ -31,7 +31,9 @@ coin says "free running" feeds the decoders their own previous prediction, frame
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +41,8 @@ from torch import nn
 
 from abaw_ray.models.registry import register_model
 
-CYCLE_MODES = ("first", "every")
+Cycle = Literal["first", "every"]  # a backward translator at level 1 only, or at every level
+CYCLE_MODES = typing.get_args(Cycle)
 
 
 class Translator(nn.Module):
@@ -69,6 +72,7 @@ class Translator(nn.Module):
         return torch.stack(outs, 1)
 
 
+@register_model("mctn")
 class CyclicTranslationNetwork(nn.Module):
     def __init__(
         self,
@@ -77,7 +81,7 @@ class CyclicTranslationNetwork(nn.Module):
         hidden: int = 64,
         dropout: float = 0.1,
         loss_weight: float = 0.1,
-        cycle: str = "first",
+        cycle: Cycle = "first",
     ) -> None:
         if cycle not in CYCLE_MODES:
             raise ValueError(f"cycle must be one of {', '.join(CYCLE_MODES)}; got {cycle!r}")
@@ -155,8 +159,3 @@ class CyclicTranslationNetwork(nn.Module):
         n, sums = self._batches, self._sums
         self._sums, self._batches = {}, 0
         return {k: float(v) / n for k, v in sums.items()} if n else {}
-
-
-@register_model("mctn")
-def build(input_dims: Sequence[int], output_dim: int, **hp: object) -> nn.Module:
-    return CyclicTranslationNetwork(input_dims, output_dim, **hp)

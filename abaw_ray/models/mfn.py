@@ -169,6 +169,7 @@ class _ReferenceGatedMemory(torch.autograd.Function):
         return dz1_all, grad_p, grad_w_mem, grad_w2, grad_b2, None
 
 
+@register_model("mfn")
 class MemoryFusionNetwork(nn.Module):
     def __init__(
         self,
@@ -302,8 +303,3 @@ def mfn_reference_forward(
         preds.append(model.head(torch.cat([*(h for h, _ in state), u], -1)))
         c_prev = c_now
     return torch.stack(preds, 1)
-
-
-@register_model("mfn")
-def build(input_dims: Sequence[int], output_dim: int, **hp: object) -> nn.Module:
-    return MemoryFusionNetwork(input_dims, output_dim, **hp)

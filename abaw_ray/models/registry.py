@@ -1,15 +1,21 @@
-"""The fusion-model registry: ``create_model(name, input_dims, task, **hparams)``.
+"""The fusion-model registry: ``create_model(name, input_dims, task, **settings)``.
 
-One file per family registers its builder here, and ``abaw_ray.models`` imports every family
-(importing the package fills the registry; this module imports no family). A search space
-names models as strings.
+One file per family registers its model class here (``@register_model("tcn")``), and
+``abaw_ray.models`` imports every family (importing the package fills the registry; this module
+imports no family). A search space names models as strings. A model's settings are its
+constructor's keyword arguments after ``input_dims`` and ``output_dim``, typed and with their
+defaults (``model_settings``): a new setting is a new argument, and a search space, ``--set``
+and MLflow know it from there; ``modality_dropout`` is every model's (``FusionModel``).
 Every model maps per-modality sequences ``[B, T, D_m]`` to per-frame outputs ``[B, T, 2]``
 (VA, in [-1, 1]) or ``[B, T, 8]`` (EXPR logits) plus an auxiliary loss (0 for most).
 """
 
 from __future__ import annotations
 
+import inspect
+import typing
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,21 +25,51 @@ from abaw_ray.tasks import NUM_EXPR_CLASSES, Task
 
 OUTPUT_DIMS: dict[str, int] = {"va": 2, "expr": NUM_EXPR_CLASSES}
 CONV_ALIGN_WIDTH = 64  # output width of the learned conv alignment when no hidden size is set
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
+_MODELS: dict[str, type[nn.Module]] = {}
+BUILT_IN = ("self", "input_dims", "output_dim")  # what create_model gives, not settings
 
 
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+@dataclass(frozen=True)
+class Setting:
+    """One setting of a model: its name, annotation (what it accepts) and default."""
+
+    name: str
+    annotation: Any
+    default: Any
+
+
+def register_model(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    def deco(cls: type[nn.Module]) -> type[nn.Module]:
         if name in _MODELS:
             raise ValueError(f"model {name} registered twice")
-        _MODELS[name] = fn
-        return fn
+        _MODELS[name] = cls
+        return cls
 
     return deco
 
 
 def list_models() -> list[str]:
     return sorted(_MODELS)
+
+
+def _settings_of(init: Callable[..., Any], skip: Sequence[str]) -> dict[str, Setting]:
+    hints = typing.get_type_hints(init)
+    return {
+        p.name: Setting(p.name, hints.get(p.name, Any), p.default)
+        for p in inspect.signature(init).parameters.values()
+        if p.name not in skip and p.kind is p.POSITIONAL_OR_KEYWORD
+    }
+
+
+def model_settings(name: str) -> dict[str, Setting]:
+    """Every setting model ``name`` takes, with its annotation and default: its constructor's
+    keyword arguments and the settings every model has (``modality_dropout``)."""
+    if name not in _MODELS:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(sorted(_MODELS))}")
+    return {
+        **_settings_of(_MODELS[name].__init__, BUILT_IN),
+        **_settings_of(FusionModel.__init__, ("self", "core", "aligners", "task")),
+    }
 
 
 class FusionModel(nn.Module):
@@ -105,14 +141,16 @@ def create_model(
     """Build a registered fusion model. ``align[m] == "conv"`` puts a learned strided
     convolution in front of modality m, which then arrives at its native rate. ``None``
     settings are dropped, so the model's own defaults apply; a setting the model does not
-    take raises ``TypeError``. ``modality_dropout`` (default 0) is every model's setting, taken
-    by ``FusionModel`` and never passed to the family's builder."""
+    take raises ``TypeError`` naming those it takes. ``modality_dropout`` (default 0) is
+    every model's setting, taken by ``FusionModel`` and never passed to the family's class."""
     from abaw_ray.models.layers import ConvAlign
 
+    known = model_settings(name)
+    unknown = sorted(set(hparams) - set(known))
+    if unknown:
+        raise TypeError(f"model {name} takes no {unknown}; its settings: {', '.join(known)}")
     hparams = {k: v for k, v in hparams.items() if v is not None}
     modality_dropout = float(hparams.pop("modality_dropout", 0.0))
-    if name not in _MODELS:
-        raise KeyError(f"unknown model {name!r}; known: {', '.join(sorted(_MODELS))}")
     if not input_dims:
         raise ValueError("a model needs at least one modality")
     align = list(align) if align is not None else [None] * len(input_dims)

@@ -69,6 +69,7 @@ class _TemporalBlock(nn.Module):
         return self.act(h + self.residual(x))
 
 
+@register_model("tcn")
 class TemporalConvNet(nn.Module):
     def __init__(
         self,
@@ -112,8 +113,3 @@ class TemporalConvNet(nn.Module):
         for block in self.blocks:
             h = block(h)
         return {"pred": self.head(h.transpose(1, 2))}
-
-
-@register_model("tcn")
-def build(input_dims: Sequence[int], output_dim: int, **hp: object) -> nn.Module:
-    return TemporalConvNet(input_dims, output_dim, **hp)

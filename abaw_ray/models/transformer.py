@@ -12,6 +12,7 @@ from abaw_ray.models.layers import ModalityProjection, SinusoidalPosition
 from abaw_ray.models.registry import register_model
 
 
+@register_model("transformer")
 class TemporalTransformerFusion(nn.Module):
     def __init__(
         self,
@@ -38,8 +39,3 @@ class TemporalTransformerFusion(nn.Module):
             enc(x) + self.modality[i] for i, (enc, x) in enumerate(zip(self.encoders, inputs))
         )
         return {"pred": self.head(self.encoder(self.position(fused)))}
-
-
-@register_model("transformer")
-def build(input_dims: Sequence[int], output_dim: int, **hp: object) -> nn.Module:
-    return TemporalTransformerFusion(input_dims, output_dim, **hp)

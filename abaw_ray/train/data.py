@@ -27,13 +27,14 @@ import numpy as np
 import ray
 import torch
 
+from abaw_ray.console import progress
 from abaw_ray.data.corpus import Corpus, raw_video
 from abaw_ray.data.labels import shift_within_videos
-from abaw_ray.features.align import frame_features
+from abaw_ray.errors import BadInputError
+from abaw_ray.features.align import ALIGNMENTS, frame_features
 from abaw_ray.features.store import FeatureStore
 from abaw_ray.tasks import Task
 
-ALIGNMENTS = ("interp", "pool", "conv")
 SPLITS = ("train", "val", "holdout", "test")
 CONV_MARGIN = 4  # native frames kept either side of a window for the conv's receptive field
 SHARD_BYTES = 256 * 2**20  # a shard's size: what a builder task holds at a time
@@ -233,7 +234,7 @@ def split_holdout(
     for v in ordered:
         groups.setdefault(raw_video(v), []).append(v)
     if count >= len(ordered) or len(groups) < 2:
-        raise ValueError(
+        raise BadInputError(
             f"holdout {holdout} leaves no validation video to select on ({len(ordered)} in all, "
             f"{len(groups)} raw videos)"
         )
@@ -254,7 +255,9 @@ def hold_out(videos: Sequence[str], held: Sequence[str]) -> tuple[tuple[str, ...
     ``videos``."""
     unknown = sorted(set(held) - set(videos))
     if unknown:
-        raise ValueError(f"held-out videos {unknown[:5]} are not validation videos of this corpus")
+        raise BadInputError(
+            f"held-out videos {unknown[:5]} are not validation videos of this corpus"
+        )
     ordered = sorted(videos)
     return tuple(v for v in ordered if v not in set(held)), tuple(
         v for v in ordered if v in set(held)
@@ -279,7 +282,7 @@ def build_bank(
     the videos to hold out (``hold_out``)."""
     splits = {s: tuple(corpus.split_videos(task, s)) for s in ("train", "val", "test")}
     if not splits["train"] or not splits["val"]:
-        raise ValueError(f"the corpus has no {task.upper()} training or validation videos")
+        raise BadInputError(f"the corpus has no {task.upper()} training or validation videos")
     if holdout_videos is not None:
         splits["val"], splits["holdout"] = hold_out(splits["val"], holdout_videos)
     else:
@@ -306,7 +309,7 @@ def build_bank(
         for x in variants
     }
     shards, stats = {}, {}
-    for x, stream in streams.items():
+    for x, stream in progress(streams.items(), desc="building shards", unit="variant"):
         refs = list(stream)  # references only: the shards stay where the task put them
         shards[x], stats[x] = refs[:-1], ray.get(refs[-1])
     labels, valid, faces, num_frames, fps = {}, {}, {}, {}, {}

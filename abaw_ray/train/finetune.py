@@ -296,9 +296,7 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
     seed_everything(trial.seed)
     device = ray.train.torch.get_device()
     name, _, suffix = trial.feature_keys[0].partition(".")
-    model = BackboneSequenceModel(
-        name, suffix == "tiny", trial.model, trial.task, trial.model_hparams()
-    )
+    model = BackboneSequenceModel(name, suffix == "tiny", trial.model, trial.task, trial.model_args)
     plain = model
     model = ray.train.torch.prepare_model(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=trial.lr, weight_decay=trial.weight_decay)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import asdict, fields, replace
+from dataclasses import fields
 from pathlib import Path
+from typing import get_args
 
 import ray
 import yaml
@@ -21,14 +22,17 @@ from abaw_ray.cluster import (
     interruptible_job,
     job_on_ray,
     name_refusal,
+    resume_command,
 )
 from abaw_ray.data.corpus import load_corpus, preflight
 from abaw_ray.errors import CorpusNotFoundError
+from abaw_ray.features.align import ALIGNMENTS
 from abaw_ray.features.store import store_key
+from abaw_ray.fsutil import ensure_results_dir
 from abaw_ray.metrics import score_split
 from abaw_ray.models import list_models
 from abaw_ray.tasks import OFFICIAL_SCORE, PRIMARY_METRIC, Task
-from abaw_ray.train.loop import TrialConfig, load_predictions
+from abaw_ray.train.loop import Mode, TrialConfig, load_predictions
 from abaw_ray.train.prepare import EMBEDDED_FEATURES, prepare, resolve_corpus
 from abaw_ray.train.trainer import error_tail, fit_trial
 
@@ -43,13 +47,13 @@ TRIAL_FLAGS = {
 
 
 def parse_overrides(items: list[str]) -> dict:
-    """``key=value`` pairs, values read as YAML scalars (``hidden=128``, ``gates=reference``)."""
-    known = {f.name for f in fields(TrialConfig)}
+    """``key=value`` pairs, values read as YAML scalars (``hidden=128``, ``gates=reference``):
+    any trial setting or model setting (checked with the rest when the trial is built)."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or key not in known:
-            raise SystemExit(f"--set {item!r}: expected key=value with key in {sorted(known)}")
+        if not sep or not key:
+            raise SystemExit(f"--set {item!r}: expected key=value, e.g. hidden=128")
         out[key] = yaml.safe_load(value)
     return out
 
@@ -67,8 +71,7 @@ def train_parser(task: Task, doc: str | None, default_model: str) -> argparse.Ar
     )
     defaults = {f.name: f.default for f in fields(TrialConfig)}
     defaults["model"] = default_model
-    choices = {"model": list_models(), "mode": ["frozen", "finetune"]}
-    choices["alignment"] = ["interp", "pool", "conv"]
+    choices = {"model": list_models(), "mode": list(get_args(Mode)), "alignment": ALIGNMENTS}
     for flag, (name, kind, text) in TRIAL_FLAGS.items():
         p.add_argument(
             flag,
@@ -137,13 +140,20 @@ def run_train_job(args: argparse.Namespace, task: Task) -> int:
         **{k: v for k, v in flags.items() if v is not None},
         **parse_overrides(args.set),
     }
+    try:  # every setting checked before anything starts
+        TrialConfig.from_dict(overrides)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     mode = overrides.get("mode", TrialConfig.mode)
     control = "control-" if args.shuffle_labels else ""
     problem = check_output_dir(args.output)
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    output = args.output.resolve()
+    output = ensure_results_dir(args.output.resolve())
+    if args.store is not None:
+        ensure_results_dir(args.store)
     storage = output / "runs"
     # Ray Train resumes a run whose (storage, name) exists: only --resume may reuse a name.
     name = args.name
@@ -196,7 +206,8 @@ def train_on_ray(
         )
         features = "+".join(prepared.keys[n] for n in names)
         data = prepared.bank
-    trial = replace(TrialConfig(), features=features, **overrides)
+    trial = TrialConfig.from_dict({**overrides, "features": features})
+    metric = PRIMARY_METRIC[task]
     splits = data.splits
 
     uri = tracking.tracking_uri(output)
@@ -204,12 +215,20 @@ def train_on_ray(
         uri,
         f"abaw-{task}-trials",
         name,
-        {**asdict(trial), "holdout_videos": splits["holdout"], "workers": args.workers},
+        {**trial.settings(), "holdout_videos": splits["holdout"], "workers": args.workers},
         storage / f"{name}.mlflow.json",
         resume=args.resume,
     )
     try:
-        with interruptible_job(), tracking.epoch_relay(uri, run_id) as relay:
+
+        def epoch_line(epoch: int, metrics: dict[str, float]) -> None:
+            print(
+                f"epoch {epoch}/{trial.epochs}: {metric} {metrics[metric]:.4f} "
+                f"(best {metrics[f'best_{metric}']:.4f})",
+                file=console.out,
+            )
+
+        with interruptible_job(), tracking.epoch_relay(uri, run_id, epoch_line) as relay:
             result = fit_trial(
                 trial=trial,
                 data_ref=ray.put(data),
@@ -227,12 +246,10 @@ def train_on_ray(
         tracking.finish_run(uri, run_id, {}, status="KILLED")
         print(
             f"\ninterrupted ({err or 'SIGINT'}): the run is saved up to its last checkpoint "
-            f"and its MLflow run marked KILLED.\nResume it with the same command plus: "
-            f"--resume --name {name}",
+            f"and its MLflow run marked KILLED.\nResume it with: {resume_command(name)}",
             file=console.err,
         )
         return 128 + getattr(err, "signum", 2)
-    metric = PRIMARY_METRIC[task]
     if not result.best_checkpoints:
         tracking.finish_run(uri, run_id, {}, status="FAILED")
         print(f"trial {name}: no epoch finished", file=console.err)

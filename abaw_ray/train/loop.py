@@ -15,16 +15,19 @@ import json
 import math
 import random
 import tempfile
+import typing
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from abaw_ray import tracking
 from abaw_ray.data.labels import shift_training_targets
+from abaw_ray.features.align import Alignment
+from abaw_ray.fsutil import atomic_path, atomic_write_text
 from abaw_ray.losses import (
     ccc_loss,
     class_weights,
@@ -33,9 +36,10 @@ from abaw_ray.losses import (
     soft_macro_f1_loss,
 )
 from abaw_ray.metrics import score_split
-from abaw_ray.models import create_model
+from abaw_ray.models import create_model, list_models, model_settings
 from abaw_ray.pause import pause_point
 from abaw_ray.pseudo import PseudoLabels, training_targets
+from abaw_ray.settings import problem
 from abaw_ray.tasks import NUM_EXPR_CLASSES, PRIMARY_METRIC, TRIAL_FINISHED, Task
 from abaw_ray.train.data import (
     FeatureBank,
@@ -45,16 +49,8 @@ from abaw_ray.train.data import (
     training_windows,
 )
 
-MODEL_SETTINGS = (
-    "hidden",
-    "dropout",
-    "loss_weight",
-    "cycle",
-    "gates",
-    "layers",
-    "heads",
-    "modality_dropout",
-)
+Mode = Literal["frozen", "finetune"]  # stored features, or the image backbone trains too
+Loss = Literal["mix", "ce", "f1", "focal"]  # expr: soft F1 + cross entropy, either, focal
 MODEL_STATE = "model.pt"
 PREDICTIONS = "predictions.npz"
 TRIAL_JSON = "trial.json"
@@ -70,36 +66,29 @@ LOOP_KEYS = frozenset({"bank", "pseudo", "predict_unlabelled", "epoch_relay", "s
 
 @dataclass(frozen=True)
 class TrialConfig:
-    """Every choice of one trial; what a search samples. Unknown keys are refused. Model
-    settings left at ``None`` take the model's own defaults (``create_model`` drops them)."""
+    """Every choice of one trial; what a search samples. Its model's own settings (``hidden``,
+    ``layers``, ``gates``...) are the model's (``model_settings``): ``model_args`` holds those
+    given, the model's defaults the rest. ``from_dict`` reads a flat dict (a search's sample)
+    and refuses unknown keys and values of the wrong type, naming the valid ones."""
 
     task: Task = "va"
-    mode: str = "frozen"  # frozen: stored features; finetune: the image backbone trains too
+    mode: Mode = "frozen"  # frozen: stored features; finetune: the image backbone trains too
     features: str = "face_hog+logmel"  # store keys joined by "+"
     model: str = "attention"
     lr: float = 1e-3
     weight_decay: float = 1e-4
     window: int = 64  # frames per training window
     stride: int | None = None  # frames between training windows (None: half the window)
-    alignment: str = "interp"  # audio to frames: interp | pool | conv
+    alignment: Alignment = "interp"  # audio to frames: interp | pool | conv
     video_norm: bool = False  # standardise features per video (a subject's own baseline)
     grad_clip: float = 1.0  # max gradient norm (0: off)
     epochs: int = 20
     batch_size: int = 16
     patience: int = 6  # epochs without a better selection score before stopping
     seed: int = 0
-    # model settings (None: the model's default)
-    hidden: int | None = None
-    dropout: float | None = None
-    loss_weight: float | None = None  # mctn: weight of translation + cycle losses
-    cycle: str | None = None  # mctn: first (published) | every level
-    gates: str | None = None  # mfn: paper | reference
-    layers: int | None = None  # transformer / expr_transformer depth
-    heads: int | None = None
-    modality_dropout: float | None = None  # chance of zeroing one modality of a training window
     teacher_forcing_epochs: int = 0  # mctn: epochs to decay teacher forcing to 0 (0: epochs/2)
     # expression task
-    loss: str = "mix"  # expr: f1 | ce | mix | focal
+    loss: Loss = "mix"  # expr: f1 | ce | mix | focal
     f1_weight: float = 0.5  # expr, loss=mix: weight of soft F1 against cross entropy
     focal_gamma: float = 2.0  # expr, loss=focal: how much easy frames are down-weighted
     label_smoothing: float = 0.1
@@ -108,16 +97,34 @@ class TrialConfig:
     # semi-supervised
     pseudo_labels: bool = False  # also train on an earlier search's pseudo-labels (weighted)
     # controls
-    shuffle_labels: bool = False  # train on labels (and their masks) shifted within each video
-    shuffle_pseudo_labels: bool = False  # with pseudo_labels: theirs shifted within each video
+    shuffle_labels: bool = False  # train on every target (pseudo too) shifted within each video
+    shuffle_pseudo_labels: bool = False  # with pseudo_labels: theirs alone shifted
+    # the model's own settings given (the rest: its defaults)
+    model_args: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrialConfig:
-        known = {f.name for f in fields(cls)}
-        extra = sorted(set(d) - known - LOOP_KEYS)
-        if extra:
-            raise ValueError(f"unknown trial settings: {extra}")
-        return cls(**{k: v for k, v in d.items() if k in known})
+    def from_dict(cls, d: Mapping[str, Any]) -> TrialConfig:
+        d = {k: v for k, v in d.items() if k not in LOOP_KEYS}
+        args = dict(d.pop("model_args", None) or {})
+        hints = typing.get_type_hints(cls)
+        known = {f.name for f in fields(cls)} - {"model_args"}
+        model = d.get("model", cls.model)
+        if model not in list_models():
+            raise ValueError(f"model: unknown model {model!r}; known: {', '.join(list_models())}")
+        settings = model_settings(model)
+        for key in sorted(set(d) - known):
+            if key not in settings:
+                raise ValueError(
+                    f"unknown trial setting {key!r} (model {model}); trial settings: "
+                    f"{', '.join(sorted(known))}; {model}'s settings: {', '.join(settings)}"
+                )
+            args[key] = d.pop(key)
+        wrong = [problem(k, hints[k], v) for k, v in d.items()]
+        wrong += [problem(k, settings[k].annotation, v) for k, v in args.items() if k in settings]
+        wrong += [f"{k}: model {model} takes no such setting" for k in args if k not in settings]
+        if any(wrong):
+            raise ValueError("; ".join(w for w in wrong if w))
+        return cls(**d, model_args={k: v for k, v in args.items() if v is not None})
 
     @property
     def feature_keys(self) -> list[str]:
@@ -127,9 +134,12 @@ class TrialConfig:
     def window_stride(self) -> int:
         return self.stride or max(1, self.window // 2)
 
-    def model_hparams(self) -> dict[str, Any]:
-        """The settings that reach ``create_model``; ``None`` ones are dropped there."""
-        return {name: getattr(self, name) for name in MODEL_SETTINGS}
+    def settings(self) -> dict[str, Any]:
+        """Every setting the trial trains with, flat: its fields and all of its model's
+        settings, the model's defaults where none was given (what MLflow records)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model_args"}
+        defaults = {s.name: s.default for s in model_settings(self.model).values()}
+        return {**out, **defaults, **self.model_args}
 
 
 def trial_targets(
@@ -215,14 +225,15 @@ def save_trial_checkpoint(
     input_dims: list[int],
 ) -> None:
     """Model and optimizer state, per-frame ``predictions[split][video]`` and the trial."""
-    torch.save(
-        {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch},
-        folder / MODEL_STATE,
-    )
-    np.savez_compressed(
-        folder / PREDICTIONS,
-        **{f"{split}/{v}": p for split, per in predictions.items() for v, p in per.items()},
-    )
+    with atomic_path(folder / MODEL_STATE) as tmp:
+        torch.save(
+            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch},
+            tmp,
+        )
+    with atomic_path(folder / PREDICTIONS, suffix=".npz") as tmp:
+        np.savez_compressed(
+            tmp, **{f"{split}/{v}": p for split, per in predictions.items() for v, p in per.items()}
+        )
     import ray
 
     saved = {
@@ -233,7 +244,7 @@ def save_trial_checkpoint(
         # Where the worker that wrote it ran (None outside Ray).
         "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
     }
-    (folder / TRIAL_JSON).write_text(json.dumps(saved, indent=1))
+    atomic_write_text(folder / TRIAL_JSON, json.dumps(saved, indent=1))
 
 
 def load_trial_state(folder: Path, device: torch.device) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -329,7 +340,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         trial.video_norm,
     )
     model = create_model(
-        trial.model, sampler.input_dims, trial.task, align=sampler.align, **trial.model_hparams()
+        trial.model, sampler.input_dims, trial.task, align=sampler.align, **trial.model_args
     )
     core = model.core
     plain = model

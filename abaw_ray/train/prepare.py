@@ -11,10 +11,11 @@ import ray
 
 from abaw_ray.data.corpus import Corpus, load_corpus
 from abaw_ray.data.synthetic import ensure_default_corpus
+from abaw_ray.features.align import ALIGNMENTS
 from abaw_ray.features.pipeline import ExtractionConfig, ExtractionReport, extract_features
 from abaw_ray.features.store import FeatureStore, store_key
 from abaw_ray.tasks import Task
-from abaw_ray.train.data import ALIGNMENTS, FeatureBank, build_bank
+from abaw_ray.train.data import FeatureBank, build_bank
 
 EMBEDDED_FEATURES = ("face_hog", "logmel")
 

@@ -68,3 +68,23 @@ def train_control(
     status = "FAILED" if np.isnan(score) else "FINISHED"
     tracking.finish_run(run["uri"], run["run_id"], {f"best_{metric}": score}, status)
     return score
+
+
+def run_controls(
+    best: TrialOutcome,
+    prepared: Prepared,
+    cfg: SearchConfig,
+    uri: str,
+    experiment: str,
+    parent: str,
+) -> dict[str, float]:
+    """Every control of the best trial (``control_runs``), each its own MLflow run under the
+    search's parent; their selection scores as ``<kind>_<metric>``."""
+    metric = PRIMARY_METRIC[cfg.space.task]
+    scores = {}
+    for kind, changes in control_runs(best.config).items():
+        params = {**best.config, **changes, "controls": best.trial_id}
+        run_id = tracking.child_run(uri, experiment, parent, f"{kind}-{best.trial_id}", params)
+        run = {"uri": uri, "run_id": run_id}
+        scores[f"{kind}_{metric}"] = train_control(best, prepared, cfg, run, changes, kind)
+    return scores

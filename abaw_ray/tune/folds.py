@@ -309,9 +309,9 @@ def print_folds(result: FoldResult) -> None:
         f"{_scores_text(task, result.oof_smoothed)} (optimistic: chosen there)"
     )
     print(
-        f"  submitted: the mean of the {k} fold models' test predictions"
-        f"{' (class probabilities)' if task == 'expr' else ''}, smoothed by {result.smoothing};"
-        f" it replaces the trial ensemble's in the submission file"
+        f"submitted: the fold ensemble, the mean of the {k} fold models' test predictions"
+        f"{' (class probabilities)' if task == 'expr' else ''}, smoothed by {result.smoothing}; "
+        f"its estimate: the out-of-fold {_scores_text(task, result.oof)}"
     )
 
 

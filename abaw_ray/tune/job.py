@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import time
+import traceback
+import zipfile
+from collections.abc import Callable
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray
 
 from abaw_ray import report, tracking
@@ -29,23 +30,25 @@ from abaw_ray.cluster import (
     interruptible_job,
     job_on_ray,
     name_refusal,
+    resume_command,
     starts_local_instance,
     stoppable_search,
 )
 from abaw_ray.data.corpus import preflight
-from abaw_ray.ensemble import EnsembleResult, Member, build_ensemble, ensemble_pseudo_labels
-from abaw_ray.errors import CorpusNotFoundError
-from abaw_ray.fsutil import atomic_write_text
-from abaw_ray.metrics import score_split
+from abaw_ray.ensemble import Member, build_ensemble, ensemble_pseudo_labels
+from abaw_ray.errors import BadInputError, CorpusNotFoundError, InputFormatError
+from abaw_ray.features.store import StoreMismatchError
+from abaw_ray.features.weights import WeightsNotFoundError
+from abaw_ray.fsutil import ensure_results_dir
+from abaw_ray.metrics import majority_baseline
 from abaw_ray.pause import pause_point
 from abaw_ray.pseudo import PSEUDO_FILE, PseudoLabels
-from abaw_ray.submission import write_submission
-from abaw_ray.tasks import NUM_EXPR_CLASSES, OFFICIAL_SCORE, PRIMARY_METRIC, Task
+from abaw_ray.tasks import PRIMARY_METRIC, Task
 from abaw_ray.train.data import FeatureBank
 from abaw_ray.train.loop import TrialConfig, load_predictions
 from abaw_ray.train.prepare import Prepared, prepare
-from abaw_ray.tune.controls import control_runs, train_control
-from abaw_ray.tune.cost import TrialCost, best_by_hours, cost_summary, cost_unit, trial_costs
+from abaw_ray.tune.controls import run_controls
+from abaw_ray.tune.cost import cost_summary, trial_costs
 from abaw_ray.tune.folds import (
     FoldResult,
     fold_count,
@@ -54,6 +57,7 @@ from abaw_ray.tune.folds import (
     run_folds,
     write_folds_json,
 )
+from abaw_ray.tune.outputs import ensemble_summary, write_outputs
 from abaw_ray.tune.search import (
     SearchConfig,
     TrialOutcome,
@@ -62,11 +66,19 @@ from abaw_ray.tune.search import (
     collect_outcomes,
     latest_search,
     search_name,
+    trial_params,
 )
-from abaw_ray.tune.space import SearchSpace, load_search_space
+from abaw_ray.tune.space import SearchSpace, SearchSpaceError, load_search_space
 
 REPO = Path(__file__).resolve().parents[2]
-SUBMISSION_FILE: dict[str, str] = {"va": "VA_submission.txt", "expr": "EXPR_submission.txt"}
+# What a job says in one line and exits 2 for: input it cannot use, found while it prepares.
+INPUT_ERRORS = (
+    BadInputError,
+    CorpusNotFoundError,
+    InputFormatError,
+    StoreMismatchError,
+    WeightsNotFoundError,
+)
 
 # SearchConfig fields a flag overrides: flag -> (field, type, help)
 CONFIG_FLAGS = {
@@ -189,12 +201,21 @@ def search_config(args: argparse.Namespace, space: SearchSpace, storage: str) ->
     )
 
 
-def load_members(outcomes: list[TrialOutcome], top_k: int) -> list[Member]:
-    """The ``top_k`` trials by selection score, with their checkpoints' predictions."""
+def load_members(
+    outcomes: list[TrialOutcome], top_k: int, warn: Callable[[str], None] = print
+) -> list[Member]:
+    """The ``top_k`` trials by selection score whose checkpoints' predictions load (one that
+    cannot is named, ``warn``, and the next trial takes its place)."""
     members = []
-    for o in [o for o in outcomes if o.checkpoint][:top_k]:
-        with ray.train.Checkpoint(o.checkpoint).as_directory() as d:
-            preds = load_predictions(d)
+    for o in [o for o in outcomes if o.checkpoint]:
+        if len(members) == top_k:
+            break
+        try:
+            with ray.train.Checkpoint(o.checkpoint).as_directory() as d:
+                preds = load_predictions(d)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+            warn(f"warning: skipped trial {o.trial_id}: its predictions cannot be read ({err})")
+            continue
         members.append(
             Member(
                 o.trial_id,
@@ -205,16 +226,6 @@ def load_members(outcomes: list[TrialOutcome], top_k: int) -> list[Member]:
             )
         )
     return members
-
-
-def majority_baseline(bank: FeatureBank) -> float:
-    """EXPR: macro F1 on every validation video of always predicting the most frequent
-    training class."""
-    train = np.concatenate([bank.labels[v][bank.valid[v]] for v in bank.splits["train"]])
-    majority = np.bincount(train, minlength=NUM_EXPR_CLASSES).argmax()
-    videos = [*bank.splits["val"], *bank.splits["holdout"]]
-    preds = {v: np.eye(NUM_EXPR_CLASSES)[np.full(bank.num_frames[v], majority)] for v in videos}
-    return score_split("expr", preds, videos, bank.labels, bank.valid)["f1"]
 
 
 def pseudo_problem(pseudo: PseudoLabels, bank: FeatureBank, source: Path) -> str | None:
@@ -235,80 +246,17 @@ def pseudo_problem(pseudo: PseudoLabels, bank: FeatureBank, source: Path) -> str
     return None
 
 
-def ensemble_summary(task: Task, ens: EnsembleResult) -> dict[str, float]:
-    """The figures a search ends with, as MLflow metric names."""
-    key = OFFICIAL_SCORE[task]
-    summary = {
-        f"selection_ensemble_{key}": ens.selection.score,
-        f"selection_best_single_{key}": ens.selection.best_single[1][key],
-        f"submitted_ensemble_all_val_{key}": ens.submitted.score,
-    }
-    for who, scores in ens.holdout.items():
-        summary.update({f"holdout_{who}_{k}": v for k, v in scores.items()})
-    return summary
-
-
-def write_outputs(
-    task: Task,
-    out_dir: Path,
-    prepared: Prepared,
-    ens: EnsembleResult,
-    members: list[Member],
-    costs: list[TrialCost],
-    test: dict[str, np.ndarray] | None = None,
-) -> tuple[Path | None, list[Path]]:
-    """The submission (under the search's own folder) of ``test`` (default: the ensemble's
-    test predictions), the recipe and the plots."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    artifacts: list[Path] = []
-    submission = None
-    template = prepared.corpus.templates.get(task)
-    if template is not None:
-        test = ens.test if test is None else test
-        test = test if task == "va" else {v: p.argmax(-1) for v, p in test.items()}
-        submission = write_submission(
-            out_dir / SUBMISSION_FILE[task], template, test, prepared.bank.face_mask
-        )
-        artifacts.append(submission)
-    recipe = out_dir / "ensemble_recipe.json"
-    atomic_write_text(
-        recipe,
-        json.dumps(
-            {
-                "submitted": asdict(ens.submitted.recipe),
-                "fitted_on": list(ens.submitted.videos),
-                "selection_recipe": asdict(ens.selection.recipe),
-                "selection_videos": list(ens.selection.videos),
-                "holdout_videos": list(prepared.bank.splits["holdout"]),
-                "members": {m.trial_id: m.description for m in members},
-                "scores": ensemble_summary(task, ens),
-            },
-            indent=1,
-        ),
-    )
-    artifacts.append(recipe)
-    best = next(m for m in members if m.trial_id == ens.selection.best_single[0])
-    artifacts += report.search_plots(task, out_dir, ens, best, prepared.bank)
-    unit = cost_unit(costs)
-    artifacts.append(
-        report.plot_best_by_cost(
-            out_dir / "best_by_cost.png",
-            best_by_hours(costs, unit),
-            [c.score for c in costs],
-            unit,
-            PRIMARY_METRIC[task],
-        )
-    )
-    return submission, artifacts
-
-
 def run_search_job(args: argparse.Namespace) -> int:
     """The job, end to end; its exit status (0 done, 2 bad input, 1 no trial finished,
     130/143 interrupted by SIGINT/SIGTERM, with no ensemble or submission written)."""
     started = time.time()
     if args.space is None:
         args.space = default_space(args.task, args.data is None, args.realistic)
-    space = load_search_space(args.space)
+    try:
+        space = load_search_space(args.space)
+    except SearchSpaceError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     task = space.task
     pseudo = None
     if args.pseudo_labels is not None:
@@ -334,7 +282,9 @@ def run_search_job(args: argparse.Namespace) -> int:
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    output = args.output.resolve()
+    output = ensure_results_dir(args.output.resolve())
+    if args.store is not None:
+        ensure_results_dir(args.store)
     storage = args.storage or str(output / "ray_results")
     if args.name is None:
         args.name = latest_search(storage, task) if args.resume else search_name(task, started)
@@ -365,9 +315,18 @@ def search_on_ray(
     parent = None
     try:
         with interruptible_job():  # after init_ray, which sets its own SIGTERM handler
-            prepared = prepare_search(
-                args, space, cfg, output, pseudo.holdout_videos if pseudo else None
+            print(
+                "preparing: the corpus, its features (extracting what the store lacks) and "
+                "their shards in Ray's object store",
+                file=console.out,
             )
+            try:
+                prepared = prepare_search(
+                    args, space, cfg, output, pseudo.holdout_videos if pseudo else None
+                )
+            except INPUT_ERRORS as err:
+                print(f"error: {err}", file=console.err)
+                return 2
             problem = folds_problem(prepared.bank, args.folds, cfg.seed)
             if problem is None and pseudo is not None:
                 problem = pseudo_problem(pseudo, prepared.bank, args.pseudo_labels)
@@ -397,7 +356,7 @@ def search_on_ray(
                 prepared.bank_ref,
                 combos,
                 callbacks=[
-                    tracking.trial_callback(uri, experiment, parent),
+                    tracking.trial_callback(uri, experiment, parent, trial_params),
                     report.trial_progress(cfg.metric, cfg.num_samples),
                 ],
                 resume=args.resume,
@@ -414,13 +373,30 @@ def search_on_ray(
             )
     except Interrupted as err:
         killed = tracking.kill_runs(uri, parent) if parent else 0
+        if can_resume(cfg):
+            print(
+                f"\ninterrupted by {err}: the search is saved; no ensemble or submission was "
+                f"written; {killed + (parent is not None)} MLflow run(s) marked KILLED.\n"
+                f"Resume it with: {resume_command(cfg.name)}",
+                file=console.err,
+            )
+        else:
+            print(
+                f"\ninterrupted by {err} before the search started: nothing to resume "
+                "(the features extracted so far are kept; the same command starts again)",
+                file=console.err,
+            )
+        return 128 + err.signum
+    except Exception as err:  # a failure, not bad input: its runs are marked, its trace logged
+        traceback.print_exc()  # into the job's log (standard error goes there)
+        failed = tracking.kill_runs(uri, parent, "FAILED") if parent else 0
         print(
-            f"\ninterrupted by {err}: the search is saved; no ensemble or submission was "
-            f"written; {killed + (parent is not None)} MLflow run(s) marked KILLED.\n"
-            f"Resume it with the same command plus: --resume --name {cfg.name}",
+            f"error: {type(err).__name__}: {(str(err).strip().splitlines() or [''])[-1]}\n"
+            f"the traceback is in {output / 'logs' / (cfg.name + '.log')}; "
+            f"{failed + (parent is not None)} MLflow run(s) marked FAILED",
             file=console.err,
         )
-        return 128 + err.signum
+        return 1
 
 
 def prepare_search(
@@ -457,22 +433,26 @@ def finish_search(
     console: Console,
     started: float,
 ) -> int:
-    """Trials -> ensemble -> outputs -> MLflow -> the summary, printed last."""
-    task, bank = cfg.space.task, prepared.bank
-    outcomes = collect_outcomes(cfg, results)
+    """Trials -> ensemble -> (folds) -> outputs -> (pseudo-labels, controls) -> MLflow -> the
+    summary, printed last."""
+    task, bank, out_dir = cfg.space.task, prepared.bank, args.output.resolve() / cfg.name
+
+    def warn(line: str) -> None:
+        print(line, file=console.err)
+
+    outcomes = collect_outcomes(cfg, results, warn)
     costs = trial_costs(cfg, outcomes)
     with contextlib.redirect_stdout(console.out):
         report.print_trials(task, outcomes)
     pause_point("before_ensemble")
-    members = load_members(outcomes, cfg.top_k)
+
+    members = load_members(outcomes, cfg.top_k, warn)
     if not members:
         tracking.finish_run(uri, parent, {}, status="FAILED")
         errors = [f"  trial {o.trial_id}: {o.error}" for o in outcomes if o.error]
-        print(
-            f"error: no trial of {cfg.name} finished an epoch; see {cfg.experiment_uri()}"
-            + ("\n" + "\n".join(errors) if errors else ""),
-            file=console.err,
-        )
+        warn(f"error: no trial of {cfg.name} finished an epoch; see {cfg.experiment_uri()}")
+        if errors:
+            warn("\n".join(errors))
         return 1
     ens = build_ensemble(
         task,
@@ -483,61 +463,55 @@ def finish_search(
         bank.labels,
         bank.valid,
     )
-    output = args.output.resolve()
+
     folds: FoldResult | None = None
     if args.folds >= 2:
+        best = TrialConfig.from_dict(outcomes[0].config)
         try:
             with contextlib.redirect_stdout(console.out):
-                folds = run_folds(
-                    TrialConfig.from_dict(outcomes[0].config),
-                    prepared,
-                    cfg,
-                    args.folds,
-                    cfg.seed,
-                    outcomes[0].trial_id,
-                )
+                folds = run_folds(best, prepared, cfg, args.folds, cfg.seed, outcomes[0].trial_id)
         except RuntimeError as err:
             tracking.finish_run(uri, parent, {}, status="FAILED")
-            print(
-                f"error: {err}\nno submission was written; the search is saved: the same "
-                f"command plus --resume --name {cfg.name} trains the folds again",
-                file=console.err,
+            warn(
+                f"error: {err}\nno submission was written; the search is saved: "
+                f"{resume_command(cfg.name)} trains the folds again"
             )
             return 1
-    submission, artifacts = write_outputs(
-        task, output / cfg.name, prepared, ens, members, costs, folds.test if folds else None
-    )
-    summary = {**ensemble_summary(task, ens), **cost_summary(costs)}
+
+    submission, artifacts = write_outputs(task, out_dir, prepared, ens, members, costs, folds)
+    summary = {**ensemble_summary(task, ens, folds), **cost_summary(costs)}
+    if folds is not None:
+        artifacts.append(write_folds_json(out_dir / "folds.json", folds))
+    if task == "expr":
+        summary["majority_baseline_val_f1"] = majority_baseline(
+            bank.labels,
+            bank.valid,
+            bank.splits["train"],
+            [*bank.splits["val"], *bank.splits["holdout"]],
+        )
+
     pseudo_path = None
     if args.make_pseudo_labels:
         pseudo = ensemble_pseudo_labels(task, members, ens, bank.valid, cfg.name)
-        pseudo_path = pseudo.save(output / cfg.name / PSEUDO_FILE)
+        pseudo_path = pseudo.save(out_dir / PSEUDO_FILE)
         artifacts.append(pseudo_path)
         summary.update(pseudo_frames=pseudo.frames, pseudo_confidence=pseudo.mean_confidence())
-    if folds is not None:
-        artifacts.append(write_folds_json(output / cfg.name / "folds.json", folds))
-        summary.update(folds.summary())
-    if task == "expr":
-        summary["majority_baseline_val_f1"] = majority_baseline(bank)
+
     if args.control:
-        best = outcomes[0]
-        for kind, changes in control_runs(best.config).items():
-            params = {**best.config, **changes, "controls": best.trial_id}
-            run = {
-                "uri": uri,
-                "run_id": tracking.child_run(
-                    uri, experiment, parent, f"{kind}-{best.trial_id}", params
-                ),
-            }
-            summary[f"{kind}_{PRIMARY_METRIC[task]}"] = train_control(
-                best, prepared, cfg, run, changes, kind
-            )
+        summary.update(run_controls(outcomes[0], prepared, cfg, uri, experiment, parent))
+
+    used = {t for w in ens.selection.recipe.weights.values() for t, x in w.items() if x}
     tracking.log_ensemble(
         uri,
         experiment,
         parent,
         summary,
-        {"members": len(members), "smoothing": ens.submitted.recipe.smoothing_names()},
+        {
+            "submitted": "fold ensemble" if folds else "trial ensemble",
+            "members_offered": len(members),
+            "members_used": ",".join(sorted(used)),
+            "smoothing": ens.submitted.recipe.smoothing_names(),
+        },
         artifacts,
     )
     tracking.log_trial_metrics(
@@ -547,12 +521,12 @@ def finish_search(
         {c.trial_id: {"cpu_seconds": c.cpu_seconds, "gpu_seconds": c.gpu_seconds} for c in costs},
     )
     tracking.finish_run(uri, parent, summary)
+
     with contextlib.redirect_stdout(console.out):
-        print(f"\nMLflow: {uri}  (mlflow ui --host 127.0.0.1 --backend-store-uri {uri})")
+        print(f"\nMLflow: {tracking.ui_link(uri, experiment)}")
         print(f"Ray results: {cfg.experiment_uri()}   wall time {time.time() - started:.0f} s")
-        report.print_summary(
-            task, ens, members, bank, summary, submission, outcomes[0] if args.control else None
-        )
+        control_of = outcomes[0] if args.control else None
+        report.print_summary(task, ens, members, bank, summary, submission, control_of, folds)
         if pseudo_path is not None:
             print(
                 f"pseudo-labels: {summary['pseudo_frames']} unlabelled frames of training and "
@@ -561,5 +535,6 @@ def finish_search(
             )
         if folds is not None:
             print_folds(folds)
+        report.print_submission(submission)
         report.print_cost(costs, summary, PRIMARY_METRIC[task])
     return 0

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -114,6 +115,12 @@ class StopFlag:
 
     def is_set(self) -> bool:
         return self.stopped
+
+
+def trial_params(config: dict[str, Any]) -> dict[str, Any]:
+    """What MLflow records of a trial: every setting it trained with, its model's defaults
+    included (a sampled config holds only what the space sets)."""
+    return TrialConfig.from_dict(config).settings()
 
 
 def stop_flag_name(trial_id: str) -> str:
@@ -378,10 +385,14 @@ def latest_search(storage_path: str, task: str) -> str | None:
 
 
 def best_checkpoint(
-    trainer_uri: str, metric: str, last_epoch: int | None = None
+    trainer_uri: str,
+    metric: str,
+    last_epoch: int | None = None,
+    warn: Callable[[str], None] = print,
 ) -> tuple[dict[str, float], str] | None:
     """The best checkpoint a trial's trainer kept, of the epochs up to ``last_epoch`` (the
-    last one Tune recorded; None: all): (its metrics, its URI)."""
+    last one Tune recorded; None: all): (its metrics, its URI). A checkpoint whose
+    ``trial.json`` cannot be read is named (``warn``) and skipped."""
     fs, root = _filesystem(trainer_uri)
     try:
         infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
@@ -394,25 +405,35 @@ def best_checkpoint(
         try:
             with fs.open_input_stream(f"{info.path}/{TRIAL_JSON}") as fh:
                 saved = json.loads(fh.read())
-        except (OSError, FileNotFoundError):
+            metrics = saved["metrics"]
+            score, epoch = float(metrics[metric]), int(metrics["epoch"])
+        except FileNotFoundError:
             continue  # a checkpoint being written when the search was killed
-        metrics = saved["metrics"]
-        if last_epoch is not None and metrics["epoch"] > last_epoch:
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            warn(f"warning: skipped a corrupt checkpoint, {info.path}/{TRIAL_JSON}: {err}")
+            continue
+        if last_epoch is not None and epoch > last_epoch:
             continue  # finished after Tune stopped the trial: Tune and MLflow never saw it
-        if best is None or metrics[metric] > best[0][metric]:
+        if best is None or score > best[0][metric]:
             prefix = trainer_uri.split("://")[0] + "://" if "://" in trainer_uri else ""
             best = (metrics, f"{prefix}{info.path}" if prefix else info.path)
     return best
 
 
-def collect_outcomes(cfg: SearchConfig, results: tune.ResultGrid) -> list[TrialOutcome]:
+def collect_outcomes(
+    cfg: SearchConfig, results: tune.ResultGrid, warn: Callable[[str], None] = print
+) -> list[TrialOutcome]:
+    """Every trial's settings, status (its error, if one) and best checkpoint, best first;
+    ``warn``: where a corrupt checkpoint is named."""
     outcomes = []
     for r in results:
         trial_id = (r.metrics or {}).get("trial_id") or Path(r.path).name.split("_")[-2]
         error = (r.metrics or {}).get(TRIAL_ERROR) or (str(r.error).strip() if r.error else None)
         status = "error" if error else "done"
         last_epoch = (r.metrics or {}).get("epoch")
-        found = best_checkpoint(f"{cfg.trainers_uri()}/train-{trial_id}", cfg.metric, last_epoch)
+        found = best_checkpoint(
+            f"{cfg.trainers_uri()}/train-{trial_id}", cfg.metric, last_epoch, warn
+        )
         config = {k: v for k, v in (r.config or {}).items()}
         outcome = TrialOutcome(
             trial_id, config, status, last=dict(r.metrics or {}), error=error and error[-500:]

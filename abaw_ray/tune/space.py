@@ -6,7 +6,7 @@
       audio: [logmel, wavlm_large, null]   # null: no audio (a visual-only trial)
       combinations:                        # optional: more combinations, listed whole
         - [face_hog, logmel, wavlm_large]  # three modalities (MCTN's hierarchy: two levels)
-    parameters:                    # any TrialConfig field
+    parameters:                    # any trial setting (TrialConfig) or model setting
       model: {choice: [attention, mfn, mctn, transformer]}
       lr: {loguniform: [3.0e-4, 3.0e-3]}
       hidden: {choice: [32, 64]}
@@ -33,10 +33,12 @@ from typing import Any
 import yaml
 
 from abaw_ray.features.registry import get_spec, list_extractors
-from abaw_ray.models import list_models
+from abaw_ray.models import list_models, model_settings
+from abaw_ray.settings import problem
 from abaw_ray.train.loop import TrialConfig
 
 DISTRIBUTIONS = ("value", "choice", "uniform", "loguniform", "randint")
+NOT_SEARCHED = ("task", "features", "model_args")  # set by the space's own keys, or internal
 
 
 class SearchSpaceError(ValueError):
@@ -122,12 +124,28 @@ def _fail(path: Path, key: str, message: str) -> SearchSpaceError:
     return SearchSpaceError(f"{path}: {key}: {message}")
 
 
-def _parse_parameter(
-    path: Path, name: str, spec: Any, known: dict[str, type], earlier: list[str]
-) -> Parameter:
+def _annotations() -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """(trial setting -> annotation, model setting -> {model: annotation}): every name a
+    space may search."""
+    hints = typing.get_type_hints(TrialConfig)
+    trial = {f.name: hints[f.name] for f in fields(TrialConfig) if f.name not in NOT_SEARCHED}
+    models: dict[str, dict[str, Any]] = {}
+    for m in list_models():
+        for name, setting in model_settings(m).items():
+            models.setdefault(name, {})[m] = setting.annotation
+    return trial, models
+
+
+def _parse_parameter(path: Path, name: str, spec: Any, earlier: list[str]) -> Parameter:
     key = f"parameters.{name}"
-    if name not in known:
-        raise _fail(path, key, f"unknown trial setting; known: {', '.join(sorted(known))}")
+    trial, models = _annotations()
+    if name not in trial and name not in models:
+        raise _fail(
+            path,
+            key,
+            f"unknown setting; trial settings: {', '.join(sorted(trial))}; model settings: "
+            f"{', '.join(sorted(models))}",
+        )
     if not isinstance(spec, dict):
         raise _fail(path, key, f"expected a mapping like {{choice: [...]}}, got {spec!r}")
     kinds = [k for k in spec if k in DISTRIBUTIONS]
@@ -159,20 +177,20 @@ def _parse_parameter(
         if kind == "randint" and not all(isinstance(a, int) for a in args):
             raise _fail(path, f"{key}.{kind}", "bounds must be integers")
         args = (float(low), float(high)) if kind != "randint" else (int(low), int(high))
-    values = args if kind == "choice" else [args] if kind == "value" else []
-    want = known[name]
-    for v in values:
-        if (
-            want is bool
-            and not isinstance(v, bool)
-            or want in (int, float)
-            and (isinstance(v, bool) or not isinstance(v, int | float))
-            or want is str
-            and not isinstance(v, str)
-        ):
-            raise _fail(path, key, f"value {v!r} is not a {want.__name__}")
+    annotations = [trial[name]] if name in trial else list(models[name].values())
+    if kind in ("uniform", "loguniform"):
+        samples = [(args[0] + args[1]) / 2]  # a float between the bounds
+    elif kind == "value":
+        samples = [args]
+    else:  # choice, randint: the values or both ends
+        samples = list(args)
+    for annotation in annotations:
+        for v in samples:
+            wrong = problem(name, annotation, v)
+            if wrong:
+                raise _fail(path, key, wrong.split(": ", 1)[1])
     if name == "model":
-        unknown = [m for m in values if m not in list_models()]
+        unknown = [m for m in samples if m not in list_models()]
         if unknown:
             raise _fail(path, key, f"unknown models {unknown}; known: {list_models()}")
     when_raw = spec.get("when", {})
@@ -190,12 +208,47 @@ def _parse_parameter(
     return Parameter(name, kind, tuple(args) if kind == "choice" else args, when)
 
 
+def _check_model_settings(path: Path, params: list[Parameter]) -> None:
+    """Every model setting a space searches is taken by every model that can be picked with
+    it (the ``model`` parameter's values, narrowed by the setting's ``when``), and each of
+    its values fits each such model's annotation."""
+    trial, models = _annotations()
+    model = next((p for p in params if p.name == "model"), None)
+    pickable = (
+        [TrialConfig.model]
+        if model is None
+        else list(model.args)
+        if model.kind == "choice"
+        else [model.args]
+    )
+    for p in params:
+        if p.name in trial:
+            continue
+        chosen = [m for m in pickable if m in p.when.get("model", pickable)]
+        for m in chosen:
+            if m not in models[p.name]:
+                raise _fail(
+                    path,
+                    f"parameters.{p.name}",
+                    f"model {m} takes no {p.name} (its settings: "
+                    f"{', '.join(model_settings(m))}); limit it with when: {{model: [...]}}",
+                )
+            values = p.args if p.kind == "choice" else [p.args] if p.kind == "value" else []
+            for v in values:
+                wrong = problem(p.name, models[p.name][m], v)
+                if wrong:
+                    raise _fail(path, f"parameters.{p.name}", f"model {m}: {wrong}")
+
+
 def load_search_space(path: str | Path) -> SearchSpace:
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise SearchSpaceError(f"{path}: cannot read the search space ({err.strerror})") from err
     except yaml.YAMLError as err:
-        raise SearchSpaceError(f"{path}: not valid YAML ({err})") from err
+        first = str(err).strip().splitlines()
+        raise SearchSpaceError(f"{path}: not valid YAML ({' '.join(first[-2:])})") from err
     if not isinstance(data, dict):
         raise SearchSpaceError(f"{path}: expected a mapping with task, features, parameters")
     unknown = sorted(set(data) - {"task", "features", "parameters"})
@@ -211,6 +264,13 @@ def load_search_space(path: str | Path) -> SearchSpace:
     if unknown:
         raise _fail(path, f"features.{unknown[0]}", "unknown key (visual, audio, combinations)")
     extractors = list_extractors()
+    for group in ("visual", "audio"):
+        if feats.get(group) is not None and not isinstance(feats[group], list):
+            raise _fail(
+                path,
+                f"features.{group}",
+                f"expected a list, e.g. [{feats[group]}], got {feats[group]!r}",
+            )
     visual, audio = list(feats["visual"]), list(feats.get("audio") or [None])
     extra = feats.get("combinations") or []
     if not isinstance(extra, list) or not all(isinstance(c, list) and c for c in extra):
@@ -229,20 +289,13 @@ def load_search_space(path: str | Path) -> SearchSpace:
                 raise _fail(path, f"features.{group}", f"unknown extractor {n!r}")
             if get_spec(n).modality != modality:
                 raise _fail(path, f"features.{group}", f"{n} is a {get_spec(n).modality} extractor")
-    hints = typing.get_type_hints(TrialConfig)
-    known = {
-        f.name: next(
-            t for t in (*typing.get_args(hints[f.name]), hints[f.name]) if t is not type(None)
-        )
-        for f in fields(TrialConfig)
-        if f.name not in ("task", "features")
-    }
     params_raw = data.get("parameters") or {}
     if not isinstance(params_raw, dict):
         raise _fail(path, "parameters", "expected a mapping")
     params: list[Parameter] = []
     for name, spec in params_raw.items():
-        params.append(_parse_parameter(path, name, spec, known, [p.name for p in params]))
+        params.append(_parse_parameter(path, name, spec, [p.name for p in params]))
+    _check_model_settings(path, params)
     return SearchSpace(
         path, task, tuple(visual), tuple(audio), tuple(params), tuple(tuple(c) for c in extra)
     )
