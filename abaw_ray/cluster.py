@@ -51,6 +51,16 @@ def add_ray_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# A smoke run of any job command (what the docs' runnable commands are checked with): the
+# smallest settings that still run every stage, each job saying what it shrank.
+SMOKE_ENV = "ABAW_RAY_SMOKE"
+SMOKE_SAMPLES, SMOKE_EPOCHS = 2, 2  # trials of a search, epochs of a trial
+
+
+def smoke_run() -> bool:
+    return os.environ.get(SMOKE_ENV, "") not in ("", "0")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,11 +1,12 @@
-"""The ensemble stage: the top trials' per-frame predictions -> greedy forward selection with
-replacement (Caruana et al., 2004) -> temporal smoothing chosen on validation (every kind and
-width of ``abaw_ray.smoothing``: box and Gaussian for VA; those over class probabilities and a
-mode filter over classes for EXPR).
+"""The ensemble stage: the top trials' per-frame predictions -> member weights by an ensemble
+method -> temporal smoothing chosen on validation (``smoothing.choose_smoothing``: box and
+Gaussian for VA; those over class probabilities and a mode filter over classes for EXPR).
 
-VA selects members separately for valence and arousal (each by its own global CCC); EXPR
-averages class probabilities and selects by macro F1. Selection starts from the best single
-trial and only adds a member when the score rises.
+Methods are registered by name (``register_ensemble_method``; the search job's ``--ensemble``):
+``greedy``, forward selection with replacement (Caruana et al., 2004), starting from the best
+single trial and adding a member only when the score rises; ``mean``, every member equally (the
+fold ensemble's). VA weighs and smooths valence and arousal separately (each by its own global
+CCC); EXPR averages class probabilities and goes by macro F1.
 
 A score chosen on some videos is optimistic on them. ``build_ensemble`` therefore fits the
 recipe on the selection videos only, scores it and the best single trial once on the held-out
@@ -15,25 +16,25 @@ procedure, on all validation videos for the submission.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from abaw_ray.metrics import ccc, flatten_split, macro_f1, score_split
 from abaw_ray.pseudo import PseudoLabels, make_pseudo_labels
-from abaw_ray.smoothing import NO_SMOOTHING, Smoothing, candidates
+from abaw_ray.smoothing import NO_SMOOTHING, Smoothing, choose_smoothing
 from abaw_ray.tasks import NUM_EXPR_CLASSES, OFFICIAL_SCORE, Task
 
 
 @dataclass
 class Member:
-    """One trial's per-frame predictions: ``val`` holds every validation video (selection and
-    held-out), ``test`` every test video, ``unlabelled`` the training videos with unlabelled
-    frames (when the search makes pseudo-labels)."""
+    """One trial's per-frame predictions: ``validation`` holds every validation video
+    (selection and held-out), ``test`` every test video, ``unlabelled`` the training videos
+    with unlabelled frames (when the search makes pseudo-labels)."""
 
     trial_id: str
-    val: dict[str, np.ndarray]
+    validation: dict[str, np.ndarray]
     test: dict[str, np.ndarray]
     description: str = ""
     unlabelled: dict[str, np.ndarray] = field(default_factory=dict)
@@ -75,7 +76,7 @@ class EnsembleResult:
     selection: Fit
     holdout: dict[str, dict[str, float]]
     submitted: Fit
-    val: dict[str, np.ndarray]
+    validation: dict[str, np.ndarray]  # the submitted recipe's, of every validation video
     test: dict[str, np.ndarray]
 
 
@@ -102,31 +103,53 @@ def _combine(
     task: Task,
     smoothing: Smoothing,
 ) -> dict[str, np.ndarray]:
-    total = sum(weights.values())
+    """Each video's weighted mean over the members that predicted it (fold models each
+    predict their own fold's videos: the mean is then that fold's prediction), smoothed."""
     out = {}
     for v in videos:
-        acc = sum(
-            w * getattr(m, split)[v][:, part]
-            for m in members
-            if (w := weights.get(m.trial_id, 0.0))
-        )
-        out[v] = smoothing.apply(task, acc / total)
+        have = [(w, m) for m in members if (w := weights.get(m.trial_id, 0.0))]
+        have = [(w, m) for w, m in have if v in getattr(m, split)]
+        if not have:
+            raise KeyError(f"no member of the recipe predicted video {v} ({split})")
+        acc = sum(w * getattr(m, split)[v][:, part] for w, m in have)
+        out[v] = smoothing.apply(task, acc / sum(w for w, _ in have))
     return out
 
 
-def _select(
+# An ensemble method: (task, members, one target's columns, videos, labels, valid) -> that
+# target's member weights. The recipe's smoothing is then chosen the same way for every method.
+EnsembleMethod = Callable[..., dict[str, float]]
+_METHODS: dict[str, EnsembleMethod] = {}
+GREEDY_ROUNDS = 25  # greedy selection's additions at most
+
+
+def register_ensemble_method(name: str) -> Callable[[EnsembleMethod], EnsembleMethod]:
+    def deco(fn: EnsembleMethod) -> EnsembleMethod:
+        if name in _METHODS:
+            raise ValueError(f"ensemble method {name} registered twice")
+        _METHODS[name] = fn
+        return fn
+
+    return deco
+
+
+def list_ensemble_methods() -> list[str]:
+    return sorted(_METHODS)
+
+
+@register_ensemble_method("greedy")
+def greedy(
     task: Task,
     members: Sequence[Member],
     part: slice,
     videos: Sequence[str],
     labels: dict[str, np.ndarray],
     valid: dict[str, np.ndarray],
-    rounds: int,
-) -> tuple[dict[str, float], Smoothing, float]:
-    """Greedy forward selection with replacement, then the best smoothing (ties: none, then
-    the narrower filter)."""
+) -> dict[str, float]:
+    """Greedy forward selection with replacement (Caruana et al., 2004): start from the best
+    member, add whichever member raises the score most, stop when none does."""
     # Flattened once; the greedy loop then scores sums of these arrays.
-    flat = [flatten_split(mem.val, videos, labels, valid) for mem in members]
+    flat = [flatten_split(mem.validation, videos, labels, valid) for mem in members]
     t = flat[0][1][:, part.start] if task == "va" else flat[0][1]
     stacked = [p[:, part] for p, _ in flat]
     singles = [_score(task, p, t) for p in stacked]
@@ -135,7 +158,7 @@ def _select(
     counts[first] = 1
     acc = stacked[first].copy()
     best = singles[first]
-    for _ in range(rounds):
+    for _ in range(GREEDY_ROUNDS):
         n = counts.sum()
         trial = [_score(task, (acc + p) / (n + 1), t) for p in stacked]
         j = int(np.argmax(trial))
@@ -144,32 +167,47 @@ def _select(
         counts[j] += 1
         acc = acc + stacked[j]
         best = trial[j]
-    weights = {mem.trial_id: float(c) for mem, c in zip(members, counts) if c}
-    best_smoothing, best_score = NO_SMOOTHING, -np.inf
-    for smoothing in candidates(task):
-        pred, _ = flatten_split(
-            _combine(members, weights, part, "val", videos, task, smoothing), videos, labels, valid
-        )
-        s = _score(task, pred, t)
-        if s > best_score + 1e-9:
-            best_smoothing, best_score = smoothing, s
-    return weights, best_smoothing, best_score
+    return {mem.trial_id: float(c) for mem, c in zip(members, counts) if c}
 
 
-def _fit(
+@register_ensemble_method("mean")
+def mean(
+    task: Task,
+    members: Sequence[Member],
+    part: slice,
+    videos: Sequence[str],
+    labels: dict[str, np.ndarray],
+    valid: dict[str, np.ndarray],
+) -> dict[str, float]:
+    """Every member, equally weighted (the fold ensemble's method)."""
+    return {m.trial_id: 1.0 for m in members}
+
+
+TARGET_SCORE = {"valence": "ccc_valence", "arousal": "ccc_arousal", "classes": "f1"}
+
+
+def make_recipe(
     task: Task,
     members: Sequence[Member],
     videos: Sequence[str],
     labels: dict[str, np.ndarray],
     valid: dict[str, np.ndarray],
-    rounds: int,
+    method: str = "greedy",
 ) -> tuple[Recipe, dict[str, float]]:
-    recipe = Recipe()
-    scores = {}
+    """Per target, ``method``'s member weights on ``videos``, then the smoothing
+    ``choose_smoothing`` picks for that target's combination (ties: none, then the narrower
+    filter): (the recipe, each target's score with it)."""
+    if method not in _METHODS:
+        raise ValueError(f"unknown ensemble method {method!r}; known: {list_ensemble_methods()}")
+    recipe, scores = Recipe(), {}
     for name, part in _targets(task).items():
-        w, smoothing, s = _select(task, members, part, videos, labels, valid, rounds)
-        recipe.weights[name], recipe.smoothing[name] = w, smoothing
-        scores[name] = s
+        weights = _METHODS[method](task, members, part, videos, labels, valid)
+        combined = _combine(members, weights, slice(None), "validation", videos, task, NO_SMOOTHING)
+        smoothing, score, _ = choose_smoothing(
+            task, combined, videos, labels, valid, key=TARGET_SCORE[name]
+        )
+        recipe.weights[name], recipe.smoothing[name] = weights, smoothing
+        scores[name] = score
     return recipe, scores
 
 
@@ -189,15 +227,16 @@ def fit_recipe(
     videos: Sequence[str],
     labels: dict[str, np.ndarray],
     valid: dict[str, np.ndarray],
-    rounds: int = 25,
+    method: str = "greedy",
 ) -> Fit:
-    """Greedy selection and smoothing of ``members`` on ``videos`` (validation videos)."""
+    """``make_recipe`` of ``members`` on ``videos`` (validation videos), with its scores and
+    the best single member there."""
     if not members:
         raise ValueError("no trial finished with a checkpoint: nothing to ensemble")
     videos = tuple(videos)
-    recipe, _ = _fit(task, members, videos, labels, valid, rounds)
-    pred = apply_recipe(task, members, recipe, "val", videos)
-    singles = {m.trial_id: score_split(task, m.val, videos, labels, valid) for m in members}
+    recipe, _ = make_recipe(task, members, videos, labels, valid, method)
+    pred = apply_recipe(task, members, recipe, "validation", videos)
+    singles = {m.trial_id: score_split(task, m.validation, videos, labels, valid) for m in members}
     key = OFFICIAL_SCORE[task]
     best_id = max(singles, key=lambda t: singles[t][key])
     return Fit(
@@ -213,22 +252,22 @@ def build_ensemble(
     test_videos: Sequence[str],
     labels: dict[str, np.ndarray],
     valid: dict[str, np.ndarray],
-    rounds: int = 25,
+    method: str = "greedy",
 ) -> EnsembleResult:
     """Fit on the selection videos, estimate on the held-out ones (scored once, selecting
     nothing), refit on both for the submission."""
-    selection = fit_recipe(task, members, selection_videos, labels, valid, rounds)
+    selection = fit_recipe(task, members, selection_videos, labels, valid, method)
     holdout: dict[str, dict[str, float]] = {}
     if holdout_videos:
         held = list(holdout_videos)
         by_id = {m.trial_id: m for m in members}
-        pred = apply_recipe(task, members, selection.recipe, "val", held)
+        pred = apply_recipe(task, members, selection.recipe, "validation", held)
         holdout["ensemble"] = score_split(task, pred, held, labels, valid)
         best = by_id[selection.best_single[0]]
-        holdout["best_single"] = score_split(task, best.val, held, labels, valid)
+        holdout["best_single"] = score_split(task, best.validation, held, labels, valid)
     everything = [*selection_videos, *holdout_videos]
     submitted = (
-        fit_recipe(task, members, everything, labels, valid, rounds)
+        fit_recipe(task, members, everything, labels, valid, method)
         if holdout_videos
         else selection
     )
@@ -236,7 +275,7 @@ def build_ensemble(
         selection,
         holdout,
         submitted,
-        apply_recipe(task, members, submitted.recipe, "val", everything),
+        apply_recipe(task, members, submitted.recipe, "validation", everything),
         apply_recipe(task, members, submitted.recipe, "test", list(test_videos)),
     )
 

@@ -214,7 +214,7 @@ def print_summary(
     the submission file, last."""
     key = OFFICIAL_SCORE[task]
     metric = PRIMARY_METRIC[task]
-    sel, n_sel, n_held = ens.selection, len(bank.splits["val"]), len(bank.splits["holdout"])
+    sel, n_sel, n_held = ens.selection, len(bank.splits["selection"]), len(bank.splits["holdout"])
     best_id = sel.best_single[0]
     used = {t for w in ens.selection.recipe.weights.values() for t, x in w.items() if x}
     selection, held_out = f"selection ({_count(n_sel)})", f"held out ({_count(n_held)})"
@@ -254,14 +254,17 @@ def print_summary(
         )
         videos = list(ens.submitted.videos)
         best = next(m for m in members if m.trial_id == best_id)
-        for name, preds in (("ensemble", ens.val), (f"best trial {best_id}", best.val)):
+        for name, preds in (
+            ("ensemble", ens.validation),
+            (f"best trial {best_id}", best.validation),
+        ):
             s = score_split(task, preds, videos, bank.labels, bank.valid)
             print(
                 f"per-class F1, {name}, all validation videos: "
                 + ", ".join(f"{c} {s[f'f1_class{i}']:.3f}" for i, c in enumerate(EXPR_CLASSES))
             )
         print("confusion matrix of the ensemble, all validation videos (rows: label):")
-        print(format_confusion(*_expr_flat(ens.val, bank.labels, bank.valid, videos)))
+        print(format_confusion(*_expr_flat(ens.validation, bank.labels, bank.valid, videos)))
     if control_of is not None:
         pseudo = bool(control_of.config.get("pseudo_labels"))
         print(
@@ -308,15 +311,20 @@ def search_plots(task, out_dir: Path, ens, best, bank) -> list[Path]:
     if task == "va":
         paths = [
             plot_va_traces(
-                out_dir / "val_traces.png", ens.val, bank.labels, bank.valid, videos, bank.fps
+                out_dir / "val_traces.png",
+                ens.validation,
+                bank.labels,
+                bank.valid,
+                videos,
+                bank.fps,
             ),
             plot_per_video_ccc(
-                out_dir / "per_video_ccc.png", ens.val, bank.labels, bank.valid, videos
+                out_dir / "per_video_ccc.png", ens.validation, bank.labels, bank.valid, videos
             ),
         ]
     else:
         paths = []
-        for name, preds in (("ensemble", ens.val), ("best_trial", best.val)):
+        for name, preds in (("ensemble", ens.validation), ("best_trial", best.validation)):
             paths.append(
                 plot_confusion(
                     out_dir / f"confusion_{name}.png",

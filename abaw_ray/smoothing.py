@@ -243,15 +243,17 @@ def choose_smoothing(
     valid: Mapping[str, np.ndarray],
     kinds: Sequence[Kind] | None = None,  # None: DEFAULT_KINDS[task]
     widths: Sequence[int] = DEFAULT_WIDTHS,
+    key: str | None = None,  # score_split's key to maximise (None: the official score)
 ) -> tuple[Smoothing, float, dict[Smoothing, float]]:
     """Try ``none`` and every kind x width on ``videos`` and keep the best by the official
-    score of ``metrics.score_split`` (every valid frame of ``videos`` at once).
+    score of ``metrics.score_split`` (every valid frame of ``videos`` at once), or its ``key``
+    (``ccc_valence``: one target's filter).
 
     Returns (best smoothing, its score, {candidate: score} for every candidate in the order
     tried: ``none`` first, then by increasing width). A candidate must beat the best so far by
     more than ``TIE_TOLERANCE``, so ties go to ``none`` and then to the smaller width."""
     videos = list(videos)
-    key = OFFICIAL_SCORE[task]
+    key = key or OFFICIAL_SCORE[task]
     table: dict[Smoothing, float] = {}
     best, best_score = NO_SMOOTHING, -np.inf
     for s in candidates(task, kinds, widths):

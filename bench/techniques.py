@@ -134,7 +134,9 @@ def run_rows(
 def scores(task, preds, bank) -> tuple[float, float]:
     """(selection score, held-out score) of one trial's predictions."""
     key = OFFICIAL_SCORE[task]
-    sel = score_split(task, preds["val"], bank.splits["val"], bank.labels, bank.valid)[key]
+    sel = score_split(task, preds["selection"], bank.splits["selection"], bank.labels, bank.valid)[
+        key
+    ]
     held = score_split(task, preds["holdout"], bank.splits["holdout"], bank.labels, bank.valid)
     return sel, held[key]
 
@@ -142,7 +144,9 @@ def scores(task, preds, bank) -> tuple[float, float]:
 def smoothed(task, preds, bank) -> dict[str, dict[str, np.ndarray]]:
     """The trial's held-out predictions smoothed by the filter chosen on its selection
     videos."""
-    chosen, _, _ = choose_smoothing(task, preds["val"], bank.splits["val"], bank.labels, bank.valid)
+    chosen, _, _ = choose_smoothing(
+        task, preds["selection"], bank.splits["selection"], bank.labels, bank.valid
+    )
     held = list(bank.splits["holdout"])
     return {**preds, "holdout": smooth_predictions(task, chosen, preds["holdout"], held)}
 
@@ -185,7 +189,7 @@ def main() -> None:
         rows = {
             "base": {},
             **{r: o for r, o in ROWS[task].items() if wanted is None or r in wanted},
-            CONTROL: {"shuffle_labels": True},
+            CONTROL: {"shift_labels": True},
         }
         runs = run_rows(
             rows, base_config, args.seeds, prepared.bank_ref, storage, at_once=args.num_cpus
@@ -197,7 +201,7 @@ def main() -> None:
             run_rows(
                 {
                     PSEUDO: {"pseudo_labels": True},
-                    PSEUDO_CONTROL: {"pseudo_labels": True, "shuffle_pseudo_labels": True},
+                    PSEUDO_CONTROL: {"pseudo_labels": True, "shift_pseudo_labels": True},
                 },
                 base_config,
                 args.seeds,

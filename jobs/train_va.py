@@ -4,7 +4,7 @@ r"""Train one VA trial (a Ray Train TorchTrainer) and print its scores.
         --features clip_large,wavlm_large [--workers 2]
 
 Without --data: the embedded corpus with its tiny/model-free features. Missing features are
-extracted first. --shuffle-labels trains the control (labels shifted within each training
+extracted first. --shift-labels trains the control (labels shifted within each training
 video) to show what a model learns from nothing.
 """
 

@@ -17,7 +17,7 @@ from abaw_ray.tune.search import TrialOutcome, best_checkpoint
 def _checkpoint(folder, epoch: int, score: float) -> None:
     folder.mkdir(parents=True)
     model = torch.nn.Linear(2, 2)
-    preds = {"val": {"s": np.full((4, 2), score, np.float32)}, "holdout": {}, "test": {}}
+    preds = {"selection": {"s": np.full((4, 2), score, np.float32)}, "holdout": {}, "test": {}}
     save_trial_checkpoint(
         folder,
         TrialConfig(),

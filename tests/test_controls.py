@@ -62,7 +62,7 @@ def _bank() -> FeatureBank:
         task="va",
         keys=("f",),
         modality={"f": "visual"},
-        splits={"train": ("t0", "t1"), "val": ("v0",), "holdout": (), "test": ()},
+        splits={"train": ("t0", "t1"), "selection": ("v0",), "holdout": (), "test": ()},
         num_frames={v: len(labels[v]) for v in labels},
         frames={"f": frames},
         native={},
@@ -100,7 +100,7 @@ def _pseudo_bank():
     labelled = np.arange(n) < 40
     labels = {v: np.where(labelled, np.arange(n) % 8, -1) for v in ("a", "s", "h")}
     valid = {v: labelled.copy() for v in ("a", "s", "h")}
-    splits = {"train": ("a",), "val": ("s",), "holdout": ("h",), "test": ("t",)}
+    splits = {"train": ("a",), "selection": ("s",), "holdout": ("h",), "test": ("t",)}
     bank = SimpleNamespace(splits=splits, labels=labels, valid=valid)  # what trial_targets reads
     conf = np.where(labelled, 0.0, np.linspace(0.2, 1.0, n)).astype(np.float32)
     pseudo = PseudoLabels(
@@ -127,17 +127,17 @@ def test_a_pseudo_label_trials_control_shifts_every_target_it_trains_on():
         assert cok[v].sum() == ok[v].sum() and sorted(cw[v]) == sorted(w[v])
         same = (clab[v] == lab[v]) & cok[v] & ok[v]
         assert same.mean() < 0.2, (v, same.mean())
-    assert control_runs({"model": "tcn"}) == {"control": {"shuffle_labels": True}}
+    assert control_runs({"model": "tcn"}) == {"control": {"shift_labels": True}}
     runs = control_runs({"model": "tcn", "pseudo_labels": True})
     assert runs["no_pseudo"] == {"pseudo_labels": False}
-    assert runs["pseudo_shifted"] == {"shuffle_pseudo_labels": True}
+    assert runs["pseudo_shifted"] == {"shift_pseudo_labels": True}
 
 
 def test_the_pseudo_control_moves_only_the_pseudo_labels():
     bank, pseudo = _pseudo_bank()
     trial = TrialConfig(task="expr", pseudo_labels=True)
     _, lab, ok, _ = trial_targets(trial, bank, pseudo)
-    _, plab, pok, _ = trial_targets(replace(trial, shuffle_pseudo_labels=True), bank, pseudo)
+    _, plab, pok, _ = trial_targets(replace(trial, shift_pseudo_labels=True), bank, pseudo)
     real = bank.valid["a"]
     np.testing.assert_array_equal(plab["a"][real], lab["a"][real])  # real labels in place
     assert (plab["a"][~real] != lab["a"][~real]).mean() > 0.5

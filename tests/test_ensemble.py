@@ -39,7 +39,9 @@ def test_selection_picks_the_right_member_for_each_target():
     assert fit.recipe.smoothing == {"valence": NO_SMOOTHING, "arousal": NO_SMOOTHING}
     assert fit.scores["ccc"] == pytest.approx(1.0)
     # The best single trial is the best on the mean CCC: here A and B tie below 1.
-    expected = {m.trial_id: score_split("va", m.val, videos, labels, valid)["ccc"] for m in members}
+    expected = {
+        m.trial_id: score_split("va", m.validation, videos, labels, valid)["ccc"] for m in members
+    }
     assert fit.best_single[1]["ccc"] == pytest.approx(max(expected.values()))
     assert expected["C"] < 0.1
 
@@ -66,7 +68,7 @@ def test_expr_ensemble_averages_class_probabilities():
     assert res.selection.recipe.weights["classes"] == {"t0": 1.0, "t1": 1.0}
     assert res.selection.scores["f1"] == pytest.approx(1.0)
     for v in labels:
-        np.testing.assert_allclose(res.val[v], (p0[v] + p1[v]) / 2)
+        np.testing.assert_allclose(res.validation[v], (p0[v] + p1[v]) / 2)
     np.testing.assert_allclose(res.test["x"], (p0["v0"] + p1["v0"]) / 2)
 
 
@@ -91,7 +93,7 @@ def test_held_out_videos_never_influence_selection():
     members2 = [
         Member(
             m.trial_id,
-            {v: (rng.normal(size=p.shape) if v in held else p) for v, p in m.val.items()},
+            {v: (rng.normal(size=p.shape) if v in held else p) for v, p in m.validation.items()},
             m.test,
         )
         for m in members
@@ -106,7 +108,7 @@ def test_held_out_videos_never_influence_selection():
     assert res.selection.videos == tuple(selection)
     m = np.concatenate([valid[v] for v in held])
     best = next(x for x in members if x.trial_id == res.selection.best_single[0])
-    p = np.concatenate([best.val[v] for v in held])[m]
+    p = np.concatenate([best.validation[v] for v in held])[m]
     t = np.concatenate([labels[v] for v in held])[m]
     by_hand = (ccc(p[:, 0], t[:, 0]) + ccc(p[:, 1], t[:, 1])) / 2
     assert res.holdout["best_single"]["ccc"] == pytest.approx(by_hand)
@@ -120,7 +122,7 @@ def test_submission_is_refit_on_all_validation_videos():
     refit = fit_recipe("va", members, videos, labels, valid)
     assert res.submitted.videos == tuple(videos)
     assert res.submitted.recipe == refit.recipe
-    assert set(res.val) == set(videos)
+    assert set(res.validation) == set(videos)
     # Without held-out videos the selection fit is the submitted one and there is no estimate.
     plain = build_ensemble("va", members, videos, [], ["t0"], labels, valid)
     assert plain.holdout == {} and plain.submitted is plain.selection

@@ -64,9 +64,9 @@ def test_frames_without_a_face_show_the_nearest_face(index):
 def test_holdout_splits_the_validation_videos(index, held_index):
     assert index.splits["holdout"] == ()
     assert len(held_index.splits["holdout"]) == 1
-    assert not set(held_index.splits["val"]) & set(held_index.splits["holdout"])
-    assert sorted(held_index.splits["val"] + held_index.splits["holdout"]) == sorted(
-        index.splits["val"]
+    assert not set(held_index.splits["selection"]) & set(held_index.splits["holdout"])
+    assert sorted(held_index.splits["selection"] + held_index.splits["holdout"]) == sorted(
+        index.splits["selection"]
     )
     v = held_index.splits["holdout"][0]
     assert held_index.num_frames[v] == index.num_frames[v] and v in held_index.labels
@@ -155,7 +155,7 @@ def test_backbone_sequence_model_and_whole_video_prediction(index):
     assert out["pred"].shape == (2, 6, 8)
     out["pred"].sum().backward()
     assert all(p.grad is not None for p in model.backbone.parameters() if p.requires_grad)
-    video = index.splits["val"][0]
+    video = index.splits["selection"][0]
     preds = predict_from_images(model, index, [video], 32, torch.device("cpu"))
     assert preds[video].shape == (index.num_frames[video], 8)
     np.testing.assert_allclose(preds[video].sum(1), 1.0, atol=1e-5)
@@ -210,10 +210,12 @@ def test_finetune_trial_runs_end_to_end_on_ray_data(held_index, tmp_path):
     preds = load_predictions(checkpoint.path)
     # The reported score is the official macro F1 of the checkpoint's own predictions, on the
     # selection videos only.
-    rescored = score_split("expr", preds["val"], index.splits["val"], index.labels, index.valid)
+    rescored = score_split(
+        "expr", preds["selection"], index.splits["selection"], index.labels, index.valid
+    )
     assert metrics["val_f1"] == pytest.approx(rescored["f1"], abs=1e-6)
     assert sorted(preds["holdout"]) == sorted(index.splits["holdout"]) != []
-    for split in ("val", "holdout", "test"):
+    for split in ("selection", "holdout", "test"):
         assert set(preds[split]) == set(index.splits[split])
         for v, p in preds[split].items():
             assert p.shape == (index.num_frames[v], 8)

@@ -81,7 +81,7 @@ def _bank() -> FeatureBank:
         modality={"f": "visual"},
         splits={
             "train": ("a_left", "a_right", "b"),
-            "val": ("c", "d"),
+            "selection": ("c", "d"),
             "holdout": ("e",),
             "test": ("t1",),
         },
@@ -105,7 +105,7 @@ def test_fold_bank_trains_on_the_other_folds_and_selects_on_its_own():
     fb = fold_bank(bank, ("b", "e"))
     assert fb.splits == {
         "train": ("a_left", "a_right", "c", "d"),
-        "val": ("b", "e"),
+        "selection": ("b", "e"),
         "holdout": (),
         "test": ("t1",),
     }
@@ -150,11 +150,18 @@ def test_out_of_fold_score_is_global_over_every_video():
     assert result.oof["ccc"] == pytest.approx(0.5)
     assert result.oof["ccc_valence"] == result.oof["ccc_arousal"] == pytest.approx(0.5)
     assert [f.frames for f in result.folds] == [2, 2]
-    # the smoothing is the one choose_smoothing picks on the out-of-fold predictions, and the
-    # submission's predictions are the folds' mean (0.3, 0.3) / (0.3, 0.3) smoothed by it
-    chosen, score, _ = choose_smoothing("va", {**val[0], **val[1]}, ["a", "b", "c"], labels, valid)
-    assert result.smoothing == chosen and result.oof_smoothed["ccc"] == pytest.approx(score)
-    np.testing.assert_allclose(result.test["t"], chosen.apply("va", _va([0.3, 0.3])))
+    # each target's smoothing is the one choose_smoothing picks for it on the out-of-fold
+    # predictions, and the submission's predictions are the folds' mean (0.3, 0.3) /
+    # (0.3, 0.3) smoothed by them
+    oof = {**val[0], **val[1]}
+    for target in ("valence", "arousal"):
+        key = f"ccc_{target}"
+        chosen, score, _ = choose_smoothing("va", oof, ["a", "b", "c"], labels, valid, key=key)
+        assert result.recipe.smoothing[target] == chosen
+        assert result.oof_smoothed[key] == pytest.approx(score)
+        column = 0 if target == "valence" else 1
+        expected = chosen.apply("va", _va([0.3, 0.3]))[:, column]
+        np.testing.assert_allclose(result.test["t"][:, column], expected)
     summary = result.summary()
     assert summary["fold1_ccc"] == pytest.approx(1.0) and summary["fold2_best_epoch"] == 5
     assert summary["folds_mean_ccc"] == pytest.approx(2 / 3)
@@ -175,7 +182,8 @@ def test_test_predictions_are_the_mean_over_the_fold_models():
         labels,
         valid,
     )
-    assert result.smoothing == NO_SMOOTHING and result.oof["ccc"] == pytest.approx(1.0)
+    assert set(result.recipe.smoothing.values()) == {NO_SMOOTHING}
+    assert result.oof["ccc"] == pytest.approx(1.0)
     np.testing.assert_allclose(result.test["x"], _va([0.2, 0.2, 0.2]), atol=1e-7)
     np.testing.assert_allclose(result.test["y"], t3, atol=1e-7)
 
@@ -206,7 +214,8 @@ def test_expression_folds_average_probabilities_and_score_macro_f1_globally():
     assert result.oof["f1"] == pytest.approx(11 / 15)
     assert result.oof == score_split("expr", {**val[0], **val[1]}, ["a", "b"], labels, valid)
     mean = _probs([[0.3, 0.45, 0.25]])
-    np.testing.assert_allclose(result.test["t"], result.smoothing.apply("expr", mean), atol=1e-7)
+    smoothing = result.recipe.smoothing["classes"]
+    np.testing.assert_allclose(result.test["t"], smoothing.apply("expr", mean), atol=1e-7)
     assert result.test["t"].argmax(-1).tolist() == [1]
 
 

@@ -99,11 +99,11 @@ def test_three_folds_report_scores_and_submit_the_fold_ensemble(corpus_root, tmp
     for trainer, videos, f in zip(trainers, fold_videos, folds):
         (checkpoint,) = [c for c in trainer.glob("checkpoint_*") if c.is_dir()]
         preds = load_predictions(checkpoint)
-        assert sorted(preds["val"]) == sorted(videos) and not preds["holdout"]
-        own = score_split("va", preds["val"], videos, values, valid)
+        assert sorted(preds["selection"]) == sorted(videos) and not preds["holdout"]
+        own = score_split("va", preds["selection"], videos, values, valid)
         assert round(own["ccc"], 4) == float(f[1])
         assert int(f[6]) == sum(int(valid[v].sum()) for v in videos)
-        val.update(preds["val"])
+        val.update(preds["selection"])
         test.append(preds["test"])
     assert round(score_split("va", val, sorted(pooled), values, valid)["ccc"], 4) == float(
         oof.group(1)
@@ -115,11 +115,15 @@ def test_three_folds_report_scores_and_submit_the_fold_ensemble(corpus_root, tmp
     submission = output / search.name / "VA_submission.txt"
     assert validate_submission(submission, template) == len(template)
     recipe = json.loads((output / search.name / "folds.json").read_text())
-    smoothing = Smoothing(**recipe["smoothing"])
-    assert f"smoothed by {smoothing}" in out
+    smoothing = {t: Smoothing(**s) for t, s in recipe["smoothing"].items()}
+    assert f"smoothed (valence {smoothing['valence']}, arousal {smoothing['arousal']})" in out
     written = _submission(submission)
     for v in template.videos:
-        expected = smoothing.apply("va", np.mean([np.float64(t[v]) for t in test], axis=0))
+        mean = np.mean([np.float64(t[v]) for t in test], axis=0)
+        expected = np.stack(
+            [smoothing[t].apply("va", mean)[:, i] for i, t in enumerate(("valence", "arousal"))],
+            1,
+        )
         frames = template.frames(v) - 1
         face = corpus.videos[v].face_mask(corpus.num_frames(v))
         mine = np.array(written[v])[face[frames]]  # frames with a face: their own prediction

@@ -135,7 +135,7 @@ def test_pseudo_labels_do_not_depend_on_the_held_out_labels(task):
     ens, first = pseudo(labels)
     flipped = dict(labels)
     for v in held:  # the held-out labels replaced by the worst member's own predictions
-        own = members[-1].val[v]
+        own = members[-1].validation[v]
         flipped[v] = own if task == "va" else own.argmax(-1)
     ens2, second = pseudo(flipped)
     assert ens.submitted.recipe != ens2.submitted.recipe  # what would have leaked

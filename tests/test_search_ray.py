@@ -238,7 +238,7 @@ def test_killed_and_interrupted_search_resumes_exactly(corpus_root, tmp_path):
         assert set(preds["holdout"]) == set(held)
         by_hand = score_split(
             "va",
-            preds["val"],
+            preds["selection"],
             selection,
             {v: lab.values for v, lab in labels.items()},
             {v: lab.valid for v, lab in labels.items()},

@@ -62,18 +62,20 @@ def test_data_parallel_trial_learns_and_checkpoints_predictions(prepared, tmp_pa
     preds = load_predictions(checkpoint.path)
     bank = prepared.bank
     assert len(bank.splits["holdout"]) == 1
-    assert not set(bank.splits["holdout"]) & set(bank.splits["val"])
-    for split in ("val", "holdout", "test"):
+    assert not set(bank.splits["holdout"]) & set(bank.splits["selection"])
+    for split in ("selection", "holdout", "test"):
         assert set(preds[split]) == set(bank.splits[split])
     # The reported score is the official one of the selection videos only.
-    by_hand = score_split("va", preds["val"], bank.splits["val"], bank.labels, bank.valid)
+    by_hand = score_split(
+        "va", preds["selection"], bank.splits["selection"], bank.labels, bank.valid
+    )
     assert metrics["val_ccc"] == pytest.approx(by_hand["ccc"], abs=1e-6)
-    for split in ("val", "holdout", "test"):
+    for split in ("selection", "holdout", "test"):
         for v, p in preds[split].items():
             assert p.shape == (bank.num_frames[v], 2)  # every frame of every timeline
             assert np.abs(p).max() <= 1.0
 
-    control = _fit(prepared, replace(trial, shuffle_labels=True), tmp_path, "mfn-control")
+    control = _fit(prepared, replace(trial, shift_labels=True), tmp_path, "mfn-control")
     control_ccc = control.best_checkpoints[0][1]["val_ccc"]
     assert control_ccc < metrics["val_ccc"] - 0.3
 
@@ -92,7 +94,7 @@ def test_conv_alignment_beats_its_control(prepared, tmp_path):
         )
     )
     conv = _fit(prepared, trial, tmp_path, "attention-conv").best_checkpoints[0][1]["val_ccc"]
-    control = _fit(prepared, replace(trial, shuffle_labels=True), tmp_path, "attention-conv-ctl")
+    control = _fit(prepared, replace(trial, shift_labels=True), tmp_path, "attention-conv-ctl")
     control_ccc = control.best_checkpoints[0][1]["val_ccc"]
     assert conv > 0.4
     assert control_ccc < conv - 0.3

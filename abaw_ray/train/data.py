@@ -12,9 +12,10 @@ overlapping chunks that are stitched back, so every frame of every timeline gets
 and the metric is the official global one. Windows never cross a split, and indices are
 integers end to end.
 
-The validation videos are split in two: ``splits["val"]``, on which everything is selected
-(best epoch, search, ensemble), and ``splits["holdout"]``, which nothing selects on and which
-is scored once at the end (``split_holdout``).
+A bank's splits (``BANK_SPLITS``) are the corpus's with its validation videos in two:
+``splits["selection"]``, on which everything is selected (best epoch, search, ensemble), and
+``splits["holdout"]``, which nothing selects on and which is scored once at the end
+(``split_holdout``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from abaw_ray.features.align import ALIGNMENTS, frame_features
 from abaw_ray.features.store import FeatureStore
 from abaw_ray.tasks import Task
 
-SPLITS = ("train", "val", "holdout", "test")
+BANK_SPLITS = ("train", "selection", "holdout", "test")
 CONV_MARGIN = 4  # native frames kept either side of a window for the conv's receptive field
 SHARD_BYTES = 256 * 2**20  # a shard's size: what a builder task holds at a time
 
@@ -284,10 +285,10 @@ def build_bank(
     if not splits["train"] or not splits["val"]:
         raise BadInputError(f"the corpus has no {task.upper()} training or validation videos")
     if holdout_videos is not None:
-        splits["val"], splits["holdout"] = hold_out(splits["val"], holdout_videos)
+        splits["selection"], splits["holdout"] = hold_out(splits.pop("val"), holdout_videos)
     else:
-        splits["val"], splits["holdout"] = split_holdout(splits["val"], holdout, seed)
-    videos = [v for s in SPLITS for v in splits[s]]
+        splits["selection"], splits["holdout"] = split_holdout(splits.pop("val"), holdout, seed)
+    videos = [v for s in BANK_SPLITS for v in splits[s]]
     manifests = {k: store.manifest(k) for k in keys}
     for k, m in manifests.items():
         if not m.get("modality"):

@@ -32,7 +32,7 @@ from abaw_ray.features.registry import create_extractor
 from abaw_ray.models import create_model
 from abaw_ray.tasks import PRIMARY_METRIC, TRIAL_FINISHED, Task
 from abaw_ray.train.data import (
-    SPLITS,
+    BANK_SPLITS,
     inference_chunks,
     shifted_labels,
     split_holdout,
@@ -87,8 +87,8 @@ def build_frame_index(
     }
     if not splits["train"] or not splits["val"]:
         raise ValueError(f"the corpus has no {task.upper()} training or validation face videos")
-    splits["val"], splits["holdout"] = split_holdout(splits["val"], holdout, seed)
-    splits = {s: splits[s] for s in SPLITS}
+    splits["selection"], splits["holdout"] = split_holdout(splits.pop("val"), holdout, seed)
+    splits = {s: splits[s] for s in BANK_SPLITS}
     out: dict[str, dict[str, Any]] = {k: {} for k in ("n", "dir", "src", "w", "lab", "val", "mask")}
     for v in (v for s in splits.values() for v in s):
         video = corpus.videos[v]
@@ -287,7 +287,7 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
     trial = TrialConfig.from_dict(config)
     index_ref = config["bank"][0]
     index: FrameIndex = ray.get(index_ref)
-    if trial.shuffle_labels:  # the control: training labels and masks shifted together
+    if trial.shift_labels:  # the control: training labels and masks shifted together
         labels, valid = shifted_labels(index, trial.seed)
         index = replace(index, labels=labels, valid=valid)
         index_ref = ray.put(index)  # what the decode actors read
@@ -309,7 +309,7 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
     start_epoch, best, best_epoch = resume_point(checkpoint, plain, optimizer, metric, device)
 
     windows = training_windows(index, trial.window, trial.window_stride)
-    val_videos = list(index.splits["val"])
+    val_videos = list(index.splits["selection"])
     for epoch in range(start_epoch, trial.epochs):
         if stop_requested(config):
             break
@@ -348,7 +348,7 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
             break
         if improved and rank == 0:
             predictions = {
-                "val": val_preds,
+                "selection": val_preds,
                 **{
                     split: predict_from_images(
                         plain, index, list(index.splits[split]), trial.window, device

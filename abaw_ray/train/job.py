@@ -15,6 +15,8 @@ import yaml
 
 from abaw_ray import tracking
 from abaw_ray.cluster import (
+    SMOKE_ENV,
+    SMOKE_EPOCHS,
     Console,
     Interrupted,
     add_ray_flags,
@@ -23,6 +25,7 @@ from abaw_ray.cluster import (
     job_on_ray,
     name_refusal,
     resume_command,
+    smoke_run,
 )
 from abaw_ray.data.corpus import load_corpus, preflight
 from abaw_ray.errors import CorpusNotFoundError
@@ -95,7 +98,7 @@ def train_parser(task: Task, doc: str | None, default_model: str) -> argparse.Ar
         "(default: 0; the searches hold out a third)",
     )
     p.add_argument(
-        "--shuffle-labels",
+        "--shift-labels",
         action="store_true",
         help="train the control: labels and their masks shifted within each video (default: off)",
     )
@@ -136,17 +139,20 @@ def run_train_job(args: argparse.Namespace, task: Task) -> int:
     flags = {name: getattr(args, flag[2:]) for flag, (name, *_) in TRIAL_FLAGS.items()}
     overrides = {
         "task": task,
-        "shuffle_labels": args.shuffle_labels,
+        "shift_labels": args.shift_labels,
         **{k: v for k, v in flags.items() if v is not None},
         **parse_overrides(args.set),
     }
+    if smoke_run():
+        overrides["epochs"] = min(overrides.get("epochs", SMOKE_EPOCHS), SMOKE_EPOCHS)
+        print(f"{SMOKE_ENV} is set: a smoke run of {overrides['epochs']} epochs")
     try:  # every setting checked before anything starts
         TrialConfig.from_dict(overrides)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     mode = overrides.get("mode", TrialConfig.mode)
-    control = "control-" if args.shuffle_labels else ""
+    control = "control-" if args.shift_labels else ""
     problem = check_output_dir(args.output)
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
@@ -266,7 +272,7 @@ def train_on_ray(
     out = console.out
     print(
         f"trial {name}: {mode} model {trial.model}, features {trial.features}, "
-        f"{args.workers} worker(s){', shifted-label control' if trial.shuffle_labels else ''}",
+        f"{args.workers} worker(s){', shifted-label control' if trial.shift_labels else ''}",
         file=out,
     )
     if task == "va":

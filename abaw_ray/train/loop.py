@@ -3,7 +3,7 @@
 Builds the model, wraps it for data-parallel workers, shards the training windows per worker,
 trains with AdamW, gradient clipping, the task loss plus the model's auxiliary loss, stops
 early, and reports every epoch with ``ray.train.report``. Epochs are scored on the selection
-videos (``splits["val"]``) only; the held-out videos (``splits["holdout"]``) are predicted
+videos (``splits["selection"]``) only; the held-out videos (``splits["holdout"]``) are predicted
 but never scored here, so nothing a trial chooses depends on them. The best epoch is
 checkpointed with its per-frame predictions of every non-training split (what the ensemble
 reads).
@@ -97,8 +97,8 @@ class TrialConfig:
     # semi-supervised
     pseudo_labels: bool = False  # also train on an earlier search's pseudo-labels (weighted)
     # controls
-    shuffle_labels: bool = False  # train on every target (pseudo too) shifted within each video
-    shuffle_pseudo_labels: bool = False  # with pseudo_labels: theirs alone shifted
+    shift_labels: bool = False  # train on every target (pseudo too) shifted within each video
+    shift_pseudo_labels: bool = False  # with pseudo_labels: theirs alone shifted
     # the model's own settings given (the rest: its defaults)
     model_args: dict[str, Any] = field(default_factory=dict)
 
@@ -148,19 +148,23 @@ def trial_targets(
     """What a trial trains on: (videos, labels, valid, per-frame weights or None). The
     training videos' real labels, and with ``trial.pseudo_labels`` the pseudo-labels of their
     unlabelled frames and of the test videos, weighted by confidence, never on the videos the
-    trial is scored on (selection and held-out). The control (``shuffle_labels``) shifts all
+    trial is scored on (selection and held-out). The control (``shift_labels``) shifts all
     of them, pseudo-labels included, with their masks and weights (``shift_training_targets``);
-    ``shuffle_pseudo_labels`` alone shifts the pseudo-labels only (their own control)."""
+    ``shift_pseudo_labels`` alone shifts the pseudo-labels only (their own control)."""
     videos, labels, valid, weights = bank.splits["train"], bank.labels, bank.valid, None
     if trial.pseudo_labels:
         if pseudo is None:
             raise ValueError("pseudo_labels=True needs pseudo-labels")
-        if trial.shuffle_pseudo_labels and not trial.shuffle_labels:
+        if trial.shift_pseudo_labels and not trial.shift_labels:
             pseudo = pseudo.shifted(trial.seed)
         videos, labels, valid, weights = training_targets(
-            labels, valid, pseudo, videos, exclude=(*bank.splits["val"], *bank.splits["holdout"])
+            labels,
+            valid,
+            pseudo,
+            videos,
+            exclude=(*bank.splits["selection"], *bank.splits["holdout"]),
         )
-    if trial.shuffle_labels:
+    if trial.shift_labels:
         labels, valid, weights = shift_training_targets(labels, valid, weights, videos, trial.seed)
     return tuple(videos), labels, valid, weights
 
@@ -256,7 +260,12 @@ def load_trial_state(folder: Path, device: torch.device) -> tuple[dict[str, Any]
 def load_predictions(folder: str | Path) -> dict[str, dict[str, np.ndarray]]:
     """``{split: {video: array}}`` (val, holdout, test, and ``unlabelled``: the training videos
     with unlabelled frames) from a trial checkpoint folder."""
-    out: dict[str, dict[str, np.ndarray]] = {"val": {}, "holdout": {}, "test": {}, "unlabelled": {}}
+    out: dict[str, dict[str, np.ndarray]] = {
+        "selection": {},
+        "holdout": {},
+        "test": {},
+        "unlabelled": {},
+    }
     with np.load(Path(folder) / PREDICTIONS) as data:
         for name in data.files:
             split, video = name.split("/", 1)
@@ -369,7 +378,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         draw = balanced_window_weights(
             windows, train_videos, trial.window, sampler.labels, sampler.valid, NUM_EXPR_CLASSES
         )
-    val_videos = list(bank.splits["val"])
+    val_videos = list(bank.splits["selection"])
     tf_epochs = trial.teacher_forcing_epochs or max(1, trial.epochs // 2)
     for epoch in range(start_epoch, trial.epochs):
         if stop_requested(config):
@@ -419,7 +428,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             break
         if improved and rank == 0:
             predictions = {
-                "val": val_preds,
+                "selection": val_preds,
                 **{
                     split: predict_videos(plain, sampler, list(bank.splits[split]), device)
                     for split in ("holdout", "test")

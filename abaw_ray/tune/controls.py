@@ -31,11 +31,11 @@ def control_runs(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     worth."""
     pseudo = bool(config.get("pseudo_labels"))
     runs: dict[str, dict[str, Any]] = {
-        "control": {"shuffle_labels": True, **({"shuffle_pseudo_labels": True} if pseudo else {})}
+        "control": {"shift_labels": True, **({"shift_pseudo_labels": True} if pseudo else {})}
     }
     if pseudo:
         runs["no_pseudo"] = {"pseudo_labels": False}
-        runs["pseudo_shifted"] = {"shuffle_pseudo_labels": True}
+        runs["pseudo_shifted"] = {"shift_pseudo_labels": True}
     return runs
 
 

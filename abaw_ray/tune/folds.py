@@ -8,8 +8,8 @@ on the other folds and scored (its best epoch chosen) on its own fold. It report
 official score, their mean, and the out-of-fold score: every fold's predictions of its own
 videos scored together, the official global way, over all pooled videos. The submission then
 comes from the fold ensemble: the mean of the K fold models' test predictions (EXPR: class
-probabilities), smoothed by the filter ``choose_smoothing`` picks on the out-of-fold
-predictions.
+probabilities): the ``mean`` ensemble method over the fold models, each target smoothed by the
+filter ``choose_smoothing`` picks on the out-of-fold predictions.
 
 Each fold is one ``TorchTrainer`` (``build_trainer``) stored under the search's own folder,
 ``<experiment>/folds/``, so that it is never taken for a search; the folds run concurrently, as
@@ -30,9 +30,10 @@ import numpy as np
 import ray
 
 from abaw_ray.data.corpus import raw_video
+from abaw_ray.ensemble import Member, Recipe, apply_recipe, make_recipe
 from abaw_ray.fsutil import atomic_write_text
 from abaw_ray.metrics import score_split
-from abaw_ray.smoothing import Smoothing, choose_smoothing, smooth_predictions
+from abaw_ray.smoothing import NO_SMOOTHING
 from abaw_ray.tasks import OFFICIAL_SCORE, Task
 from abaw_ray.train.data import FeatureBank
 from abaw_ray.train.loop import TrialConfig, load_predictions
@@ -41,7 +42,7 @@ from abaw_ray.train.trainer import fit_in_task
 from abaw_ray.tune.search import SearchConfig, trials_at_once, trials_fitting
 
 FOLDS_DIR = "folds"  # inside the search's folder, like the controls: never taken for a search
-POOLED_SPLITS = ("train", "val", "holdout")  # the labelled videos the folds are drawn from
+POOLED_SPLITS = ("train", "selection", "holdout")  # the labelled videos the folds are drawn from
 
 
 def pooled_videos(bank: FeatureBank) -> tuple[str, ...]:
@@ -100,7 +101,7 @@ def fold_bank(bank: FeatureBank, fold_videos: Sequence[str]) -> FeatureBank:
         raise ValueError("a fold must hold some, not all, of the training and validation videos")
     splits = {
         "train": tuple(v for v in pool if v not in set(held)),
-        "val": held,
+        "selection": held,
         "holdout": (),
         "test": bank.splits["test"],
     }
@@ -127,7 +128,7 @@ class FoldResult:
     folds: list[Fold]
     mean: dict[str, float]  # each score's mean over the folds
     oof: dict[str, float]  # every fold's out-of-fold predictions scored at once
-    smoothing: Smoothing  # chosen on the out-of-fold predictions
+    recipe: Recipe  # the folds' mean, smoothed as chosen on the out-of-fold predictions
     oof_smoothed: dict[str, float]  # the out-of-fold score with it (optimistic: chosen there)
     test: dict[str, np.ndarray]  # the submission's: the folds' mean test predictions, smoothed
     trial_id: str = ""
@@ -177,27 +178,26 @@ def combine_folds(
     every = [v for f in folds for v in f.videos]
     if len(set(every)) != len(every):
         raise ValueError("a video is in more than one fold")
-    oof = {v: f.val[v] for f in folds for v in f.videos}
-    mean = {key: float(np.mean([f.scores[key] for f in folds])) for key in folds[0].scores}
-    oof_scores = score_split(task, oof, every, labels, valid)
-    smoothing, _, _ = choose_smoothing(task, oof, every, labels, valid)
-    oof_smoothed = score_split(
-        task, smooth_predictions(task, smoothing, oof, every), every, labels, valid
-    )
     test_videos = sorted(set(test[0]))
     if any(set(t) != set(test_videos) for t in test):
         raise ValueError("the fold models predicted different test videos")
-    averaged = {
-        v: np.mean([np.asarray(t[v], np.float64) for t in test], axis=0) for v in test_videos
-    }
+    # The fold ensemble is the mean ensemble of the fold models: on a pooled video, the one
+    # model that predicted it (its out-of-fold prediction); on a test video, their mean.
+    models = [Member(f"fold{i + 1}", f.val, f.test) for i, f in enumerate(folds)]
+    recipe, _ = make_recipe(task, models, every, labels, valid, method="mean")
+    plain = Recipe(recipe.weights, {name: NO_SMOOTHING for name in recipe.smoothing})
+    oof = apply_recipe(task, models, plain, "validation", every)
+    mean = {key: float(np.mean([f.scores[key] for f in folds])) for key in folds[0].scores}
     return FoldResult(
         task,
         folds,
         mean,
-        oof_scores,
-        smoothing,
-        oof_smoothed,
-        smooth_predictions(task, smoothing, averaged, test_videos),
+        score_split(task, oof, every, labels, valid),
+        recipe,
+        score_split(
+            task, apply_recipe(task, models, recipe, "validation", every), every, labels, valid
+        ),
+        apply_recipe(task, models, recipe, "test", test_videos),
     )
 
 
@@ -226,7 +226,7 @@ def run_folds(
     names = [f"fold{i}-{trial_id}-{stamp}" for i in range(1, k + 1)]
     data = [ray.put(fold_bank(bank, videos)) for videos in fold_videos]
     # Pseudo-labels were made by models that saw every fold's labels: folds train without.
-    config = asdict(replace(trial, pseudo_labels=False, shuffle_pseudo_labels=False))
+    config = asdict(replace(trial, pseudo_labels=False, shift_pseudo_labels=False))
     log(
         f"cross-validation: training trial {trial_id}'s settings on {k} folds of the "
         f"training and validation videos, {min(at_once, k)} at a time"
@@ -264,7 +264,7 @@ def run_folds(
         checkpoint, metrics = found[i]
         with checkpoint.as_directory() as d:
             preds = load_predictions(d)
-        val.append(preds["val"])
+        val.append(preds["selection"])
         test.append(preds["test"])
         epochs.append(int(metrics["epoch"]))
     result = combine_folds(trial.task, fold_videos, val, test, bank.labels, bank.valid, epochs)
@@ -304,13 +304,14 @@ def print_folds(result: FoldResult) -> None:
         f"at once (each fold's best epoch was chosen on that fold, and the settings on the "
         f"validation videos: mildly optimistic, like a selection score)"
     )
+    smoothing = ", ".join(f"{k} {v}" for k, v in result.recipe.smoothing_names().items())
     print(
-        f"  smoothing {result.smoothing}, chosen on the out-of-fold predictions: "
+        f"  smoothing {smoothing}, chosen on the out-of-fold predictions: "
         f"{_scores_text(task, result.oof_smoothed)} (optimistic: chosen there)"
     )
     print(
         f"submitted: the fold ensemble, the mean of the {k} fold models' test predictions"
-        f"{' (class probabilities)' if task == 'expr' else ''}, smoothed by {result.smoothing}; "
+        f"{' (class probabilities)' if task == 'expr' else ''}, smoothed ({smoothing}); "
         f"its estimate: the out-of-fold {_scores_text(task, result.oof)}"
     )
 
@@ -334,7 +335,10 @@ def write_folds_json(path: Path, result: FoldResult) -> Path:
                 ],
                 "mean": result.mean,
                 "out_of_fold": result.oof,
-                "smoothing": {"kind": result.smoothing.kind, "width": result.smoothing.width},
+                "smoothing": {
+                    target: {"kind": s.kind, "width": s.width}
+                    for target, s in result.recipe.smoothing.items()
+                },
                 "out_of_fold_smoothed": result.oof_smoothed,
             },
             indent=1,

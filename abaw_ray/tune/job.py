@@ -13,6 +13,7 @@ import contextlib
 import sys
 import time
 import traceback
+import typing
 import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, fields
@@ -23,6 +24,9 @@ import ray
 
 from abaw_ray import report, tracking
 from abaw_ray.cluster import (
+    SMOKE_ENV,
+    SMOKE_EPOCHS,
+    SMOKE_SAMPLES,
     Console,
     Interrupted,
     add_ray_flags,
@@ -31,11 +35,17 @@ from abaw_ray.cluster import (
     job_on_ray,
     name_refusal,
     resume_command,
+    smoke_run,
     starts_local_instance,
     stoppable_search,
 )
 from abaw_ray.data.corpus import preflight
-from abaw_ray.ensemble import Member, build_ensemble, ensemble_pseudo_labels
+from abaw_ray.ensemble import (
+    Member,
+    build_ensemble,
+    ensemble_pseudo_labels,
+    list_ensemble_methods,
+)
 from abaw_ray.errors import BadInputError, CorpusNotFoundError, InputFormatError
 from abaw_ray.features.store import StoreMismatchError
 from abaw_ray.features.weights import WeightsNotFoundError
@@ -96,6 +106,7 @@ CONFIG_FLAGS = {
     "--cpus-per-worker": ("cpus_per_worker", float, "CPUs per Ray Train worker"),
     "--time-budget": ("time_budget_s", float, "seconds after which no new trial starts"),
     "--top-k": ("top_k", int, "best trials offered to the ensemble"),
+    "--ensemble": ("ensemble", str, "how the ensemble weighs its trials"),
     "--holdout": (
         "holdout",
         float,
@@ -129,10 +140,14 @@ def search_parser(task: Task, doc: str | None) -> argparse.ArgumentParser:
         "--tiny", action="store_true", help="tiny random extractors on any corpus (default: off)"
     )
     defaults = {f.name: f.default for f in fields(SearchConfig)}
+    hints = typing.get_type_hints(SearchConfig)
+    choices = {"ensemble": list_ensemble_methods()}
     for flag, (name, kind, text) in CONFIG_FLAGS.items():
         default = defaults[name]
         shown = f"{default:.3g}" if isinstance(default, float) else default
-        p.add_argument(flag, type=kind, help=f"{text} (default: {shown})")
+        literal = typing.get_origin(hints[name]) is typing.Literal
+        valid = choices.get(name) or (list(typing.get_args(hints[name])) if literal else None)
+        p.add_argument(flag, type=kind, choices=valid, help=f"{text} (default: {shown})")
     p.add_argument("--storage", help="Tune/Train storage path or URI (default: OUTPUT/ray_results)")
     p.add_argument(
         "--name",
@@ -219,7 +234,7 @@ def load_members(
         members.append(
             Member(
                 o.trial_id,
-                {**preds["val"], **preds["holdout"]},
+                {**preds["selection"], **preds["holdout"]},
                 preds["test"],
                 f"{o.config.get('model')} {o.config.get('features')}",
                 preds["unlabelled"],
@@ -273,6 +288,12 @@ def run_search_job(args: argparse.Namespace) -> int:
             )
             return 2
         space = space.with_choice("pseudo_labels", (False, True))
+    if smoke_run():
+        space = space.with_value("epochs", SMOKE_EPOCHS).with_value("patience", SMOKE_EPOCHS)
+        args.num_samples = min(args.num_samples or SMOKE_SAMPLES, SMOKE_SAMPLES)
+        print(
+            f"{SMOKE_ENV} is set: a smoke run of {args.num_samples} trials of {SMOKE_EPOCHS} epochs"
+        )
     problem = check_output_dir(args.output)
     if problem is None and args.data is not None:
         try:
@@ -457,11 +478,12 @@ def finish_search(
     ens = build_ensemble(
         task,
         members,
-        bank.splits["val"],
+        bank.splits["selection"],
         bank.splits["holdout"],
         bank.splits["test"],
         bank.labels,
         bank.valid,
+        cfg.ensemble,
     )
 
     folds: FoldResult | None = None
@@ -487,7 +509,7 @@ def finish_search(
             bank.labels,
             bank.valid,
             bank.splits["train"],
-            [*bank.splits["val"], *bank.splits["holdout"]],
+            [*bank.splits["selection"], *bank.splits["holdout"]],
         )
 
     pseudo_path = None

@@ -71,7 +71,7 @@ def submitted_recipe(
             "trial": folds.trial_id,
             "settings": folds.description,
             "folds": [list(f.videos) for f in folds.folds],
-            "smoothing": str(folds.smoothing),
+            "recipe": asdict(folds.recipe),
             "estimate": {"out_of_fold": folds.oof[key]},
         }
         trial_ensemble["not_submitted"] = "the fold ensemble replaced it"

@@ -56,6 +56,7 @@ class SearchConfig:
     max_failures: int = 2  # times a trial is retried after losing a node (Tune and Train)
     grace_period: int = 3  # epochs before ASHA may stop a trial
     top_k: int = 5  # best trials offered to the ensemble
+    ensemble: str = "greedy"  # how the ensemble weighs them (ensemble.list_ensemble_methods)
     holdout: float = 1 / 3  # validation videos nothing selects on: a fraction, a count, or 0
     seed: int = 0
 

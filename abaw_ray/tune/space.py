@@ -86,6 +86,11 @@ class SearchSpace:
         extra = Parameter(name, "choice", tuple(values), {})
         return replace(self, parameters=(*self.parameters, extra))
 
+    def with_value(self, name: str, value: Any) -> SearchSpace:
+        """This space with ``name`` fixed at ``value`` (whatever the file says)."""
+        kept = tuple(p for p in self.parameters if p.name != name)
+        return replace(self, parameters=(*kept, Parameter(name, "value", value, {})))
+
     def define_by_run(self, combos: list[str]) -> DefineByRun:
         return DefineByRun(self.parameters, tuple(combos), self.task)
 
