@@ -21,6 +21,7 @@ from abaw_ray.tasks import (  # noqa: E402
     OFFICIAL_SCORE,
     PRIMARY_METRIC,
     TRIAL_ERROR,
+    VA_COLUMNS,
     Task,
 )
 
@@ -44,7 +45,7 @@ def plot_va_traces(
     fig, axes = plt.subplots(len(videos), 2, figsize=(12, 2.6 * len(videos)), squeeze=False)
     for row, v in enumerate(videos):
         t = np.arange(len(preds[v])) / fps.get(v, 30.0)
-        for col, name in enumerate(("valence", "arousal")):
+        for col, name in enumerate(VA_COLUMNS):
             ax = axes[row, col]
             truth = np.where(valid[v], labels[v][:, col], np.nan)
             ax.plot(t, truth, color="black", lw=1, label="label")
@@ -168,7 +169,7 @@ def plot_per_class_f1(
 def print_trials(task: Task, outcomes: Sequence, shown: int = 10) -> None:
     """The trials ranked by their selection score (the validation videos they select on)."""
     metric = PRIMARY_METRIC[task]
-    extra = ("valence", "arousal") if task == "va" else ()
+    extra = VA_COLUMNS if task == "va" else ()
     print(
         f"\n{len(outcomes)} trials ({sum(o.best is not None for o in outcomes)} with a "
         f"checkpoint); top trials by {metric} on the selection videos:"

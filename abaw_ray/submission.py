@@ -16,17 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+from abaw_ray.affwild2 import TEMPLATE_HEADERS, image_location
 from abaw_ray.data.corpus import Corpus, SubmissionTemplate, load_corpus, read_template
 from abaw_ray.data.timeline import nearest_available
 from abaw_ray.errors import InputFormatError
 from abaw_ray.fsutil import atomic_write_text
 from abaw_ray.metrics import macro_f1, va_scores
-from abaw_ray.tasks import EXPR_CLASSES, NUM_EXPR_CLASSES, Task
-
-HEADER: dict[Task, str] = {
-    "va": "image_location,valence,arousal",
-    "expr": "image_location," + ",".join(EXPR_CLASSES),
-}
+from abaw_ray.tasks import NUM_EXPR_CLASSES, TASKS, Task
 
 
 def _video_rows(
@@ -62,7 +58,7 @@ def format_submission(
     missing = [v for v in template.videos if v not in predictions]
     if missing:
         raise ValueError(f"no predictions for {len(missing)} template videos: {missing[:5]}")
-    rows_out: list[str] = [HEADER[task]]
+    rows_out: list[str] = [TEMPLATE_HEADERS[task]]
     per_line: list[str] = [""] * len(template)
     for video, lines in template.lines_by_video.items():
         rows = _video_rows(
@@ -104,13 +100,13 @@ def template_for_videos(
     locations, videos, frames = [], [], []
     for video, n in num_frames.items():
         for k in range(1, n + 1):
-            locations.append(f"{video}/{k:05d}.jpg")
+            locations.append(image_location(video, k))
             videos.append(video)
             frames.append(k)
     return SubmissionTemplate(
         task,
         Path(path),
-        HEADER[task],
+        TEMPLATE_HEADERS[task],
         tuple(locations),
         tuple(videos),
         np.array(frames, dtype=np.int64),
@@ -172,9 +168,9 @@ def read_submission(
     lines = path.read_text(encoding="utf-8-sig").splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
-    if not lines or lines[0].strip().replace(" ", "") != HEADER[task]:
+    if not lines or lines[0].strip().replace(" ", "") != TEMPLATE_HEADERS[task]:
         got = lines[0] if lines else ""
-        raise InputFormatError(path, 1, f"header {got!r}; expected {HEADER[task]!r}")
+        raise InputFormatError(path, 1, f"header {got!r}; expected {TEMPLATE_HEADERS[task]!r}")
     body = lines[1:]
     values: list[tuple] = []
     for i, expected in enumerate(template.image_locations):
@@ -215,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m abaw_ray.submission")
     sub = parser.add_subparsers(dest="command", required=True)
     val = sub.add_parser("validate", help="check a submission file against its template")
-    val.add_argument("--task", choices=("va", "expr"), required=True, help="VA or EXPR")
+    val.add_argument("--task", choices=TASKS, required=True, help="VA or EXPR")
     where = val.add_mutually_exclusive_group()
     where.add_argument(
         "--data",

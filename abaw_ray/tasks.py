@@ -1,12 +1,14 @@
 """The task vocabulary, on the ground floor: the two ABAW tasks, the expression classes and the
-score each task is selected on. Metrics, losses and models read it without the data layer."""
+score each task is selected on. Metrics, losses and models read it without the data layer;
+``abaw_ray.affwild2`` spells the corpus files' headers from it. It imports nothing."""
 
 from __future__ import annotations
 
+import typing
 from typing import Literal
 
 Task = Literal["va", "expr"]
-TASKS: tuple[Task, ...] = ("va", "expr")
+TASKS: tuple[Task, ...] = typing.get_args(Task)
 
 VA_COLUMNS = ("valence", "arousal")
 EXPR_CLASSES = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Other")

@@ -29,8 +29,8 @@ from abaw_ray.data.corpus import Corpus, load_corpus
 from abaw_ray.data.synthetic import ensure_default_corpus
 from abaw_ray.data.timeline import fill_from_nearest
 from abaw_ray.metrics import score_split
-from abaw_ray.tasks import EXPR_CLASSES, NUM_EXPR_CLASSES, OFFICIAL_SCORE
-from abaw_ray.train.data import split_holdout
+from abaw_ray.tasks import EXPR_CLASSES, NUM_EXPR_CLASSES, OFFICIAL_SCORE, TASKS
+from abaw_ray.train.bank import split_holdout
 from abaw_ray.tune.search import SearchConfig
 
 RIDGE = (1e-2, 1e-1, 1e0, 1e1, 1e2, 1e3, 1e4)  # ridge penalties tried (VA)
@@ -139,7 +139,7 @@ def main() -> None:
     args = p.parse_args()
     root = args.corpus or ensure_default_corpus()
     corpus = load_corpus(root)
-    tasks = ("va", "expr") if args.task == "both" else (args.task,)
+    tasks = TASKS if args.task == "both" else (args.task,)
     print(f"per-frame linear baselines on {args.size}x{args.size} grey faces, {root}")
     for task in tasks:
         train_videos = corpus.split_videos(task, "train")

@@ -26,6 +26,7 @@ import numpy as np
 import ray
 import torch
 
+from abaw_ray.affwild2 import FACE_SIZE
 from abaw_ray.data import load_corpus
 from abaw_ray.data.synthetic import generate
 from abaw_ray.features import create_extractor
@@ -106,7 +107,7 @@ def flops_per_frame(model: str, weights: Path) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     extractor = create_extractor(model, weights_dir=weights)
-    x = extractor.preprocess(np.zeros((1, 112, 112, 3), np.uint8))
+    x = extractor.preprocess(np.zeros((1, FACE_SIZE, FACE_SIZE, 3), np.uint8))
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         extractor.forward(x)
     return float(counter.get_total_flops())

@@ -34,13 +34,7 @@ from abaw_ray.data.labels import FrameLabels
 from abaw_ray.data.media import MediaInfo
 from abaw_ray.features.registry import get_spec
 from abaw_ray.features.store import FeatureStore
-from abaw_ray.train.data import (
-    SHARD_BYTES,
-    FeatureBank,
-    FeatureShard,
-    build_bank,
-    build_shards,
-)
+from abaw_ray.train.bank import SHARD_BYTES, FeatureBank, FeatureShard, build_bank, build_shards
 from abaw_ray.tune.space import load_search_space
 
 REPO = Path(__file__).resolve().parents[1]

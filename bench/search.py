@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import ray
 
+from abaw_ray.runtime import TrialResources
 from abaw_ray.train.prepare import prepare
 from abaw_ray.tune.search import SearchConfig, build_tuner, collect_outcomes
 from abaw_ray.tune.space import load_search_space
@@ -41,7 +42,8 @@ def run(scheduler: str, seed: int, args, prepared, space, storage: Path) -> dict
         scheduler=scheduler,
         time_budget_s=args.budget,
         seed=seed,
-        gpus_per_trial=args.gpus_per_trial,
+        resources=TrialResources(gpus=args.gpus_per_trial),
+        local_instance=True,
     )
     start = time.time()
     results = build_tuner(cfg, prepared.bank_ref, space.combinations(prepared.keys)).fit()

@@ -30,13 +30,13 @@ import ray
 from abaw_ray.metrics import score_split
 from abaw_ray.pseudo import make_pseudo_labels
 from abaw_ray.smoothing import choose_smoothing, smooth_predictions
-from abaw_ray.tasks import OFFICIAL_SCORE
+from abaw_ray.tasks import OFFICIAL_SCORE, TASKS
 from abaw_ray.train.loop import TrialConfig, load_predictions
-from abaw_ray.train.prepare import prepare
+from abaw_ray.train.prepare import EMBEDDED_FEATURES, prepare
 from abaw_ray.train.trainer import fit_in_task
 from abaw_ray.tune.search import SearchConfig
 
-FEATURES = ("face_hog", "logmel")
+FEATURES = EMBEDDED_FEATURES
 HOLDOUT = SearchConfig.holdout  # the held-out validation videos of a search job, the same draw
 BASE: dict[str, dict[str, Any]] = {
     "va": dict(
@@ -162,7 +162,7 @@ def pseudo_labels(task, base_runs, bank):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--task", choices=("va", "expr"), default="va")
+    p.add_argument("--task", choices=TASKS, default="va")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--num-cpus", type=int, default=2)
     p.add_argument("--rows", help="comma-separated row names to run (default: all)")

@@ -13,52 +13,27 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-from abaw_ray.cluster import add_ray_flags, check_output_dir, job_on_ray
 from abaw_ray.data import load_corpus
 from abaw_ray.data.corpus import preflight
-from abaw_ray.data.synthetic import ensure_default_corpus
 from abaw_ray.errors import CorpusNotFoundError, InputFormatError
 from abaw_ray.features.pipeline import ExtractionConfig, extract_features
 from abaw_ray.features.registry import list_extractors
 from abaw_ray.features.store import FeatureStore
 from abaw_ray.features.weights import WeightsNotFoundError
 from abaw_ray.fsutil import ensure_results_dir
-
-EMBEDDED_EXTRACTORS = "face_hog,logmel"
+from abaw_ray.runtime import add_corpus_flags, add_ray_flags, check_output_dir, job_on_ray
+from abaw_ray.train.prepare import EMBEDDED_FEATURES, resolve_corpus
 
 
 def extraction_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--data", type=Path, help="Aff-Wild2 root (default: the embedded corpus)")
-    p.add_argument(
-        "--output",
-        type=Path,
-        default=Path("outputs"),
-        help="results folder: the store by default and the job's log (default: outputs)",
-    )
-    p.add_argument(
-        "--store",
-        type=Path,
-        help="feature store folder, shared storage on a cluster (default: OUTPUT/features)",
-    )
+    add_corpus_flags(p)
     p.add_argument(
         "--extractors",
         default=None,
         help=f"comma-separated names from: {', '.join(list_extractors())} "
-        f"(default on the embedded corpus: {EMBEDDED_EXTRACTORS})",
-    )
-    p.add_argument(
-        "--tiny",
-        action="store_true",
-        help="tiny random-weight variants (tests, dry runs; default: on for the embedded corpus)",
-    )
-    p.add_argument(
-        "--weights-dir",
-        type=Path,
-        help="folder with <extractor>/ weight folders (default: $ABAW_RAY_WEIGHTS, then the "
-        "Hugging Face cache)",
+        f"(default on the embedded corpus: {','.join(EMBEDDED_FEATURES)})",
     )
     p.add_argument(
         "--force", action="store_true", help="redo videos already in the store (default: off)"
@@ -83,9 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     p = extraction_parser()
     args = p.parse_args(argv)
 
-    embedded = args.data is None
-    root = ensure_default_corpus() if embedded else args.data
-    names = tuple((args.extractors or EMBEDDED_EXTRACTORS).split(","))
+    root, embedded = resolve_corpus(args.data, args.realistic)
+    names = tuple(args.extractors.split(",")) if args.extractors else EMBEDDED_FEATURES
     if not embedded and args.extractors is None:
         p.error("--extractors is required with --data (e.g. clip_large,wavlm_large)")
     config = ExtractionConfig(

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from abaw_ray.affwild2 import ANNOTATIONS, EXPR_CHALLENGE, FACE_DIR, VA_CHALLENGE, VAL_DIR
 from abaw_ray.data.__main__ import main as data_main
 from abaw_ray.data.corpus import preflight
-from abaw_ray.data.synthetic import ANNOTATIONS, EXPR_DIR, VA_DIR
 from abaw_ray.errors import CorpusNotFoundError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,10 +37,10 @@ def _without(corpus_root: Path, tmp_path: Path, *parts: str) -> Path:
     [
         (lambda c, t: t / "nonexistent", "no such directory"),
         (lambda c, t: (t / "file.txt").write_text("x") and t / "file.txt", "not a directory"),
-        (lambda c, t: (t / "empty").mkdir() or t / "empty", "no cropped_aligned"),
-        (lambda c, t: _junk(t / "junk"), "no cropped_aligned"),
-        (lambda c, t: _without(c, t, ANNOTATIONS, VA_DIR), "no VA_Estimation_Challenge folder"),
-        (lambda c, t: _without(c, t, ANNOTATIONS, VA_DIR, "Validation_Set"), "no Validation_Set"),
+        (lambda c, t: (t / "empty").mkdir() or t / "empty", f"no {FACE_DIR}"),
+        (lambda c, t: _junk(t / "junk"), f"no {FACE_DIR}"),
+        (lambda c, t: _without(c, t, ANNOTATIONS, VA_CHALLENGE), f"no {VA_CHALLENGE} folder"),
+        (lambda c, t: _without(c, t, ANNOTATIONS, VA_CHALLENGE, VAL_DIR), f"no {VAL_DIR}"),
     ],
     ids=["missing", "a-file", "empty", "junk", "no-va-annotations", "no-va-validation"],
 )
@@ -54,16 +54,16 @@ def test_preflight_names_what_is_missing(make, missing, corpus_root, tmp_path):
 def test_preflight_passes_a_real_layout_and_checks_only_the_task_asked(corpus_root, tmp_path):
     preflight(corpus_root, "va")
     preflight(corpus_root, "expr")
-    root = _without(corpus_root, tmp_path, ANNOTATIONS, EXPR_DIR)
+    root = _without(corpus_root, tmp_path, ANNOTATIONS, EXPR_CHALLENGE)
     preflight(root, "va")
     preflight(root, None)  # extraction needs no annotations
-    with pytest.raises(CorpusNotFoundError, match="EXPR_Recognition_Challenge"):
+    with pytest.raises(CorpusNotFoundError, match=EXPR_CHALLENGE):
         preflight(root, "expr")
 
 
 def test_check_fails_on_a_corpus_without_labelled_videos(tmp_path, capsys):
     root = tmp_path / "faces-only"
-    (root / "cropped_aligned" / "video1").mkdir(parents=True)
+    (root / FACE_DIR / "video1").mkdir(parents=True)
     assert data_main(["check", "--data", str(root)]) == 1
     assert "no task has labelled" in capsys.readouterr().err
 

@@ -36,8 +36,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from abaw_ray.cluster import free_port
 from abaw_ray.data import load_corpus
+from abaw_ray.runtime import free_port
 from abaw_ray.submission import validate_submission
 from abaw_ray.train.loop import TRIAL_JSON
 from tests.raytools import console_script, kill_session, ray_token_env

@@ -10,8 +10,9 @@ import numpy as np
 
 from abaw_ray.data.labels import shift_within_videos
 from abaw_ray.pseudo import PseudoLabels
-from abaw_ray.train.data import FeatureBank, WindowSampler, shifted_labels, training_windows
+from abaw_ray.train.bank import FeatureBank
 from abaw_ray.train.loop import TrialConfig, trial_targets
+from abaw_ray.train.windows import WindowSampler, shifted_labels, training_windows
 from abaw_ray.tune.controls import control_runs
 
 

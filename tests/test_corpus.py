@@ -9,11 +9,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from abaw_ray.affwild2 import (
+    ANNOTATIONS,
+    EXPR_CHALLENGE,
+    FACE_DIR,
+    PAIR_SIDES,
+    RAW_VIDEO_DIRS,
+    TEMPLATES,
+    TEST_LISTS,
+    TRAIN_DIR,
+    VA_CHALLENGE,
+    VAL_DIR,
+    pair_names,
+)
 from abaw_ray.data import load_corpus
 from abaw_ray.data.__main__ import main as data_main
 from abaw_ray.data.check import summarize
 from abaw_ray.data.labels import read_expr_labels, read_va_labels
-from abaw_ray.data.synthetic import ANNOTATIONS, EXPR_DIR, VA_DIR, VA_TEMPLATE, VA_TEST_LIST
 from abaw_ray.errors import InputFormatError
 
 
@@ -43,10 +55,10 @@ def test_splits_and_labels_match_the_generator(corpus, synthetic):
 
 
 def test_left_right_share_one_audio_track(corpus):
-    pairs = [n for n in corpus.videos if n.endswith("_left")]
-    assert pairs
-    for left in pairs:
-        right = left[: -len("_left")] + "_right"
+    lefts = [n for n in corpus.videos if n.endswith(f"_{PAIR_SIDES[0]}")]
+    assert lefts
+    for left in lefts:
+        left, right = pair_names(left[: -len(f"_{PAIR_SIDES[0]}")])
         assert corpus.videos[left].audio_source == corpus.videos[right].audio_source
         assert corpus.videos[left].face_dir != corpus.videos[right].face_dir
 
@@ -122,7 +134,7 @@ def _copy(src: Path, dst: Path) -> Path:
     """A writable copy whose bulky media folders are symlinks to the original."""
     dst.mkdir()
     for item in src.iterdir():
-        if item.name.startswith(("cropped_aligned", "batch", "new_vids")):
+        if item.name.startswith((FACE_DIR, *RAW_VIDEO_DIRS)):
             (dst / item.name).symlink_to(item, target_is_directory=True)
         elif item.is_dir():
             shutil.copytree(item, dst / item.name)
@@ -131,7 +143,7 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def _first_label(root: Path, challenge: str, split: str = "Train_Set") -> Path:
+def _first_label(root: Path, challenge: str, split: str = TRAIN_DIR) -> Path:
     return sorted((root / ANNOTATIONS / challenge / split).glob("*.txt"))[0]
 
 
@@ -142,57 +154,57 @@ def _set_line(path: Path, lineno: int, text: str) -> None:
 
 
 def _break_va_header(root):
-    f = _first_label(root, VA_DIR)
+    f = _first_label(root, VA_CHALLENGE)
     _set_line(f, 1, "arousal,valence")
     return f, 1
 
 
 def _break_va_number(root):
-    f = _first_label(root, VA_DIR)
+    f = _first_label(root, VA_CHALLENGE)
     _set_line(f, 7, "0.1,abc")
     return f, 7
 
 
 def _break_va_range(root):
-    f = _first_label(root, VA_DIR)
+    f = _first_label(root, VA_CHALLENGE)
     _set_line(f, 9, "1.5,0.2")
     return f, 9
 
 
 def _break_expr_range(root):
-    f = _first_label(root, EXPR_DIR)
+    f = _first_label(root, EXPR_CHALLENGE)
     _set_line(f, 4, "8")
     return f, 4
 
 
 def _break_expr_number(root):
-    f = _first_label(root, EXPR_DIR)
+    f = _first_label(root, EXPR_CHALLENGE)
     _set_line(f, 5, "happy")
     return f, 5
 
 
 def _break_listed_twice(root):
-    f = _first_label(root, VA_DIR)
-    dup = root / ANNOTATIONS / VA_DIR / "Validation_Set" / f.name
+    f = _first_label(root, VA_CHALLENGE)
+    dup = root / ANNOTATIONS / VA_CHALLENGE / VAL_DIR / f.name
     shutil.copy2(f, dup)
     return dup, None
 
 
 def _break_test_list_twice(root):
-    f = root / VA_TEST_LIST
+    f = root / TEST_LISTS["va"]
     names = f.read_text().splitlines()
     f.write_text("\n".join(names + [names[0]]) + "\n")
     return f, len(names) + 1
 
 
 def _break_template_unknown(root):
-    f = root / VA_TEMPLATE
+    f = root / TEMPLATES["va"]
     _set_line(f, 3, "no_such_video/00002.jpg,0,0")
     return f, 3
 
 
 def _break_template_outside(root):
-    f = root / VA_TEMPLATE
+    f = root / TEMPLATES["va"]
     _set_line(f, 4, "../../etc/00003.jpg,0,0")
     return f, 4
 
@@ -226,7 +238,7 @@ def test_malformed_input_names_file_and_line(breaker, corpus_root, tmp_path, cap
 
 def test_missing_faces_and_off_by_one_labels_are_not_fatal(corpus_root, tmp_path):
     root = _copy(corpus_root, tmp_path / "copy")
-    f = _first_label(root, VA_DIR)
+    f = _first_label(root, VA_CHALLENGE)
     lines = f.read_text().splitlines()
     f.write_text("\n".join(lines + [lines[-1], lines[-1]]) + "\n")  # two lines longer
     summary = summarize(load_corpus(root))
@@ -250,9 +262,9 @@ def test_the_default_generator_is_pinned(tmp_path):
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.txt")):
         digest.update(path.relative_to(root).as_posix().encode() + path.read_bytes())
-    for path in sorted(root.glob("cropped_aligned/*/*.jpg")):
+    for path in sorted(root.glob(f"{FACE_DIR}/*/*.jpg")):
         digest.update(path.relative_to(root).as_posix().encode())
-    for path in sorted(root.glob("cropped_aligned/*/0000[12].jpg")):  # decoded, not the bytes
+    for path in sorted(root.glob(f"{FACE_DIR}/*/0000[12].jpg")):  # decoded, not the bytes
         digest.update(np.asarray(Image.open(path)).tobytes())
     assert GENERATOR_VERSION == 2
     assert digest.hexdigest() == (

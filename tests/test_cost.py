@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from abaw_ray.runtime import TrialResources
 from abaw_ray.tune.cost import best_by_hours, cost_summary, trial_costs
 from abaw_ray.tune.search import SearchConfig, TrialOutcome
 from abaw_ray.tune.space import load_search_space
@@ -24,9 +25,7 @@ def test_costs_are_resources_times_wall_time_in_the_order_trials_ended():
         load_search_space(SPACE),
         "/tmp",
         "s",
-        workers_per_trial=2,
-        cpus_per_worker=1.5,
-        gpus_per_trial=0.25,
+        resources=TrialResources(workers=2, gpus=0.25, cpus_per_worker=1.5),
     )
     # Ranked by score (as collect_outcomes returns them), ended in another order.
     outcomes = [

@@ -32,7 +32,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = (REPO / "README.md", *sorted((REPO / "docs").glob("**/*.md")))
-SMOKE = "ABAW_RAY_SMOKE"  # abaw_ray.cluster.SMOKE_ENV (checked below)
+SMOKE = "ABAW_RAY_SMOKE"  # abaw_ray.runtime.SMOKE_ENV (checked below)
 MAX_SLOW = 5  # marked commands that start Ray: each runs a minute or more in the full suite
 TIMEOUT_S = {False: 300, True: 900}  # a hung command fails rather than stalls the suite
 MAIN_COMMAND = "python jobs/search_va.py"  # the README's quick start
@@ -154,7 +154,7 @@ def test_few_slow_commands_are_marked():
 
 
 def test_the_smoke_switch_is_the_jobs_own():
-    from abaw_ray.cluster import SMOKE_ENV
+    from abaw_ray.runtime import SMOKE_ENV
 
     assert SMOKE_ENV == SMOKE
 

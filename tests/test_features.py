@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from abaw_ray.affwild2 import FACE_SIZE
 from abaw_ray.features import WeightsNotFoundError, create_extractor, get_spec, list_extractors
 from abaw_ray.features.align import align_to_frames
 from abaw_ray.features.audio import NoAudioError, VocalIsolator, decode_audio, spectral_gate
-from abaw_ray.features.registry import locate_weights
+from abaw_ray.features.registry import AUDIO_RATE, locate_weights
 from abaw_ray.features.store import FeatureStore, StoreMismatchError, store_key
 from tests.media import write_video_without_audio
 
@@ -19,11 +20,13 @@ def test_every_registry_name_builds_tiny_with_declared_dim(name):
     spec = get_spec(name)
     assert ex.dim == ex.declared_dim == (spec.tiny_dim if spec.needs_weights else spec.dim)
     if spec.modality == "visual":
-        images = np.random.default_rng(0).integers(0, 255, (3, 112, 112, 3), dtype=np.uint8)
+        images = np.random.default_rng(0).integers(
+            0, 255, (3, FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8
+        )
         out = ex(images)
         assert out.shape == (3, ex.dim) and np.isfinite(out).all()
     else:
-        wave = np.random.default_rng(0).normal(0, 0.1, 16000 * 2).astype(np.float32)
+        wave = np.random.default_rng(0).normal(0, 0.1, AUDIO_RATE * 2).astype(np.float32)
         feats, times = ex.extract(wave)
         assert feats.shape[1] == ex.dim
         assert len(times) == len(feats)
@@ -33,7 +36,7 @@ def test_every_registry_name_builds_tiny_with_declared_dim(name):
 
 
 def test_tiny_models_are_identical_across_builds():
-    images = np.full((2, 112, 112, 3), 128, np.uint8)
+    images = np.full((2, FACE_SIZE, FACE_SIZE, 3), 128, np.uint8)
     a = create_extractor("resnet50", tiny=True)(images)
     b = create_extractor("resnet50", tiny=True)(images)
     np.testing.assert_array_equal(a, b)
@@ -63,7 +66,7 @@ def test_real_loading_path_reads_a_local_weights_folder(tmp_path):
     loaded = create_extractor("clip_large", weights_dir=tmp_path)
     assert loaded.weights == f"local:{tmp_path / 'clip_large'}"
     assert locate_weights("clip_large", weights_dir=tmp_path) == loaded.weights
-    images = np.random.default_rng(1).integers(0, 255, (2, 112, 112, 3), dtype=np.uint8)
+    images = np.random.default_rng(1).integers(0, 255, (2, FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8)
     np.testing.assert_allclose(loaded(images), tiny(images), atol=1e-5)
 
 
@@ -72,7 +75,7 @@ def test_decode_audio_any_container_to_16k_mono(synthetic):
         wave = decode_audio(synthetic.root / v.raw_file)
         assert wave.dtype == np.float32 and wave.ndim == 1
         duration = v.num_frames / v.fps
-        assert len(wave) / 16000 == pytest.approx(duration, abs=0.1)
+        assert len(wave) / AUDIO_RATE == pytest.approx(duration, abs=0.1)
 
 
 def test_video_without_audio_stream_is_named(tmp_path):
@@ -84,7 +87,7 @@ def test_video_without_audio_stream_is_named(tmp_path):
 
 def test_spectral_gate_removes_stationary_noise():
     rng = np.random.default_rng(0)
-    t = np.arange(16000 * 2) / 16000
+    t = np.arange(AUDIO_RATE * 2) / AUDIO_RATE
     tone = np.where((t > 0.5) & (t < 1.5), 0.3 * np.sin(2 * np.pi * 220 * t), 0.0)
     noise = rng.normal(0, 0.02, t.size)
     out = spectral_gate((tone + noise).astype(np.float32))
@@ -96,7 +99,7 @@ def test_spectral_gate_removes_stationary_noise():
 
 def test_vocal_isolator_tiny_keeps_length(tmp_path):
     iso = VocalIsolator.create(tiny=True)
-    wave = np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)
+    wave = np.random.default_rng(0).normal(0, 0.1, AUDIO_RATE).astype(np.float32)
     assert iso(wave).shape == wave.shape
     with pytest.raises(WeightsNotFoundError, match="hdemucs_high"):
         VocalIsolator.create(tiny=False, weights_dir=tmp_path)
@@ -160,7 +163,7 @@ def test_real_timm_loading_reads_a_local_checkpoint(tmp_path):
     ex = create_extractor("mobilenetv3", weights_dir=tmp_path)
     assert ex.weights == f"file:{tmp_path / 'mobilenetv3' / 'model.safetensors'}"
     assert ex.input_size == 224 and ex.dim == get_spec("mobilenetv3").dim
-    images = np.random.default_rng(0).integers(0, 255, (2, 112, 112, 3), dtype=np.uint8)
+    images = np.random.default_rng(0).integers(0, 255, (2, FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8)
     x = ex.preprocess(images)
     model.eval()
     expected = model.forward_head(model.forward_features(x), pre_logits=True)

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 
 from abaw_ray.data import load_corpus
 from abaw_ray.metrics import score_split
-from abaw_ray.train.data import training_windows
 from abaw_ray.train.finetune import (
     BackboneSequenceModel,
     DecodeWindows,
@@ -24,6 +23,7 @@ from abaw_ray.train.finetune import (
     resize_square,
 )
 from abaw_ray.train.loop import TrialConfig, load_predictions
+from abaw_ray.train.windows import training_windows
 
 WINDOW = 32
 

@@ -11,7 +11,7 @@ import pytest
 
 from abaw_ray.metrics import score_split
 from abaw_ray.smoothing import NO_SMOOTHING, choose_smoothing
-from abaw_ray.train.data import FeatureBank
+from abaw_ray.train.bank import FeatureBank
 from abaw_ray.tune.folds import (
     assign_folds,
     combine_folds,

@@ -12,8 +12,8 @@ import sqlite3
 import numpy as np
 import pytest
 
+from abaw_ray.affwild2 import raw_video
 from abaw_ray.data import load_corpus
-from abaw_ray.data.corpus import PAIR_SUFFIX
 from abaw_ray.metrics import score_split
 from abaw_ray.pseudo import PseudoLabels
 from abaw_ray.smoothing import Smoothing
@@ -73,8 +73,8 @@ def test_three_folds_report_scores_and_submit_the_fold_ensemble(corpus_root, tmp
     every = [v for videos in fold_videos for v in videos]
     assert sorted(every) == sorted(pooled) and len(every) == len(set(every))
     for videos in fold_videos:
-        raw = {PAIR_SUFFIX.sub("", v) for v in videos}
-        assert not any(PAIR_SUFFIX.sub("", v) in raw for v in pooled - set(videos))
+        raw = {raw_video(v) for v in videos}
+        assert not any(raw_video(v) in raw for v in pooled - set(videos))
     oof = OOF_LINE.search(out)
     assert oof and int(oof.group(2)) == len(pooled) and "mildly optimistic" in out
 

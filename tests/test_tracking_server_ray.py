@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from abaw_ray.cluster import free_port
+from abaw_ray.runtime import free_port
 from tests.raytools import console_script, kill_session
 
 pytestmark = pytest.mark.slow

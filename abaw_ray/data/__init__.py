@@ -1,9 +1,8 @@
 """The data stage: the Aff-Wild2 corpus on disk as typed, validated objects, and its check."""
 
+from abaw_ray.affwild2 import SPLITS, Split
 from abaw_ray.data.corpus import (
-    SPLITS,
     Corpus,
-    Split,
     SubmissionTemplate,
     Video,
     load_corpus,

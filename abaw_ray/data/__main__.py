@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from abaw_ray.affwild2 import CHALLENGE_DIRS, SPLIT_DIRS
 from abaw_ray.data.check import format_summary, summarize
 from abaw_ray.data.corpus import load_corpus
 from abaw_ray.data.synthetic import DEFAULT_VIDEOS, ensure_default_corpus, generate
@@ -21,7 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--json", action="store_true", help="print the summary as JSON")
     synth = sub.add_parser("synth", help="write the embedded synthetic corpus")
     synth.add_argument("--out", type=Path, required=True)
-    synth.add_argument("--videos", type=int, help="people (default: 12; 24 with --realistic)")
+    synth.add_argument(
+        "--videos",
+        type=int,
+        help=f"people (default: {DEFAULT_VIDEOS[False]}; {DEFAULT_VIDEOS[True]} with --realistic)",
+    )
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument(
         "--realistic",
@@ -32,8 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "synth":
-        videos = args.videos or DEFAULT_VIDEOS[args.realistic]
-        corpus = generate(args.out, videos=videos, seed=args.seed, realistic=args.realistic)
+        corpus = generate(args.out, videos=args.videos, seed=args.seed, realistic=args.realistic)
         frames = sum(v.num_frames for v in corpus.videos)
         print(f"wrote {len(corpus.videos)} videos, {frames} frames to {args.out}")
         return 0
@@ -51,9 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         if splits.get("train", {}).get("valid_frames") and splits.get("val", {}).get("valid_frames")
     ]
     if not labelled:
+        challenges = " or ".join(names[0] for names in CHALLENGE_DIRS.values())
         print(
             f"error: {root}: no task has labelled training and validation videos "
-            "(VA_Estimation_Challenge or EXPR_Recognition_Challenge, Train_Set and Validation_Set)",
+            f"({challenges}, {' and '.join(SPLIT_DIRS.values())})",
             file=sys.stderr,
         )
         return 1

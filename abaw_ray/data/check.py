@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from abaw_ray.data.corpus import SPLITS, Corpus
+from abaw_ray.affwild2 import SPLITS
+from abaw_ray.data.corpus import Corpus
 from abaw_ray.tasks import TASKS
 
 

@@ -2,8 +2,9 @@
 
 Owns discovery of the layout (annotation folders of any edition, raw videos anywhere below
 the root, ``cropped_aligned*`` face folders, test lists, submission templates) and the
-validation of everything read. Malformed input raises :class:`InputFormatError` naming the file
-and line; normal gaps (missing faces, label files a line off) are left for ``check`` to count.
+validation of everything read; the names it looks for are ``abaw_ray.affwild2``'s. Malformed
+input raises :class:`InputFormatError` naming the file and line; normal gaps (missing faces,
+label files a line off) are left for ``check`` to count.
 """
 
 from __future__ import annotations
@@ -15,38 +16,38 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
+from abaw_ray.affwild2 import (
+    ANNOTATIONS_PATTERN,
+    CHALLENGE_DIRS,
+    FACE_DIR,
+    FACE_DIR_PATTERN,
+    FRAME_NAME,
+    FRAME_NAME_WIDTH,
+    INVALID_LABEL,
+    LABEL_HEADERS,
+    SPLIT_DIRS,
+    SPLIT_OF_DIR,
+    TEMPLATE_DIR,
+    TEMPLATE_FIRST_COLUMN,
+    Split,
+    face_image_name,
+    pair_names,
+    raw_video,
+)
 from abaw_ray.data.labels import FrameLabels, read_labels
 from abaw_ray.data.media import VIDEO_SUFFIXES, MediaInfo, probe_media
 from abaw_ray.errors import CorpusNotFoundError, InputFormatError
-from abaw_ray.tasks import TASKS, Task
+from abaw_ray.tasks import NUM_EXPR_CLASSES, TASKS, Task
 
-Split = Literal["train", "val", "test"]
-SPLITS: tuple[Split, ...] = ("train", "val", "test")
-
-CHALLENGE_DIRS: dict[Task, tuple[str, ...]] = {
-    "va": ("VA_Estimation_Challenge", "VA_Set"),
-    "expr": ("EXPR_Recognition_Challenge", "EXPR_Classification_Challenge", "EXPR_Set"),
-}
-SPLIT_DIRS: dict[str, Split] = {
-    "train_set": "train",
-    "training_set": "train",
-    "validation_set": "val",
-}
-ANNOTATION_DIR = re.compile(r"abaw.*annotations|^annotations$", re.IGNORECASE)
-FACE_DIR = re.compile(r"^cropped_aligned", re.IGNORECASE)
-PAIR_SUFFIX = re.compile(r"_(left|right)$")
-TEMPLATE_FIRST_COLUMN = "image_location"
-_FRAME_NAME = re.compile(r"^(\d+)\.jpg$", re.IGNORECASE)
 _EDITION = re.compile(r"(\d+)(?:st|nd|rd|th)", re.IGNORECASE)
 
 
 def face_image_path(face_dir: str | Path, width: int, frame: int) -> Path:
     """Frame ``frame``'s cropped face: ``<face_dir>/<frame, zero-padded to width>.jpg``."""
-    return Path(face_dir) / f"{int(frame):0{int(width)}d}.jpg"
+    return Path(face_dir) / face_image_name(frame, width)
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,7 +74,7 @@ class Video:
 
     def face_path(self, frame: int) -> Path:
         if self.face_dir is None:
-            raise FileNotFoundError(f"video {self.name} has no cropped_aligned folder")
+            raise FileNotFoundError(f"video {self.name} has no {FACE_DIR} folder")
         return face_image_path(self.face_dir, self.face_name_width, frame)
 
     def face_mask(self, num_frames: int) -> np.ndarray:
@@ -152,7 +153,7 @@ class Corpus:
         if lab.num_frames == n:
             return lab
         pad = n - lab.num_frames
-        fill = np.full((pad, *lab.values.shape[1:]), -5 if task == "va" else -1, lab.values.dtype)
+        fill = np.full((pad, *lab.values.shape[1:]), INVALID_LABEL[task], lab.values.dtype)
         return FrameLabels(
             task,
             video,
@@ -174,7 +175,9 @@ def _walk(root: Path, max_depth: int) -> Iterator[tuple[Path, list[str], list[st
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         p = Path(dirpath)
         # Face folders hold millions of JPEGs; they are read on purpose, never walked.
-        dirnames[:] = sorted(d for d in dirnames if not FACE_DIR.match(d) and not d.startswith("."))
+        dirnames[:] = sorted(
+            d for d in dirnames if not FACE_DIR_PATTERN.match(d) and not d.startswith(".")
+        )
         if len(p.parts) - base_depth >= max_depth:
             dirnames[:] = []
         yield p, dirnames, filenames
@@ -223,7 +226,7 @@ def _read_splits(
     labels: dict[str, FrameLabels] = {}
     seen: dict[str, Path] = {}
     for sub in sorted(challenge_dir.iterdir()):
-        split = SPLIT_DIRS.get(sub.name.lower())
+        split = SPLIT_OF_DIR.get(sub.name.lower())
         if split is None or not sub.is_dir():
             continue
         names = splits.setdefault(split, [])
@@ -241,10 +244,10 @@ def _read_splits(
 
 def _scan_faces(face_dir: Path) -> tuple[np.ndarray, int]:
     frames: list[int] = []
-    width = 5
+    width = FRAME_NAME_WIDTH
     with os.scandir(face_dir) as it:
         for entry in it:
-            m = _FRAME_NAME.match(entry.name)
+            m = FRAME_NAME.match(entry.name)
             if m:
                 frames.append(int(m.group(1)))
                 width = len(m.group(1))
@@ -253,7 +256,7 @@ def _scan_faces(face_dir: Path) -> tuple[np.ndarray, int]:
 
 def find_face_dirs(root: Path) -> dict[str, Path]:
     faces: dict[str, Path] = {}
-    for top in sorted(p for p in root.iterdir() if p.is_dir() and FACE_DIR.match(p.name)):
+    for top in sorted(p for p in root.iterdir() if p.is_dir() and FACE_DIR_PATTERN.match(p.name)):
         for d in sorted(p for p in top.iterdir() if p.is_dir()):
             if d.name in faces:
                 raise InputFormatError(
@@ -278,13 +281,6 @@ def find_raw_videos(root: Path) -> dict[str, Path]:
     return raw
 
 
-def raw_video(video: str) -> str:
-    """The raw video a video was cropped from: ``X_left`` and ``X_right`` -> ``X``, any other
-    name itself. A pair shares its raw file and audio, so a pair is one unit wherever videos
-    are split (held-out draw, folds)."""
-    return PAIR_SUFFIX.sub("", video)
-
-
 def audio_source_name(video: str, raw: Mapping[str, Path]) -> str | None:
     """``<base>_left`` / ``<base>_right`` share ``<base>``'s file unless they have their own."""
     if video in raw:
@@ -295,7 +291,7 @@ def audio_source_name(video: str, raw: Mapping[str, Path]) -> str | None:
 
 def _text_files(root: Path) -> Iterator[Path]:
     for p, _, filenames in _walk(root, max_depth=4):
-        if any(ANNOTATION_DIR.search(part) for part in p.relative_to(root).parts):
+        if any(ANNOTATIONS_PATTERN.search(part) for part in p.relative_to(root).parts):
             continue
         if any(
             n.lower() in (c.lower() for names in CHALLENGE_DIRS.values() for c in names)
@@ -316,9 +312,9 @@ def _template_task(header: str) -> Task | None:
     cols = [c.strip().lower() for c in header.split(",")]
     if not cols or cols[0] != TEMPLATE_FIRST_COLUMN:
         return None
-    if cols[1:] == ["valence", "arousal"]:
+    if cols[1:] == [c.lower() for c in LABEL_HEADERS["va"]]:
         return "va"
-    if len(cols) == 9:
+    if len(cols) == 1 + NUM_EXPR_CLASSES:
         return "expr"
     return None
 
@@ -342,7 +338,7 @@ def _pick_newest(task: Task, kind: str, files: list[Path]) -> Path | None:
         for f in files
         if "sample" in f.name.lower()
         or "template" in f.name.lower()
-        or f.parent.name.lower() == "prediction_files_format"
+        or f.parent.name.lower() == TEMPLATE_DIR
     ]
     files = preferred or files
     best = max(_edition(f) for f in files)
@@ -383,7 +379,7 @@ def read_template(
             raise InputFormatError(
                 path, i, f"{loc!r} is outside the corpus; expected '<video>/<frame>.jpg'"
             )
-        m = _FRAME_NAME.match(parts[1])
+        m = FRAME_NAME.match(parts[1])
         if not m or int(m.group(1)) < 1:
             raise InputFormatError(path, i, f"{loc!r}: expected a frame name like 00001.jpg")
         if known_videos is not None and parts[0] not in known_videos:
@@ -434,7 +430,7 @@ def preflight(root: str | Path, task: Task | None) -> None:
         raise CorpusNotFoundError(f"{root}: not a directory (--data is the Aff-Wild2 root)")
     if not find_face_dirs(root) and not find_raw_videos(root):
         raise CorpusNotFoundError(
-            f"{root}: no cropped_aligned*/<video>/ face folders and no raw videos below it"
+            f"{root}: no {FACE_DIR}*/<video>/ face folders and no raw videos below it"
         )
     if task is None:
         return
@@ -442,76 +438,28 @@ def preflight(root: str | Path, task: Task | None) -> None:
     if challenge is None:
         raise CorpusNotFoundError(
             f"{root}: no {CHALLENGE_DIRS[task][0]} folder (expected "
-            f"'<N>th ABAW Annotations/{CHALLENGE_DIRS[task][0]}/Train_Set/<video>.txt' "
+            f"'<N>th ABAW Annotations/{CHALLENGE_DIRS[task][0]}/{SPLIT_DIRS['train']}/<video>.txt' "
             f"within 4 levels)"
         )
     found = {
-        SPLIT_DIRS[d.name.lower()]: d
+        SPLIT_OF_DIR[d.name.lower()]: d
         for d in challenge.iterdir()
-        if d.is_dir() and d.name.lower() in SPLIT_DIRS
+        if d.is_dir() and d.name.lower() in SPLIT_OF_DIR
     }
-    for split, folder in (("train", "Train_Set"), ("val", "Validation_Set")):
+    for split, folder in SPLIT_DIRS.items():
         if split not in found:
             raise CorpusNotFoundError(f"{challenge}: no {folder} folder")
         if next(found[split].glob("*.txt"), None) is None:
             raise CorpusNotFoundError(f"{found[split]}: no label files (<video>.txt)")
 
 
-def load_corpus(
-    root: str | Path,
-    templates: Mapping[Task, str | Path] | None = None,
-    test_lists: Mapping[Task, str | Path] | None = None,
-    probe_workers: int = 8,
-) -> Corpus:
-    """Read and validate an Aff-Wild2 root. Templates and test lists are found when not given."""
-    root = Path(root).expanduser().resolve()
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: corpus root is not a directory")
-
-    splits: dict[Task, dict[Split, tuple[str, ...]]] = {}
-    labels: dict[Task, dict[str, FrameLabels]] = {}
-    for task, dirs in find_annotation_dirs(root).items():
-        chosen = _choose_challenge_dir(task, dirs)
-        if chosen is None:
-            splits[task], labels[task] = {}, {}
-        else:
-            splits[task], labels[task] = _read_splits(task, chosen)
-
-    face_dirs = find_face_dirs(root)
-    raw = find_raw_videos(root)
-    names = set(face_dirs)
-    for task in TASKS:
-        names.update(labels[task])
-    names.update(n for n in raw if not any(f"{n}_{s}" in face_dirs for s in ("left", "right")))
-
-    def build(name: str) -> tuple[str, np.ndarray, int, str | None]:
-        if name in face_dirs:
-            frames, width = _scan_faces(face_dirs[name])
-        else:
-            frames, width = np.zeros(0, np.int64), 5
-        return name, frames, width, audio_source_name(name, raw)
-
-    with ThreadPoolExecutor(max_workers=probe_workers) as pool:
-        scanned = list(pool.map(build, sorted(names)))
-        sources = sorted({s for *_, s in scanned if s is not None})
-        media = dict(zip(sources, pool.map(lambda s: probe_media(raw[s]), sources)))
-
-    videos: dict[str, Video] = {}
-    for name, frames, width, source in scanned:
-        videos[name] = Video(
-            name, face_dirs.get(name), frames, width, media.get(source) if source else None
-        )
-
-    unusable = {
-        n: "no cropped_aligned folder and no raw video"
-        for n, v in videos.items()
-        if v.face_dir is None and v.media is None
-    }
-    usable = {n: v for n, v in videos.items() if n not in unusable}
-    for task_splits in splits.values():
-        for split, members in task_splits.items():
-            task_splits[split] = tuple(v for v in members if v not in unusable)
-
+def _find_test_files(
+    root: Path,
+    templates: Mapping[Task, str | Path] | None,
+    test_lists: Mapping[Task, str | Path] | None,
+) -> tuple[dict[Task, Path], dict[Task, Path]]:
+    """Each task's template and test list: those given, else the newest found below ``root``
+    (a template by its header, a test list by its name)."""
     found_templates: dict[Task, Path] = {}
     found_lists: dict[Task, Path] = {}
     candidates_t: dict[Task, list[Path]] = {t: [] for t in TASKS}
@@ -540,7 +488,73 @@ def load_corpus(
             chosen = _pick_newest(task, "test list", candidates_l[task])
             if chosen is not None:
                 found_lists[task] = chosen
+    return found_templates, found_lists
 
+
+def _scan_videos(
+    root: Path, labels: Mapping[Task, Mapping[str, FrameLabels]], probe_workers: int
+) -> dict[str, Video]:
+    """Every video a face folder, a label file or a raw video names (a raw video only when it
+    is not a ``_left``/``_right`` pair's): its face frames and its raw video's metadata."""
+    face_dirs = find_face_dirs(root)
+    raw = find_raw_videos(root)
+    names = set(face_dirs)
+    for task in TASKS:
+        names.update(labels[task])
+    names.update(n for n in raw if not any(p in face_dirs for p in pair_names(n)))
+
+    def build(name: str) -> tuple[str, np.ndarray, int, str | None]:
+        if name in face_dirs:
+            frames, width = _scan_faces(face_dirs[name])
+        else:
+            frames, width = np.zeros(0, np.int64), FRAME_NAME_WIDTH
+        return name, frames, width, audio_source_name(name, raw)
+
+    with ThreadPoolExecutor(max_workers=probe_workers) as pool:
+        scanned = list(pool.map(build, sorted(names)))
+        sources = sorted({s for *_, s in scanned if s is not None})
+        media = dict(zip(sources, pool.map(lambda s: probe_media(raw[s]), sources)))
+
+    videos: dict[str, Video] = {}
+    for name, frames, width, source in scanned:
+        videos[name] = Video(
+            name, face_dirs.get(name), frames, width, media.get(source) if source else None
+        )
+    return videos
+
+
+def load_corpus(
+    root: str | Path,
+    templates: Mapping[Task, str | Path] | None = None,
+    test_lists: Mapping[Task, str | Path] | None = None,
+    probe_workers: int = 8,
+) -> Corpus:
+    """Read and validate an Aff-Wild2 root. Templates and test lists are found when not given."""
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: corpus root is not a directory")
+
+    splits: dict[Task, dict[Split, tuple[str, ...]]] = {}
+    labels: dict[Task, dict[str, FrameLabels]] = {}
+    for task, dirs in find_annotation_dirs(root).items():
+        chosen = _choose_challenge_dir(task, dirs)
+        if chosen is None:
+            splits[task], labels[task] = {}, {}
+        else:
+            splits[task], labels[task] = _read_splits(task, chosen)
+
+    videos = _scan_videos(root, labels, probe_workers)
+    unusable = {
+        n: f"no {FACE_DIR} folder and no raw video"
+        for n, v in videos.items()
+        if v.face_dir is None and v.media is None
+    }
+    usable = {n: v for n, v in videos.items() if n not in unusable}
+    for task_splits in splits.values():
+        for split, members in task_splits.items():
+            task_splits[split] = tuple(v for v in members if v not in unusable)
+
+    found_templates, found_lists = _find_test_files(root, templates, test_lists)
     parsed_templates = {t: read_template(p, usable, t) for t, p in found_templates.items()}
     parsed_lists = {t: read_test_list(p, usable) for t, p in found_lists.items()}
     for task, tmpl in parsed_templates.items():

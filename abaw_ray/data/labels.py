@@ -1,7 +1,8 @@
-"""Aff-Wild2 annotation files: the two tasks, their headers, and the per-frame label reader.
+"""Aff-Wild2 annotation files: the per-frame label reader, and the shifted-label control.
 
-Line k after the header is frame k (``{k:05d}.jpg``). VA marks an unannotated frame with -5,
-EXPR with -1; both become ``valid == False`` here and are never scored or trained on.
+Line k after the header is frame k (``00001.jpg`` is line 1). VA marks an unannotated frame
+with -5, EXPR with -1 (``affwild2.VA_INVALID`` / ``EXPR_INVALID``); both become
+``valid == False`` here and are never scored or trained on.
 """
 
 from __future__ import annotations
@@ -12,13 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from abaw_ray.affwild2 import EXPR_INVALID, LABEL_HEADERS, VA_INVALID
 from abaw_ray.errors import InputFormatError
-from abaw_ray.tasks import EXPR_CLASSES, NUM_EXPR_CLASSES, VA_COLUMNS, Task
-
-HEADERS: dict[Task, tuple[str, ...]] = {"va": VA_COLUMNS, "expr": EXPR_CLASSES}
-
-VA_INVALID = -5.0
-EXPR_INVALID = -1
+from abaw_ray.tasks import NUM_EXPR_CLASSES, VA_COLUMNS, Task
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,7 +39,7 @@ class FrameLabels:
 
 def _parse_header(path: Path, first_line: str, task: Task) -> None:
     got = tuple(c.strip() for c in first_line.strip().split(","))
-    expected = HEADERS[task]
+    expected = LABEL_HEADERS[task]
     if tuple(c.lower() for c in got) != tuple(c.lower() for c in expected):
         raise InputFormatError(
             path, 1, f"header {','.join(got)!r}; expected {','.join(expected)!r}"
@@ -76,7 +73,9 @@ def read_va_labels(path: str | Path, video: str | None = None) -> FrameLabels:
     for i, line in enumerate(body):
         parts = line.split(",")
         if len(parts) != 2:
-            raise InputFormatError(path, i + 2, f"{line!r}: expected 2 values 'valence,arousal'")
+            raise InputFormatError(
+                path, i + 2, f"{line!r}: expected 2 values {','.join(VA_COLUMNS)!r}"
+            )
         try:
             values[i] = (float(parts[0]), float(parts[1]))
         except ValueError:
@@ -88,7 +87,9 @@ def read_va_labels(path: str | Path, video: str | None = None) -> FrameLabels:
     if bad.any():
         i = int(np.argmax(bad.any(axis=1)))
         raise InputFormatError(
-            path, i + 2, f"{body[i]!r}: VA values must lie in [-1, 1] (or be -5 for unannotated)"
+            path,
+            i + 2,
+            f"{body[i]!r}: VA values must lie in [-1, 1] (or be {VA_INVALID:g} for unannotated)",
         )
     valid = ~invalid.any(axis=1)
     return FrameLabels("va", video or path.stem, path, values.astype(np.float32), valid)
@@ -110,7 +111,8 @@ def read_expr_labels(path: str | Path, video: str | None = None) -> FrameLabels:
             raise InputFormatError(
                 path,
                 i + 2,
-                f"{line!r}: class must be 0..{NUM_EXPR_CLASSES - 1} (or -1 for invalid)",
+                f"{line!r}: class must be 0..{NUM_EXPR_CLASSES - 1} "
+                f"(or {EXPR_INVALID} for invalid)",
             )
         values[i] = v
     return FrameLabels("expr", video or path.stem, path, values, values != EXPR_INVALID)

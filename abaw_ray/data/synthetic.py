@@ -31,29 +31,67 @@ import av
 import numpy as np
 from PIL import Image, ImageFilter
 
+from abaw_ray.affwild2 import (
+    ANNOTATIONS,
+    EXPR_CHALLENGE,
+    EXPR_INVALID,
+    FACE_DIR,
+    FACE_SIZE,
+    LABEL_HEADERS,
+    RAW_VIDEO_DIRS,
+    SPLIT_DIRS,
+    SPLITS,
+    TEMPLATE_HEADERS,
+    TEMPLATES,
+    TEST_LISTS,
+    VA_CHALLENGE,
+    VA_INVALID,
+    Split,
+    face_image_name,
+    image_location,
+    pair_names,
+    raw_video,
+)
 from abaw_ray.console import progress
-from abaw_ray.data.labels import HEADERS
-from abaw_ray.tasks import EXPR_CLASSES
+from abaw_ray.tasks import EXPR_CLASSES, TASKS, VA_COLUMNS, Task
 
-FACE_SIZE = 112
-RAW_SIZE = 64
-ANNOTATIONS = "6th ABAW Annotations"
-VA_DIR = "VA_Estimation_Challenge"
-EXPR_DIR = "EXPR_Recognition_Challenge"
-VA_TEMPLATE = "prediction_files_format/CVPR_6th_ABAW_VA_test_set_sample.txt"
-EXPR_TEMPLATE = "prediction_files_format/CVPR_6th_ABAW_Expr_test_set_sample.txt"
-VA_TEST_LIST = "test_set/Valence_Arousal_Estimation_Challenge_test_set_release.txt"
-EXPR_TEST_LIST = "test_set/Expression_Recognition_Challenge_test_set_release.txt"
+RAW_SIZE = 64  # side of the raw videos' frames (the faces, shrunk)
 FRAME_RATES = (Fraction(30), Fraction(25), Fraction(30000, 1001), Fraction(15))
 AUDIO_RATES = (44100, 48000, 16000)
+RAW_DIR_OF_SPLIT: dict[Split, str] = dict(zip(SPLITS, RAW_VIDEO_DIRS))  # one folder per split
 GENERATOR_VERSION = 2
 REALISM_VERSION = 1  # bumped with any change to ``Realism``: a cached realistic corpus is redone
 
 
 @dataclass(frozen=True)
-class Realism:
-    """The difficulties of ``generate(realistic=True)``; ``None`` of them in the default."""
+class EmbeddedSettings:
+    """The default corpus, ``generate()``. The realistic one keeps these but for the fields
+    ``Realism`` has of the same name, and adds the rest of ``Realism``."""
 
+    videos: int = 12  # people (the _left/_right pair is two of them)
+    seconds: tuple[float, float] = (9.0, 15.0)  # each video's length range
+    va_hz: tuple[float, float] = (0.03, 0.35)  # valence/arousal change over 3-30 s
+    valence_gain: float = 1.6  # tanh gain of the valence trajectory: how long it stays near +-1
+    arousal_gain: float = 1.4  # the same for arousal
+    segment_s: tuple[float, float] = (0.8, 2.5)  # length of one expression episode
+    onset_s: float = 0.15  # an expression sets in over about this, rather than jumping
+    blink: float = 0.02  # chance that a frame has the eyes shut
+    pixel_noise: float = 6.0  # std of sensor noise, in 0-255 units
+    missing_face: float = 0.03  # chance that a frame has no face image (scattered drops)
+    face_gap_s: float = 0.6  # one longer gap without faces (turned away), every other video
+    f0_hz: tuple[float, float] = (110.0, 220.0)  # a voice's pitch range at neutral valence
+    audio_noise: float = 0.004  # std of the audio's background noise
+    va_invalid_s: float = 0.8  # one -5 stretch this long, in two labelled videos of three
+    expr_invalid_s: float = 0.5  # one -1 stretch this long, in two labelled videos of three
+
+
+@dataclass(frozen=True)
+class Realism:
+    """The realistic corpus, ``generate(realistic=True)``: its size, and the difficulties the
+    default corpus has none of."""
+
+    videos: int = 24  # people (the _left/_right pair is two of them)
+    seconds: tuple[float, float] = (20.0, 35.0)  # each video's length range
     va_lag_s: tuple[float, float] = (1.0, 2.0)  # VA labels trail the face by this (per video)
     va_hz: tuple[float, float] = (0.02, 0.12)  # valence/arousal change over 8-50 s, not 3-30
     expr_lag_s: tuple[float, float] = (0.4, 0.8)  # expression labels trail it by this
@@ -67,14 +105,15 @@ class Realism:
     occluded: float = 0.15  # fraction of frames with a hand/object over part of the face
     blurred: float = 0.15  # fraction of frames motion-blurred
     light_swing: float = 0.45  # relative amplitude of slow lighting changes
-    pixel_noise: float = 12.0  # std of sensor noise, in 0-255 units (default corpus: 6)
+    pixel_noise: float = 12.0  # std of sensor noise, in 0-255 units
     jitter: float = 0.06  # slow head movement, in face half-widths
     speech: float = 0.45  # fraction of the time the subject speaks
     noise_level: tuple[float, float] = (0.01, 0.05)  # background noise std of the audio
 
 
+EMBEDDED = EmbeddedSettings()
 REALISM = Realism()
-DEFAULT_VIDEOS = {False: 12, True: 24}  # people in the default / the realistic corpus
+DEFAULT_VIDEOS = {False: EMBEDDED.videos, True: REALISM.videos}  # by ``realistic``
 
 # Facial action offsets per expression class:
 # (smile, mouth_open, eye_open, brow_raise, brow_tilt, nose_wrinkle, asymmetry)
@@ -121,7 +160,7 @@ class SyntheticCorpus:
 
 
 def _smooth_trajectory(
-    rng: np.random.Generator, t: np.ndarray, scale: float, hz: tuple[float, float] = (0.03, 0.35)
+    rng: np.random.Generator, t: np.ndarray, scale: float, hz: tuple[float, float]
 ) -> np.ndarray:
     freqs = rng.uniform(*hz, size=4)
     phases = rng.uniform(0, 2 * np.pi, size=4)
@@ -141,7 +180,7 @@ def _expression_classes(
     """Piecewise-constant classes, each segment drawn from what its valence/arousal suggest."""
     n = len(valence)
     out = np.zeros(n, dtype=np.int64)
-    segment = realism.segment_s if realism else (0.8, 2.5)
+    segment = realism.segment_s if realism else EMBEDDED.segment_s
     prior = np.array(realism.class_prior) if realism else np.zeros(len(EXPR_CLASSES))
     k = 0
     while k < n:
@@ -184,8 +223,8 @@ def _actions(
             rng.uniform(*realism.intensity, len(starts)), np.diff([*starts, len(classes)])
         )
         cls = cls * strength[:, None]
-    # Expressions set in over ~0.15 s rather than jumping.
-    alpha = 1.0 - np.exp(-1.0 / (0.15 * fps))
+    # Expressions set in over about ``onset_s`` rather than jumping.
+    alpha = 1.0 - np.exp(-1.0 / (EMBEDDED.onset_s * fps))
     smooth = np.empty_like(cls)
     acc = cls[0]
     for i in range(len(cls)):
@@ -199,7 +238,7 @@ def _actions(
     act[:, 3] += 0.35 * face_arousal
     if realism is not None and identity is not None:
         act = act * identity["style"] + identity["rest"]
-    blink = rng.random(len(valence)) < 0.02
+    blink = rng.random(len(valence)) < EMBEDDED.blink
     act[blink, 2] = -1.0
     return act
 
@@ -207,27 +246,16 @@ def _actions(
 _GRID_Y, _GRID_X = np.mgrid[0:FACE_SIZE, 0:FACE_SIZE].astype(np.float32) / (FACE_SIZE / 2) - 1
 
 
-def draw_face(
-    action: np.ndarray,
-    identity: dict,
-    rng: np.random.Generator,
-    conditions: dict | None = None,
-) -> np.ndarray:
-    """One 112x112 RGB face; ``action`` is (smile, mouth_open, eye_open, brow_raise,
-    brow_tilt, nose_wrinkle, asymmetry). ``conditions`` (realistic corpus) holds this
-    frame's head offset ``dx``/``dy``, ``light`` gain, ``noise`` std, an ``occluder`` box
-    (x0, y0, x1, y1 in [-1, 1] units, or None) and a ``blur`` radius (0: sharp)."""
-    c = conditions or {}
-    smile, mouth_open, eye_open, brow_raise, brow_tilt, wrinkle, asym = action
-    x = _GRID_X - identity["cx"] - c.get("dx", 0.0) - rng.normal(0, 0.01)
-    y = _GRID_Y - identity["cy"] - c.get("dy", 0.0) - rng.normal(0, 0.01)
-    img = np.empty((FACE_SIZE, FACE_SIZE, 3), np.float32)
-    img[:] = identity["background"]
-    img += _GRID_Y[..., None] * 20
-    face = (x / identity["rx"]) ** 2 + (y / identity["ry"]) ** 2 <= 1
-    img[face] = identity["skin"]
+def _draw_eyes_and_brows(
+    img: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    eye_open: float,
+    brow_raise: float,
+    brow_tilt: float,
+    hair: np.ndarray,
+) -> None:
     dark = np.array([40, 25, 20], np.float32)
-
     for side in (-1, 1):
         ex, ey = side * 0.3, -0.12
         ry = max(0.015, 0.06 + 0.045 * eye_open)
@@ -241,8 +269,18 @@ def draw_face(
         u = (x - ex) * side  # 0 at eye center, negative toward the nose
         brow_y = by + inner_drop * np.clip(-u / 0.16, 0, 1) - 0.02 * np.clip(u / 0.16, 0, 1)
         brow = (np.abs(y - brow_y) < 0.028) & (np.abs(x - ex) < 0.17)
-        img[brow] = identity["hair"]
+        img[brow] = hair
 
+
+def _draw_nose_and_mouth(
+    img: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    smile: float,
+    mouth_open: float,
+    wrinkle: float,
+    asym: float,
+) -> None:
     # Nose wrinkle: short dark strokes that appear with disgust.
     if wrinkle > 0.2:
         for dy in (0.02, 0.07):
@@ -262,6 +300,29 @@ def draw_face(
     lips = inside & (np.abs(np.abs(y - lip_y) - opening) < 0.02)
     img[lips] = (170, 60, 70)
 
+
+def draw_face(
+    action: np.ndarray,
+    identity: dict,
+    rng: np.random.Generator,
+    conditions: dict | None = None,
+) -> np.ndarray:
+    """One FACE_SIZE x FACE_SIZE RGB face; ``action`` is (smile, mouth_open, eye_open, brow_raise,
+    brow_tilt, nose_wrinkle, asymmetry). ``conditions`` (realistic corpus) holds this
+    frame's head offset ``dx``/``dy``, ``light`` gain, ``noise`` std, an ``occluder`` box
+    (x0, y0, x1, y1 in [-1, 1] units, or None) and a ``blur`` radius (0: sharp)."""
+    c = conditions or {}
+    smile, mouth_open, eye_open, brow_raise, brow_tilt, wrinkle, asym = action
+    x = _GRID_X - identity["cx"] - c.get("dx", 0.0) - rng.normal(0, 0.01)
+    y = _GRID_Y - identity["cy"] - c.get("dy", 0.0) - rng.normal(0, 0.01)
+    img = np.empty((FACE_SIZE, FACE_SIZE, 3), np.float32)
+    img[:] = identity["background"]
+    img += _GRID_Y[..., None] * 20
+    face = (x / identity["rx"]) ** 2 + (y / identity["ry"]) ** 2 <= 1
+    img[face] = identity["skin"]
+    _draw_eyes_and_brows(img, x, y, eye_open, brow_raise, brow_tilt, identity["hair"])
+    _draw_nose_and_mouth(img, x, y, smile, mouth_open, wrinkle, asym)
+
     box = c.get("occluder")
     if box is not None:
         x0, y0, x1, y1 = box
@@ -269,7 +330,7 @@ def draw_face(
             "occluder_colour"
         ]
     img *= identity["light"] * c.get("light", 1.0)
-    img += rng.normal(0, c.get("noise", 6.0), img.shape)
+    img += rng.normal(0, c.get("noise", EMBEDDED.pixel_noise), img.shape)
     out = np.clip(img, 0, 255).astype(np.uint8)
     if c.get("blur", 0) > 0:
         out = np.asarray(Image.fromarray(out).filter(ImageFilter.GaussianBlur(c["blur"])))
@@ -410,193 +471,306 @@ def _lagged(x: np.ndarray, frames: int) -> np.ndarray:
     return np.concatenate([np.repeat(x[:1], frames, axis=0), x[:-frames]])[: len(x)]
 
 
+@dataclass
+class _Pair:
+    """The _left/_right pair (videos 0 and 1, in training): one raw video, its frame rate,
+    length and audio rate, and each person's shrunk faces and voice until both are drawn."""
+
+    fps: Fraction
+    duration: float
+    audio_rate: int
+    faces: list[np.ndarray] = field(default_factory=list)
+    voices: list[np.ndarray] = field(default_factory=list)
+
+
+_PAIR = (0, 1)  # the videos of the pair, in the order of ``PAIR_SIDES``
+# The ``SyntheticVideo`` fields that count a video's labels, for a video without any (test).
+_UNLABELLED = dict(va_label_lines=None, expr_label_lines=None, va_invalid=0, expr_invalid=0)
+
+
+@dataclass(frozen=True, eq=False)
+class _Truth:
+    """One video's hidden truth per frame: what its faces, voice and labels are drawn from."""
+
+    t: np.ndarray  # each frame's time, seconds
+    valence: np.ndarray
+    arousal: np.ndarray
+    classes: np.ndarray  # expression class per frame
+    identity: dict  # the person's look (and, realistic, their way of expressing)
+    actions: np.ndarray  # facial action parameters [T, 7]
+
+
+def _names_and_splits(videos: int, seed: int) -> tuple[list[str], list[Split]]:
+    """Names in Aff-Wild2's styles (``<n>-<fps>-<w>x<h>``, ``video<n>``, a ``_left``/``_right``
+    pair) and their splits: a quarter (at least 2) test, a quarter validation, the rest (the
+    pair first) training."""
+    n_test = max(2, videos // 4)
+    n_val = max(2, videos // 4)
+    splits: list[Split] = ["train"] * (videos - n_val - n_test) + ["val"] * n_val
+    splits += ["test"] * n_test
+    pair = pair_names(f"{100 + seed}-{int(FRAME_RATES[0])}-1280x720")
+    names = []
+    for i in range(videos):
+        if i in _PAIR:
+            names.append(pair[i])
+        elif i % 3 == 0:
+            names.append(f"video{i + 10 * seed}")
+        else:
+            names.append(f"{i}-{int(FRAME_RATES[i % len(FRAME_RATES)])}-640x360")
+    return names, splits
+
+
+def _test_lists(names: list[str], splits: list[Split]) -> dict[Task, list[str]]:
+    """The test videos each task lists (and its template holds): VA all but the first, EXPR all
+    but the last, so the two differ; both all of them when there are only two."""
+    test = [n for n, s in zip(names, splits) if s == "test"]
+    if len(test) <= 2:
+        return {"va": test, "expr": test}
+    return {"va": test[1:], "expr": test[:-1]}
+
+
+def _video_truth(
+    rng: np.random.Generator, t: np.ndarray, fps: float, realism: Realism | None
+) -> _Truth:
+    hz = realism.va_hz if realism else EMBEDDED.va_hz
+    valence = _smooth_trajectory(rng, t, EMBEDDED.valence_gain, hz)
+    arousal = _smooth_trajectory(rng, t, EMBEDDED.arousal_gain, hz)
+    classes = _expression_classes(rng, valence, arousal, fps, realism)
+    if realism is None:  # this order of draws is what the default corpus always had
+        actions = _actions(valence, arousal, classes, fps, rng)
+        identity = _identity(rng)
+    else:
+        identity = _identity(rng, realism)
+        actions = _actions(valence, arousal, classes, fps, rng, identity, realism)
+    return _Truth(t, valence, arousal, classes, identity, actions)
+
+
+def _faces(
+    rng: np.random.Generator, truth: _Truth, fps: float, realism: Realism | None
+) -> np.ndarray:
+    """Every frame's face, uint8 [T, FACE_SIZE, FACE_SIZE, 3] (realistic: in its conditions)."""
+    n = len(truth.t)
+    conditions = _frame_conditions(rng, n, fps, realism) if realism else [None] * n
+    return np.stack(
+        [draw_face(a, truth.identity, rng, c) for a, c in zip(truth.actions, conditions)]
+    )
+
+
+def _present_faces(rng: np.random.Generator, n: int, fps: float, gap: bool) -> np.ndarray:
+    """Which frames have a face image: scattered drops, plus one longer gap (the face turned
+    away) when ``gap``."""
+    present = rng.random(n) > EMBEDDED.missing_face
+    if gap:
+        g0 = int(rng.integers(n // 4, n // 2))
+        present[g0 : g0 + int(EMBEDDED.face_gap_s * fps)] = False
+    return present
+
+
+def _write_faces(face_dir: Path, faces: np.ndarray, present: np.ndarray) -> None:
+    face_dir.mkdir(parents=True, exist_ok=True)
+    for k in np.flatnonzero(present):
+        Image.fromarray(faces[k]).save(face_dir / face_image_name(k + 1), quality=90)
+
+
+def _audio(
+    rng: np.random.Generator,
+    truth: _Truth,
+    duration: float,
+    audio_rate: int,
+    fps: float,
+    realism: Realism | None,
+) -> np.ndarray:
+    """The person's voice at ``audio_rate`` over background noise (realistic: the person
+    speaks part of the time)."""
+    t = truth.t
+    t_audio = np.arange(int(duration * audio_rate)) / audio_rate
+    valence = np.interp(t_audio, t, truth.valence)
+    arousal = np.interp(t_audio, t, truth.arousal)
+    voice = _voice(rng, t_audio, valence, arousal, rng.uniform(*EMBEDDED.f0_hz))
+    if realism is None:
+        voice += rng.normal(0, EMBEDDED.audio_noise, len(voice))
+    else:
+        speaking = _stretches(rng, len(t) + 1, realism.speech, fps)
+        voice *= speaking[np.minimum((t_audio * fps).astype(int), len(t))]
+        voice += rng.normal(0, rng.uniform(*realism.noise_level), len(voice))
+    return voice
+
+
+def _write_raw(
+    out: Path,
+    i: int,
+    name: str,
+    split: Split,
+    faces: np.ndarray,
+    voice: np.ndarray,
+    fps: Fraction,
+    audio_rate: int,
+    pair: _Pair,
+    realism: Realism | None,
+) -> str:
+    """Video ``i``'s raw video (its faces shrunk, its voice as the audio track); the pair's
+    one is written once both people are drawn, side by side. Returns its path under ``out``."""
+    small = np.stack([np.asarray(Image.fromarray(f).resize((RAW_SIZE, RAW_SIZE))) for f in faces])
+    suffix = ".avi" if i % 4 == 3 else ".mp4"
+    raw_rel = f"{RAW_DIR_OF_SPLIT[split]}/{raw_video(name)}{suffix}"
+    if i not in _PAIR:
+        _write_raw_video(out / raw_rel, small, fps, voice, audio_rate)
+        return raw_rel
+    pair.faces.append(small)
+    pair.voices.append(voice)
+    if len(pair.faces) == len(_PAIR):
+        both = np.concatenate(pair.faces, axis=2)
+        # Realistic: the shared track is the left person's voice only.
+        track = pair.voices[0] if realism else pair.voices[0] + pair.voices[1]
+        _write_raw_video(out / raw_rel, both, fps, track, audio_rate)
+    return raw_rel
+
+
+def _labels(
+    rng: np.random.Generator, i: int, truth: _Truth, fps: float, realism: Realism | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """What video ``i``'s label files hold: VA [L, 2] to 3 decimals and classes [L], with one
+    -5 stretch and one -1 stretch (each in two videos of three); realistic: labels lag."""
+    n = len(truth.t)
+    # Label files a line off the video: one longer (i == 2), one shorter (i == 3).
+    label_len = n + 1 if i == 2 else n - 1 if i == 3 else n
+    va = np.stack([truth.valence, truth.arousal], axis=1)
+    classes = truth.classes
+    if realism is not None:
+        va = _lagged(va, int(rng.uniform(*realism.va_lag_s) * fps))
+        classes = _lagged(classes, int(rng.uniform(*realism.expr_lag_s) * fps))
+    if label_len > n:
+        va = np.concatenate([va, va[-1:]])
+        cls = np.concatenate([classes, classes[-1:]])
+    else:
+        va, cls = va[:label_len], classes[:label_len]
+    va = np.round(va, 3)
+    cls = cls.copy()
+    if i % 3 != 1:
+        s0 = int(rng.integers(0, label_len // 2))
+        va[s0 : s0 + int(EMBEDDED.va_invalid_s * fps)] = VA_INVALID
+    if i % 3 != 2:
+        s0 = int(rng.integers(label_len // 2, label_len - 5))
+        cls[s0 : s0 + int(EMBEDDED.expr_invalid_s * fps)] = EXPR_INVALID
+    return va, cls
+
+
+def _write_labels(
+    out: Path, i: int, name: str, split: Split, va: np.ndarray, cls: np.ndarray
+) -> dict[str, int | None]:
+    """Video ``i``'s label files, and the ``SyntheticVideo`` fields that count them. Training
+    videos may lack one task's labels (as in Aff-Wild2); validation videos carry both, so each
+    task keeps at least two to validate (and split) on."""
+    has_va = split == "val" or i % 5 != 4
+    has_expr = split == "val" or i % 5 != 1 or not has_va
+    counts = dict(_UNLABELLED)
+    if has_va:
+        counts.update(va_label_lines=len(va), va_invalid=int((va[:, 0] == VA_INVALID).sum()))
+        _write_text(
+            out / ANNOTATIONS / VA_CHALLENGE / SPLIT_DIRS[split] / f"{name}.txt",
+            [",".join(LABEL_HEADERS["va"])] + [f"{a:g},{b:g}" for a, b in va],
+        )
+    if has_expr:
+        counts.update(expr_label_lines=len(cls), expr_invalid=int((cls == EXPR_INVALID).sum()))
+        _write_text(
+            out / ANNOTATIONS / EXPR_CHALLENGE / SPLIT_DIRS[split] / f"{name}.txt",
+            [",".join(LABEL_HEADERS["expr"])] + [str(c) for c in cls],
+        )
+    return counts
+
+
+def _write_video(
+    out: Path,
+    i: int,
+    name: str,
+    split: Split,
+    seed: int,
+    seconds: tuple[float, float],
+    pair: _Pair,
+    realism: Realism | None,
+) -> SyntheticVideo:
+    """Everything of video ``i``, drawn from its own seeded generator in this order (which the
+    default corpus's bytes depend on): length, truth, faces, missing faces, voice, labels."""
+    rng = np.random.default_rng([seed, i])
+    in_pair = i in _PAIR
+    fps = pair.fps if in_pair else FRAME_RATES[i % len(FRAME_RATES)]
+    duration = pair.duration if in_pair else rng.uniform(*seconds)
+    audio_rate = pair.audio_rate if in_pair else AUDIO_RATES[i % len(AUDIO_RATES)]
+    n = int(duration * float(fps))
+    truth = _video_truth(rng, np.arange(n) / float(fps), float(fps), realism)
+    faces = _faces(rng, truth, float(fps), realism)
+    present = _present_faces(rng, n, float(fps), gap=i % 2 == 0)
+    _write_faces(out / FACE_DIR / name, faces, present)
+    voice = _audio(rng, truth, duration, audio_rate, float(fps), realism)
+    raw_rel = _write_raw(out, i, name, split, faces, voice, fps, audio_rate, pair, realism)
+    counts = dict(_UNLABELLED)
+    label_len = n
+    if split != "test":
+        va, cls = _labels(rng, i, truth, float(fps), realism)
+        counts = _write_labels(out, i, name, split, va, cls)
+        label_len = len(va)
+    on_timeline = np.zeros(label_len, bool)  # the label timeline's frames that have a face
+    on_timeline[: min(label_len, n)] = present[: min(label_len, n)]
+    return SyntheticVideo(
+        name=name,
+        split=split,
+        raw_file=raw_rel,
+        fps=float(fps),
+        num_frames=n,
+        missing_faces=int((~on_timeline).sum()),
+        audio_rate=audio_rate,
+        **counts,
+    )
+
+
+def _template_lines(task: Task, video: str, num_frames: int) -> list[str]:
+    """A test video's template lines: every frame, with zeros where a submission's values go."""
+    zeros = ",".join(["0"] * len(VA_COLUMNS)) if task == "va" else "0"
+    return [f"{image_location(video, k)},{zeros}" for k in range(1, num_frames + 1)]
+
+
 def generate(
     out: str | Path,
-    videos: int = 12,
+    videos: int | None = None,
     seed: int = 0,
     seconds: tuple[float, float] | None = None,
     realistic: bool = False,
 ) -> SyntheticCorpus:
     """Write the corpus under ``out`` (created; must not hold a corpus already).
 
-    ``videos`` counts people: one ``_left``/``_right`` pair shares a raw video. Half the
-    videos train, a quarter validate, a quarter are the test set. ``realistic`` adds the
-    difficulties of ``Realism``; ``seconds`` is each video's length range (default 9-15 s,
-    20-35 s realistic).
+    ``videos`` counts people (default: ``DEFAULT_VIDEOS``): one ``_left``/``_right`` pair
+    shares a raw video. Half the videos train, a quarter validate, a quarter are the test
+    set. ``realistic`` adds the difficulties of ``Realism``; ``seconds`` is each video's
+    length range (default: ``EmbeddedSettings.seconds``, or ``Realism.seconds``).
     """
     realism = REALISM if realistic else None
+    if videos is None:
+        videos = DEFAULT_VIDEOS[realistic]
     if seconds is None:
-        seconds = (20.0, 35.0) if realistic else (9.0, 15.0)
+        seconds = realism.seconds if realism else EMBEDDED.seconds
     if videos < 6:
         raise ValueError("the embedded corpus needs at least 6 videos (train, val, test, a pair)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    names, splits = _names_and_splits(videos, seed)
+    tests = _test_lists(names, splits)
     rng = np.random.default_rng(seed)
-    n_test = max(2, videos // 4)
-    n_val = max(2, videos // 4)
-    splits = ["train"] * (videos - n_val - n_test) + ["val"] * n_val + ["test"] * n_test
-    # The pair sits in train (indices 0, 1): both people share one raw video and its audio.
-    names = []
-    for i in range(videos):
-        if i < 2:
-            names.append(f"{100 + seed}-30-1280x720_{'left' if i == 0 else 'right'}")
-        elif i % 3 == 0:
-            names.append(f"video{i + 10 * seed}")
-        else:
-            names.append(f"{i}-{int(FRAME_RATES[i % len(FRAME_RATES)])}-640x360")
-
+    pair = _Pair(FRAME_RATES[0], rng.uniform(*seconds), AUDIO_RATES[0])
     truths: list[SyntheticVideo] = []
-    pair_faces: list[np.ndarray] = []
-    pair_voices: list[np.ndarray] = []
-    pair_fps = FRAME_RATES[0]
-    pair_duration = rng.uniform(*seconds)
-    pair_audio_rate = AUDIO_RATES[0]
-    template_lines: dict[str, list[str]] = {"va": [], "expr": []}
-    test_names = [n for n, s in zip(names, splits) if s == "test"]
-    va_test = test_names[1:] if len(test_names) > 2 else test_names
-    expr_test = test_names[:-1] if len(test_names) > 2 else test_names
-
+    templates: dict[Task, list[str]] = {t: [] for t in TASKS}
     videos_written = progress(
-        list(zip(names, splits)), desc=f"writing the corpus {Path(out).name}", unit="video"
+        list(zip(names, splits)), desc=f"writing the corpus {out.name}", unit="video"
     )
     for i, (name, split) in enumerate(videos_written):
-        vrng = np.random.default_rng([seed, i])
-        in_pair = i < 2
-        fps = pair_fps if in_pair else FRAME_RATES[i % len(FRAME_RATES)]
-        duration = pair_duration if in_pair else vrng.uniform(*seconds)
-        n = int(duration * float(fps))
-        t = np.arange(n) / float(fps)
-        hz = realism.va_hz if realism else (0.03, 0.35)
-        valence = _smooth_trajectory(vrng, t, 1.6, hz)
-        arousal = _smooth_trajectory(vrng, t, 1.4, hz)
-        classes = _expression_classes(vrng, valence, arousal, float(fps), realism)
-        if realism is None:  # this order of draws is what the default corpus always had
-            actions = _actions(valence, arousal, classes, float(fps), vrng)
-            identity = _identity(vrng)
-        else:
-            identity = _identity(vrng, realism)
-            actions = _actions(valence, arousal, classes, float(fps), vrng, identity, realism)
-        conditions = _frame_conditions(vrng, n, float(fps), realism) if realism else [None] * n
-        faces = np.stack([draw_face(a, identity, vrng, c) for a, c in zip(actions, conditions)])
-
-        # Missing faces: scattered drops plus one longer gap (face turned away).
-        present = vrng.random(n) > 0.03
-        if i % 2 == 0:
-            g0 = int(vrng.integers(n // 4, n // 2))
-            present[g0 : g0 + int(0.6 * float(fps))] = False
-        face_dir = out / "cropped_aligned" / name
-        face_dir.mkdir(parents=True, exist_ok=True)
-        for k in np.flatnonzero(present):
-            Image.fromarray(faces[k]).save(face_dir / f"{k + 1:05d}.jpg", quality=90)
-
-        audio_rate = pair_audio_rate if in_pair else AUDIO_RATES[i % len(AUDIO_RATES)]
-        t_audio = np.arange(int(duration * audio_rate)) / audio_rate
-        va_audio_v = np.interp(t_audio, t, valence)
-        va_audio_a = np.interp(t_audio, t, arousal)
-        voice = _voice(vrng, t_audio, va_audio_v, va_audio_a, vrng.uniform(110, 220))
-        if realism is None:
-            voice += vrng.normal(0, 0.004, len(voice))
-        else:
-            speaking = _stretches(vrng, len(t) + 1, realism.speech, float(fps))
-            voice *= speaking[np.minimum((t_audio * float(fps)).astype(int), len(t))]
-            voice += vrng.normal(0, vrng.uniform(*realism.noise_level), len(voice))
-        small = np.stack(
-            [np.asarray(Image.fromarray(f).resize((RAW_SIZE, RAW_SIZE))) for f in faces]
-        )
-
-        raw_dir = {"train": "batch1", "val": "batch2", "test": "new_vids"}[split]
-        suffix = ".avi" if i % 4 == 3 else ".mp4"
-        if in_pair:
-            base = name.rsplit("_", 1)[0]
-            raw_rel = f"batch1/{base}.mp4"
-            pair_faces.append(small)
-            pair_voices.append(voice)
-            if len(pair_faces) == 2:
-                both = np.concatenate(pair_faces, axis=2)
-                # Realistic: the shared track is the left person's voice only.
-                track = pair_voices[0] if realism else pair_voices[0] + pair_voices[1]
-                _write_raw_video(out / raw_rel, both, fps, track, audio_rate)
-        else:
-            raw_rel = f"{raw_dir}/{name}{suffix}"
-            _write_raw_video(out / raw_rel, small, fps, voice, audio_rate)
-
-        va_lines = expr_lines = None
-        va_invalid = expr_invalid = 0
-        label_len = n
-        if split in ("train", "val"):
-            # Label files a line off the video: one longer (i == 2), one shorter (i == 3).
-            label_len = n + 1 if i == 2 else n - 1 if i == 3 else n
-            va = np.stack([valence, arousal], axis=1)
-            if realism is not None:
-                va = _lagged(va, int(vrng.uniform(*realism.va_lag_s) * float(fps)))
-                classes = _lagged(classes, int(vrng.uniform(*realism.expr_lag_s) * float(fps)))
-            if label_len > n:
-                va = np.concatenate([va, va[-1:]])
-                cls = np.concatenate([classes, classes[-1:]])
-            else:
-                va, cls = va[:label_len], classes[:label_len]
-            va = np.round(va, 3)
-            cls = cls.copy()
-            if i % 3 != 1:  # -5 stretch
-                s0 = int(vrng.integers(0, label_len // 2))
-                va[s0 : s0 + int(0.8 * float(fps))] = -5
-            if i % 3 != 2:  # -1 stretch
-                s0 = int(vrng.integers(label_len // 2, label_len - 5))
-                cls[s0 : s0 + int(0.5 * float(fps))] = -1
-            split_dir = "Train_Set" if split == "train" else "Validation_Set"
-            # Training videos may lack one task's labels (as in Aff-Wild2); validation videos
-            # carry both, so each task keeps at least two to validate (and split) on.
-            has_va = split == "val" or i % 5 != 4
-            has_expr = split == "val" or i % 5 != 1 or not has_va
-            if has_va:
-                va_lines = label_len
-                va_invalid = int((va[:, 0] == -5).sum())
-                _write_text(
-                    out / ANNOTATIONS / VA_DIR / split_dir / f"{name}.txt",
-                    [",".join(HEADERS["va"])] + [f"{a:g},{b:g}" for a, b in va],
-                )
-            if has_expr:
-                expr_lines = label_len
-                expr_invalid = int((cls == -1).sum())
-                _write_text(
-                    out / ANNOTATIONS / EXPR_DIR / split_dir / f"{name}.txt",
-                    [",".join(HEADERS["expr"])] + [str(c) for c in cls],
-                )
-        else:
-            for task, members in (("va", va_test), ("expr", expr_test)):
-                if name in members:
-                    template_lines[task] += [
-                        f"{name}/{k:05d}.jpg," + (",".join(["0"] * 2) if task == "va" else "0")
-                        for k in range(1, n + 1)
-                    ]
-        timeline_present = np.zeros(label_len, bool)
-        m = min(label_len, n)
-        timeline_present[:m] = present[:m]
-        truths.append(
-            SyntheticVideo(
-                name=name,
-                split=split,
-                raw_file=raw_rel,
-                fps=float(fps),
-                num_frames=n,
-                va_label_lines=va_lines,
-                expr_label_lines=expr_lines,
-                va_invalid=va_invalid,
-                expr_invalid=expr_invalid,
-                missing_faces=int((~timeline_present).sum()),
-                audio_rate=audio_rate,
-            )
-        )
-
-    _write_text(out / VA_TEST_LIST, va_test)
-    _write_text(out / EXPR_TEST_LIST, expr_test)
-    _write_text(out / VA_TEMPLATE, ["image_location,valence,arousal"] + template_lines["va"])
-    _write_text(
-        out / EXPR_TEMPLATE,
-        ["image_location," + ",".join(EXPR_CLASSES)] + template_lines["expr"],
-    )
-    corpus = SyntheticCorpus(root=out, seed=seed, videos=tuple(truths))
-    return corpus
+        video = _write_video(out, i, name, split, seed, seconds, pair, realism)
+        truths.append(video)
+        for task in TASKS:
+            if split == "test" and name in tests[task]:
+                templates[task] += _template_lines(task, name, video.num_frames)
+    for task in TASKS:
+        _write_text(out / TEST_LISTS[task], tests[task])
+        _write_text(out / TEMPLATES[task], [TEMPLATE_HEADERS[task]] + templates[task])
+    return SyntheticCorpus(root=out, seed=seed, videos=tuple(truths))
 
 
 def default_cache_dir() -> Path:

@@ -7,6 +7,7 @@ from pathlib import Path
 from abaw_ray.features.registry import (
     CLIP_MEAN,
     CLIP_STD,
+    TINY_INPUT_SIZE,
     Extractor,
     ExtractorSpec,
     register,
@@ -31,10 +32,10 @@ register(
             intermediate_size=64,
             num_hidden_layers=2,
             num_attention_heads=2,
-            image_size=112,
+            image_size=TINY_INPUT_SIZE,
             patch_size=16,
             projection_dim=24,
-            input_size=112,
+            input_size=TINY_INPUT_SIZE,
         ),
         description="CLIP ViT-L/14 image embedding (projection output)",
     )

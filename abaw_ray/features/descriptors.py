@@ -12,8 +12,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from abaw_ray.affwild2 import FACE_SIZE
 from abaw_ray.features.registry import (
     AUDIO_RATE,
+    GREY,
     MODEL_FREE,
     Extractor,
     ExtractorSpec,
@@ -33,7 +35,7 @@ _FACE = dict(
     family="descriptors",
     modality="visual",
     source=None,
-    input_size=112,
+    input_size=FACE_SIZE,  # the faces as they are
     mean=(0.0, 0.0, 0.0),
     std=(1.0, 1.0, 1.0),
     batch_size=256,
@@ -41,8 +43,8 @@ _FACE = dict(
 register(
     ExtractorSpec(
         name="face_hog",
-        dim=(112 // HOG_CELL) ** 2 * HOG_BINS,
-        tiny_dim=(112 // HOG_CELL) ** 2 * HOG_BINS,
+        dim=(FACE_SIZE // HOG_CELL) ** 2 * HOG_BINS,
+        tiny_dim=(FACE_SIZE // HOG_CELL) ** 2 * HOG_BINS,
         description="HOG, 16-px cells, 9 unsigned orientations, block-normalised",
         **_FACE,
     )
@@ -72,7 +74,7 @@ register(
 
 
 def _grey(x: torch.Tensor) -> torch.Tensor:
-    w = x.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    w = x.new_tensor(GREY).view(1, 3, 1, 1)
     return (x * w).sum(1, keepdim=True)
 
 

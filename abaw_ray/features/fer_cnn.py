@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from abaw_ray.features.registry import Extractor, ExtractorSpec, register, register_family
+from abaw_ray.features.registry import GREY, Extractor, ExtractorSpec, register, register_family
 from abaw_ray.features.weights import (
     TINY_WEIGHTS,
     WEIGHTS_ENV,
@@ -49,7 +49,6 @@ BLOCK_CHANNELS = (16, 32, 64, 128)
 POOLED_DIM = BLOCK_CHANNELS[-1]
 FEATURE_DIM = POOLED_DIM + len(FER_LABELS)
 KERAS_BN_EPSILON = 1e-3
-GREY = (0.299, 0.587, 0.114)
 
 register(
     ExtractorSpec(

@@ -32,6 +32,7 @@ import numpy as np
 import ray
 from PIL import Image
 
+from abaw_ray.affwild2 import FACE_SIZE, face_image_name
 from abaw_ray.console import progress
 from abaw_ray.data.corpus import Corpus, face_image_path
 from abaw_ray.data.timeline import fill_from_nearest
@@ -40,7 +41,6 @@ from abaw_ray.features.registry import create_extractor, get_spec, locate_weight
 from abaw_ray.features.store import FeatureStore, store_key
 from abaw_ray.pause import pause_point
 
-FACE_SIZE = 112
 DECODE_BATCH = 64
 
 
@@ -117,7 +117,8 @@ def decode_video_faces(batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.nd
 
 
 def decode_faces(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Ray Data task: JPEG paths -> uint8 [B, 112, 112, 3]; a bad file gives ok=False."""
+    """Ray Data task: JPEG paths -> uint8 [B, FACE_SIZE, FACE_SIZE, 3] (another size is resized);
+    a bad file gives ok=False."""
     n = len(batch["path"])
     images = np.zeros((n, FACE_SIZE, FACE_SIZE, 3), np.uint8)
     ok = np.ones(n, bool)
@@ -198,7 +199,7 @@ class FaceWriter:
             state["received"] += int(sel.sum())
             state["mask"][frames[ok] - 1] = True
             for f, err in zip(frames[~ok], batch["error"][sel][~ok]):
-                state["bad"][f"{int(f):05d}.jpg"] = str(err)
+                state["bad"][face_image_name(f)] = str(err)
             for k in self.keys:
                 state["values"][k][frames[ok] - 1] = batch[f"f:{k}"][sel][ok]
             if state["received"] == state["expected"]:

@@ -16,11 +16,15 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from abaw_ray.affwild2 import FACE_SIZE
+
 Modality = Literal["visual", "audio"]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's (EVA02 was trained with it)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+GREY = (0.299, 0.587, 0.114)  # RGB -> grey weights (ITU-R 601; OpenCV's BGR2GRAY, PIL's "L")
+TINY_INPUT_SIZE = FACE_SIZE  # the tiny test variants take the faces as they are, unresized
 AUDIO_RATE = 16000
 MODEL_FREE = "none (model-free descriptor)"
 

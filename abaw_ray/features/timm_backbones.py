@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from abaw_ray.features.registry import Extractor, ExtractorSpec, register, register_family
+from abaw_ray.features.registry import (
+    CLIP_MEAN,
+    CLIP_STD,
+    TINY_INPUT_SIZE,
+    Extractor,
+    ExtractorSpec,
+    register,
+    register_family,
+)
 from abaw_ray.features.weights import (
     TINY_WEIGHTS,
     WeightsNotFoundError,
@@ -19,7 +27,9 @@ from abaw_ray.features.weights import (
     weights_dirs,
 )
 
-_TINY_RESNET = dict(layers=(1, 1, 1, 1), channels=(8, 16, 32, 64), stem_width=8, input_size=112)
+_TINY_RESNET = dict(
+    layers=(1, 1, 1, 1), channels=(8, 16, 32, 64), stem_width=8, input_size=TINY_INPUT_SIZE
+)
 
 for _spec in (
     ExtractorSpec(
@@ -30,10 +40,16 @@ for _spec in (
         dim=1024,
         tiny_dim=64,
         input_size=224,
-        mean=(0.48145466, 0.4578275, 0.40821073),
-        std=(0.26862954, 0.26130258, 0.27577711),
+        mean=CLIP_MEAN,
+        std=CLIP_STD,
         batch_size=128,
-        tiny=dict(img_size=112, embed_dim=64, depth=2, num_heads=2, input_size=112),
+        tiny=dict(
+            img_size=TINY_INPUT_SIZE,
+            embed_dim=64,
+            depth=2,
+            num_heads=2,
+            input_size=TINY_INPUT_SIZE,
+        ),
         description="EVA02-L/14 (MIM, Merged-38M) pooled features",
     ),
     ExtractorSpec(
@@ -69,7 +85,7 @@ for _spec in (
         tiny_dim=1024,
         input_size=224,
         batch_size=512,
-        tiny=dict(arch="mobilenetv3_small_050", input_size=112),
+        tiny=dict(arch="mobilenetv3_small_050", input_size=TINY_INPUT_SIZE),
         description="MobileNetV3-small 1024-d pre-logits (the paper's EXPR backbone)",
     ),
     ExtractorSpec(
@@ -83,7 +99,7 @@ for _spec in (
         mean=(0.5, 0.5, 0.5),
         std=(0.5, 0.5, 0.5),
         batch_size=256,
-        tiny=dict(channel_multiplier=0.25, depth_multiplier=0.25, input_size=112),
+        tiny=dict(channel_multiplier=0.25, depth_multiplier=0.25, input_size=TINY_INPUT_SIZE),
         description="EfficientNetV2-S pooled features",
     ),
 ):

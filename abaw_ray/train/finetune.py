@@ -25,19 +25,14 @@ import torch
 from torch import nn
 
 from abaw_ray import tracking
+from abaw_ray.affwild2 import face_image_name
 from abaw_ray.data.corpus import Corpus
 from abaw_ray.data.timeline import nearest_available
 from abaw_ray.features.pipeline import decode_faces
 from abaw_ray.features.registry import create_extractor
 from abaw_ray.models import create_model
 from abaw_ray.tasks import PRIMARY_METRIC, TRIAL_FINISHED, Task
-from abaw_ray.train.data import (
-    BANK_SPLITS,
-    inference_chunks,
-    shifted_labels,
-    split_holdout,
-    training_windows,
-)
+from abaw_ray.train.bank import BANK_SPLITS, split_holdout
 from abaw_ray.train.loop import (
     TrialConfig,
     last_epoch,
@@ -49,6 +44,7 @@ from abaw_ray.train.loop import (
     trial_class_weights,
     validation_metrics,
 )
+from abaw_ray.train.windows import inference_chunks, shifted_labels, training_windows
 
 DECODE_BATCH = 4  # windows per Ray Data decode call
 
@@ -73,7 +69,7 @@ class FrameIndex:
         if len(frames) < length:
             frames = np.concatenate([frames, np.full(length - len(frames), frames[-1])])
         w = self.width[video]
-        return [f"{self.face_dir[video]}/{int(k):0{w}d}.jpg" for k in frames]
+        return [f"{self.face_dir[video]}/{face_image_name(k, w)}" for k in frames]
 
 
 def build_frame_index(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import get_args
 
@@ -14,19 +14,6 @@ import ray
 import yaml
 
 from abaw_ray import tracking
-from abaw_ray.cluster import (
-    SMOKE_ENV,
-    SMOKE_EPOCHS,
-    Console,
-    Interrupted,
-    add_ray_flags,
-    check_output_dir,
-    interruptible_job,
-    job_on_ray,
-    name_refusal,
-    resume_command,
-    smoke_run,
-)
 from abaw_ray.data.corpus import load_corpus, preflight
 from abaw_ray.errors import CorpusNotFoundError
 from abaw_ray.features.align import ALIGNMENTS
@@ -34,6 +21,22 @@ from abaw_ray.features.store import store_key
 from abaw_ray.fsutil import ensure_results_dir
 from abaw_ray.metrics import score_split
 from abaw_ray.models import list_models
+from abaw_ray.runtime import (
+    SMOKE_ENV,
+    SMOKE_EPOCHS,
+    Console,
+    Interrupted,
+    add_corpus_flags,
+    add_ray_flags,
+    add_resource_flags,
+    check_output_dir,
+    interruptible_job,
+    job_on_ray,
+    name_refusal,
+    resume_command,
+    smoke_run,
+    trial_resources,
+)
 from abaw_ray.tasks import OFFICIAL_SCORE, PRIMARY_METRIC, Task
 from abaw_ray.train.loop import Mode, TrialConfig, load_predictions
 from abaw_ray.train.prepare import EMBEDDED_FEATURES, prepare, resolve_corpus
@@ -63,15 +66,7 @@ def parse_overrides(items: list[str]) -> dict:
 
 def train_parser(task: Task, doc: str | None, default_model: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--data", type=Path, help="Aff-Wild2 root (default: the embedded corpus)")
-    p.add_argument(
-        "--realistic",
-        action="store_true",
-        help="without --data: the realistic embedded corpus (default: off)",
-    )
-    p.add_argument(
-        "--tiny", action="store_true", help="tiny random extractors on any corpus (default: off)"
-    )
+    add_corpus_flags(p)
     defaults = {f.name: f.default for f in fields(TrialConfig)}
     defaults["model"] = default_model
     choices = {"model": list_models(), "mode": list(get_args(Mode)), "alignment": ALIGNMENTS}
@@ -88,8 +83,7 @@ def train_parser(task: Task, doc: str | None, default_model: str) -> argparse.Ar
         help=f"comma-separated extractors (embedded default: {','.join(EMBEDDED_FEATURES)}); "
         f"in finetune mode the backbone (default: mobilenetv3)",
     )
-    p.add_argument("--workers", type=int, default=1, help="data-parallel workers (default: 1)")
-    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs (default: 0)")
+    add_resource_flags(p)
     p.add_argument(
         "--holdout",
         type=float,
@@ -111,9 +105,6 @@ def train_parser(task: Task, doc: str | None, default_model: str) -> argparse.Ar
         "(default: TrialConfig's, then the model's own)",
     )
     p.add_argument(
-        "--output", type=Path, default=Path("outputs"), help="results folder (default: outputs)"
-    )
-    p.add_argument(
         "--name",
         help=f"run name (default: train_{task}-<model>-<start time>; with --resume the latest "
         f"train_{task}-* under OUTPUT/runs)",
@@ -121,8 +112,6 @@ def train_parser(task: Task, doc: str | None, default_model: str) -> argparse.Ar
     p.add_argument(
         "--resume", action="store_true", help="continue an interrupted run (default: off)"
     )
-    p.add_argument("--store", type=Path, help="feature store (default: OUTPUT/features)")
-    p.add_argument("--weights-dir", type=Path, help="local pre-trained weights (default: HF cache)")
     add_ray_flags(p)
     return p
 
@@ -214,6 +203,7 @@ def train_on_ray(
         data = prepared.bank
     trial = TrialConfig.from_dict({**overrides, "features": features})
     metric = PRIMARY_METRIC[task]
+    resources = trial_resources(args)
     splits = data.splits
 
     uri = tracking.tracking_uri(output)
@@ -221,7 +211,7 @@ def train_on_ray(
         uri,
         f"abaw-{task}-trials",
         name,
-        {**trial.settings(), "holdout_videos": splits["holdout"], "workers": args.workers},
+        {**trial.settings(), "holdout_videos": splits["holdout"], **asdict(resources)},
         storage / f"{name}.mlflow.json",
         resume=args.resume,
     )
@@ -240,8 +230,9 @@ def train_on_ray(
                 data_ref=ray.put(data),
                 storage_path=storage,
                 name=name,
-                workers=args.workers,
-                gpus_per_worker=args.gpus_per_worker,
+                workers=resources.workers,
+                gpus_per_worker=resources.gpus / resources.workers,
+                cpus_per_worker=resources.cpus_per_worker,
                 epoch_relay=relay,
             )
     except ray.train.TrainingFailedError as err:
@@ -272,7 +263,8 @@ def train_on_ray(
     out = console.out
     print(
         f"trial {name}: {mode} model {trial.model}, features {trial.features}, "
-        f"{args.workers} worker(s){', shifted-label control' if trial.shift_labels else ''}",
+        f"{resources.workers} worker(s)"
+        f"{', shifted-label control' if trial.shift_labels else ''}",
         file=out,
     )
     if task == "va":

@@ -16,7 +16,7 @@ import math
 import random
 import tempfile
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -41,8 +41,8 @@ from abaw_ray.pause import pause_point
 from abaw_ray.pseudo import PseudoLabels, training_targets
 from abaw_ray.settings import problem
 from abaw_ray.tasks import NUM_EXPR_CLASSES, PRIMARY_METRIC, TRIAL_FINISHED, Task
-from abaw_ray.train.data import (
-    FeatureBank,
+from abaw_ray.train.bank import FeatureBank
+from abaw_ray.train.windows import (
     WindowSampler,
     balanced_window_weights,
     predict_videos,
@@ -315,21 +315,52 @@ def stop_requested(config: dict[str, Any]) -> bool:
         return True
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    import ray
+@dataclass
+class WorkerContext:
+    """What the training loop asks of where it runs: Ray Train's worker
+    (``ray_train_context``) or a plain process (a test: ``train_epochs`` with rank 0 of 1)."""
+
+    rank: int
+    world: int
+    device: torch.device
+    prepare_model: Callable[[torch.nn.Module], torch.nn.Module]  # DDP wrapping, device moves
+    checkpoint: Any  # the checkpoint to resume from (a ``ray.train.Checkpoint``), or None
+    report: Callable[[dict[str, float], Path | None], None]  # metrics, a checkpoint folder
+    stopped: Callable[[], bool]  # whether a search stopped the trial
+
+
+def ray_train_context(config: dict[str, Any]) -> WorkerContext:
+    """The loop's context on a Ray Train worker."""
     import ray.train
     import ray.train.torch
+
+    def report(metrics: dict[str, float], folder: Path | None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(folder) if folder else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    ctx = ray.train.get_context()
+    return WorkerContext(
+        ctx.get_world_rank(),
+        ctx.get_world_size(),
+        ray.train.torch.get_device(),
+        ray.train.torch.prepare_model,
+        ray.train.get_checkpoint(),
+        report,
+        lambda: stop_requested(config),
+    )
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """The Ray Train worker of a frozen-features trial: its bank's shards (this combination's
+    only, once per node: zero-copy views of the object store), its pseudo-labels, then
+    ``train_epochs`` in Ray Train's context."""
+    import ray
+    import ray.train
 
     pause_point("worker_start", ray.train.get_context().get_experiment_name())
     trial = TrialConfig.from_dict(config)
     index: FeatureBank = ray.get(config["bank"][0])
-    # Only this combination's shards, once per node: zero-copy views of the object store.
     bank = index.fetch(index.variants_for(trial.feature_keys, trial.alignment))
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    seed_everything(trial.seed)
-    device = ray.train.torch.get_device()
-
     pseudo: PseudoLabels | None = None
     if trial.pseudo_labels:
         if not config.get("pseudo"):
@@ -337,6 +368,29 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 "pseudo_labels=True needs an earlier search's pseudo-labels (--pseudo-labels)"
             )
         pseudo = ray.get(config["pseudo"][0])
+    train_epochs(
+        trial,
+        bank,
+        ray_train_context(config),
+        pseudo,
+        epoch_relay=config.get("epoch_relay"),
+        predict_unlabelled=bool(config.get("predict_unlabelled")),
+    )
+
+
+def train_epochs(
+    trial: TrialConfig,
+    bank: FeatureBank,
+    ctx: WorkerContext,
+    pseudo: PseudoLabels | None = None,
+    epoch_relay: list[Any] | None = None,
+    predict_unlabelled: bool = False,
+) -> None:
+    """The trial's epochs on ``bank`` (its arrays fetched): train, score the selection videos,
+    report every epoch (``ctx.report``), checkpoint the improving ones with their predictions
+    of every non-training split, stop early."""
+    rank, world, device = ctx.rank, ctx.world, ctx.device
+    seed_everything(trial.seed)
     train_videos, labels, valid, frame_weights = trial_targets(trial, bank, pseudo)
     sampler = WindowSampler(
         bank,
@@ -353,7 +407,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     core = model.core
     plain = model
-    model = ray.train.torch.prepare_model(model)
+    model = ctx.prepare_model(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=trial.lr, weight_decay=trial.weight_decay)
     # Class weights count the real labels only.
     weights = trial_class_weights(trial, bank.labels, bank.valid, bank.splits["train"])
@@ -363,14 +417,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     # Ray Train hands back the latest (best) checkpoint when it retries a failed worker group
     # or resumes a run: continue after that epoch.
-    checkpoint = ray.train.get_checkpoint()
-    start_epoch, best, best_epoch = resume_point(checkpoint, plain, optimizer, metric, device)
+    start_epoch, best, best_epoch = resume_point(ctx.checkpoint, plain, optimizer, metric, device)
 
-    unlabelled = [
-        v
-        for v in bank.splits["train"]
-        if config.get("predict_unlabelled") and not bank.valid[v].all()
-    ]
+    unlabelled = [v for v in bank.splits["train"] if predict_unlabelled and not bank.valid[v].all()]
     trained_on = replace(bank, splits={**bank.splits, "train": train_videos})
     windows = training_windows(trained_on, trial.window, trial.window_stride, sampler.valid)
     draw = None
@@ -381,7 +430,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     val_videos = list(bank.splits["selection"])
     tf_epochs = trial.teacher_forcing_epochs or max(1, trial.epochs // 2)
     for epoch in range(start_epoch, trial.epochs):
-        if stop_requested(config):
+        if ctx.stopped():
             break
         if hasattr(core, "teacher_forcing"):
             core.teacher_forcing = max(0.0, 1.0 - epoch / tf_epochs)
@@ -422,9 +471,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             best, best_epoch = metrics[metric], epoch
         metrics[f"best_{metric}"] = best
         metrics[TRIAL_FINISHED] = last_epoch(trial, epoch, best_epoch)
-        if config.get("epoch_relay") and rank == 0:  # a single trial's own MLflow run
-            tracking.log_epoch(config["epoch_relay"], metrics, epoch + 1)
-        if stop_requested(config):  # stopped while this epoch ran: report nothing of it
+        if epoch_relay and rank == 0:  # a single trial's own MLflow run
+            tracking.log_epoch(epoch_relay, metrics, epoch + 1)
+        if ctx.stopped():  # stopped while this epoch ran: report nothing of it
             break
         if improved and rank == 0:
             predictions = {
@@ -447,8 +496,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     predictions,
                     sampler.input_dims,
                 )
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+                ctx.report(metrics, Path(tmp))
         else:
-            ray.train.report(metrics)
+            ctx.report(metrics, None)
         if metrics[TRIAL_FINISHED]:
             break

@@ -15,8 +15,9 @@ from abaw_ray.features.align import ALIGNMENTS
 from abaw_ray.features.pipeline import ExtractionConfig, ExtractionReport, extract_features
 from abaw_ray.features.store import FeatureStore, store_key
 from abaw_ray.tasks import Task
-from abaw_ray.train.data import FeatureBank, build_bank
+from abaw_ray.train.bank import FeatureBank, build_bank
 
+# What the embedded corpora carry signal in without weights (and the jobs' default there).
 EMBEDDED_FEATURES = ("face_hog", "logmel")
 
 

@@ -30,14 +30,14 @@ class TrialCost:
 
 def trial_costs(cfg: SearchConfig, outcomes: Sequence[TrialOutcome]) -> list[TrialCost]:
     """Every trial's cost, in the order the trials ended. A trial's resources are the
-    search's (``workers_per_trial`` x ``cpus_per_worker`` CPUs, ``gpus_per_trial`` GPUs)."""
-    cpus = cfg.workers_per_trial * cfg.cpus_per_worker
+    search's (``resources``: workers x CPUs a worker, the trial's GPUs)."""
+    cpus = cfg.resources.workers * cfg.resources.cpus_per_worker
     costs = [
         TrialCost(
             o.trial_id,
             float(o.last.get("time_total_s", 0.0)),
             cpus,
-            cfg.gpus_per_trial,
+            cfg.resources.gpus,
             float(o.last.get("timestamp", 0.0)),
             o.score,
         )

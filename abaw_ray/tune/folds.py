@@ -29,13 +29,13 @@ from typing import Any
 import numpy as np
 import ray
 
-from abaw_ray.data.corpus import raw_video
+from abaw_ray.affwild2 import raw_video
 from abaw_ray.ensemble import Member, Recipe, apply_recipe, make_recipe
 from abaw_ray.fsutil import atomic_write_text
 from abaw_ray.metrics import score_split
 from abaw_ray.smoothing import NO_SMOOTHING
 from abaw_ray.tasks import OFFICIAL_SCORE, Task
-from abaw_ray.train.data import FeatureBank
+from abaw_ray.train.bank import FeatureBank
 from abaw_ray.train.loop import TrialConfig, load_predictions
 from abaw_ray.train.prepare import Prepared
 from abaw_ray.train.trainer import fit_in_task

@@ -23,22 +23,6 @@ from typing import Any
 import ray
 
 from abaw_ray import report, tracking
-from abaw_ray.cluster import (
-    SMOKE_ENV,
-    SMOKE_EPOCHS,
-    SMOKE_SAMPLES,
-    Console,
-    Interrupted,
-    add_ray_flags,
-    check_output_dir,
-    interruptible_job,
-    job_on_ray,
-    name_refusal,
-    resume_command,
-    smoke_run,
-    starts_local_instance,
-    stoppable_search,
-)
 from abaw_ray.data.corpus import preflight
 from abaw_ray.ensemble import (
     Member,
@@ -53,8 +37,27 @@ from abaw_ray.fsutil import ensure_results_dir
 from abaw_ray.metrics import majority_baseline
 from abaw_ray.pause import pause_point
 from abaw_ray.pseudo import PSEUDO_FILE, PseudoLabels
+from abaw_ray.runtime import (
+    SMOKE_ENV,
+    SMOKE_EPOCHS,
+    SMOKE_SAMPLES,
+    Console,
+    Interrupted,
+    add_corpus_flags,
+    add_ray_flags,
+    add_resource_flags,
+    check_output_dir,
+    interruptible_job,
+    job_on_ray,
+    name_refusal,
+    resume_command,
+    smoke_run,
+    starts_local_instance,
+    stoppable_search,
+    trial_resources,
+)
 from abaw_ray.tasks import PRIMARY_METRIC, Task
-from abaw_ray.train.data import FeatureBank
+from abaw_ray.train.bank import FeatureBank
 from abaw_ray.train.loop import TrialConfig, load_predictions
 from abaw_ray.train.prepare import Prepared, prepare
 from abaw_ray.tune.controls import run_controls
@@ -101,9 +104,6 @@ CONFIG_FLAGS = {
         "trials at once at most (None: what the cluster holds as it grows, plus a few waiting "
         "for the autoscaler)",
     ),
-    "--workers-per-trial": ("workers_per_trial", int, "data-parallel Ray Train workers"),
-    "--gpus-per-trial": ("gpus_per_trial", float, "GPUs per trial; 0.25 packs four on a GPU"),
-    "--cpus-per-worker": ("cpus_per_worker", float, "CPUs per Ray Train worker"),
     "--time-budget": ("time_budget_s", float, "seconds after which no new trial starts"),
     "--top-k": ("top_k", int, "best trials offered to the ensemble"),
     "--ensemble": ("ensemble", str, "how the ensemble weighs its trials"),
@@ -119,16 +119,7 @@ CONFIG_FLAGS = {
 
 def search_parser(task: Task, doc: str | None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--data", type=Path, help="Aff-Wild2 root (default: the embedded corpus)")
-    p.add_argument(
-        "--realistic",
-        action="store_true",
-        help="without --data: the realistic embedded corpus (python -m abaw_ray.data synth "
-        "--realistic) and its space, search_spaces/realistic_TASK.yaml (default: off)",
-    )
-    p.add_argument(
-        "--output", type=Path, default=Path("outputs"), help="results folder (default: outputs)"
-    )
+    add_corpus_flags(p, f" and its space, search_spaces/realistic_{task}.yaml")
     p.add_argument(
         "--space",
         type=Path,
@@ -136,9 +127,7 @@ def search_parser(task: Task, doc: str | None) -> argparse.ArgumentParser:
         f"the paper's features, with --data; search_spaces/embedded_{task}.yaml without)",
     )
     p.set_defaults(task=task)
-    p.add_argument(
-        "--tiny", action="store_true", help="tiny random extractors on any corpus (default: off)"
-    )
+    add_resource_flags(p)
     defaults = {f.name: f.default for f in fields(SearchConfig)}
     hints = typing.get_type_hints(SearchConfig)
     choices = {"ensemble": list_ensemble_methods()}
@@ -190,8 +179,6 @@ def search_parser(task: Task, doc: str | None) -> argparse.ArgumentParser:
         "[false, true] unless the space sets it). With --control, the best trial's settings "
         "are also trained without them and on them shifted within each video (default: none)",
     )
-    p.add_argument("--store", type=Path, help="feature store (default: OUTPUT/features)")
-    p.add_argument("--weights-dir", type=Path, help="local pre-trained weights (default: HF cache)")
     add_ray_flags(p)
     return p
 
@@ -212,7 +199,12 @@ def search_config(args: argparse.Namespace, space: SearchSpace, storage: str) ->
     given = {name: value for name, value in flags.items() if value is not None}
     local = starts_local_instance(args.address)
     return SearchConfig(
-        space=space, storage_path=storage, name=args.name, local_instance=local, **given
+        space=space,
+        storage_path=storage,
+        name=args.name,
+        local_instance=local,
+        resources=trial_resources(args),
+        **given,
     )
 
 

@@ -25,6 +25,7 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from abaw_ray.pause import pause_point
+from abaw_ray.runtime import TrialResources
 from abaw_ray.tasks import PRIMARY_METRIC, TRIAL_ERROR, TRIAL_FINISHED
 from abaw_ray.train.loop import TRIAL_JSON, TrialConfig
 from abaw_ray.train.trainer import TRIAL_DRIVER_CPU, error_tail, fit_trial, lost_worker
@@ -49,9 +50,7 @@ class SearchConfig:
     # the job started its own Ray: no autoscaler grows it (no trial waits for one) and no
     # head is to be spared (trial drivers ask for no CPU)
     local_instance: bool = False
-    workers_per_trial: int = 1  # data-parallel Ray Train workers of each trial
-    gpus_per_trial: float = 0.0  # fractions pack several small trials on a GPU
-    cpus_per_worker: float = 1.0
+    resources: TrialResources = TrialResources()  # what each trial asks for
     time_budget_s: float | None = None  # seconds after which no new trial starts
     max_failures: int = 2  # times a trial is retried after losing a node (Tune and Train)
     grace_period: int = 3  # epochs before ASHA may stop a trial
@@ -80,9 +79,9 @@ class SearchConfig:
         each with its share of the trial's GPUs, its CPUs, and the retries after a lost
         worker. Controls and folds train with the same."""
         return {
-            "workers": self.workers_per_trial,
-            "gpus_per_worker": self.gpus_per_trial / self.workers_per_trial,
-            "cpus_per_worker": self.cpus_per_worker,
+            "workers": self.resources.workers,
+            "gpus_per_worker": self.resources.gpus / self.resources.workers,
+            "cpus_per_worker": self.resources.cpus_per_worker,
             "max_failures": self.max_failures,
         }
 
@@ -220,19 +219,20 @@ def _max_epochs(space: SearchSpace) -> int:
 def trials_fitting(nodes: list[dict[str, Any]], cfg: SearchConfig) -> int:
     """How many trials the alive ``nodes`` (``ray.nodes()``) hold at once, node by node (a
     Train worker does not span nodes): CPUs for the workers and their share of the driver's,
-    GPUs at each worker's share of ``gpus_per_trial``."""
-    cpus = cfg.cpus_per_worker + cfg.driver_cpus / cfg.workers_per_trial
-    gpus = cfg.gpus_per_trial / cfg.workers_per_trial
+    GPUs at each worker's share of the trial's."""
+    res = cfg.resources
+    cpus = res.cpus_per_worker + cfg.driver_cpus / res.workers
+    gpus = res.gpus / res.workers
     workers = 0
     for node in nodes:
         if not node.get("Alive"):
             continue
-        res = node.get("Resources", {})
-        fit = int(res.get("CPU", 0) // max(cpus, 1e-6))
+        have = node.get("Resources", {})
+        fit = int(have.get("CPU", 0) // max(cpus, 1e-6))
         if gpus:
-            fit = min(fit, int(res.get("GPU", 0) // gpus))
+            fit = min(fit, int(have.get("GPU", 0) // gpus))
         workers += fit
-    return workers // cfg.workers_per_trial
+    return workers // res.workers
 
 
 def trials_at_once(cfg: SearchConfig, fit: int) -> int:

@@ -35,6 +35,7 @@ import yaml
 from abaw_ray.features.registry import get_spec, list_extractors
 from abaw_ray.models import list_models, model_settings
 from abaw_ray.settings import problem
+from abaw_ray.tasks import TASKS
 from abaw_ray.train.loop import TrialConfig
 
 DISTRIBUTIONS = ("value", "choice", "uniform", "loguniform", "randint")
@@ -260,7 +261,7 @@ def load_search_space(path: str | Path) -> SearchSpace:
     if unknown:
         raise _fail(path, unknown[0], "unknown top-level key (task, features, parameters)")
     task = data.get("task")
-    if task not in ("va", "expr"):
+    if task not in TASKS:
         raise _fail(path, "task", f"expected va or expr, got {task!r}")
     feats = data.get("features")
     if not isinstance(feats, dict) or not feats.get("visual"):

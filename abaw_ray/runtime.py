@@ -33,6 +33,71 @@ JOB_SUBMIT_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 RAY_LOGGERS = ("ray", "py.warnings")  # ray.tune, ray.train, ray.data ... propagate to "ray"
 
 
+@dataclass(frozen=True)
+class TrialResources:
+    """What one trial asks of a cluster: the one home of these defaults (a search's trials,
+    a single trial, its controls and folds all train with them)."""
+
+    workers: int = 1  # data-parallel Ray Train workers of a trial
+    gpus: float = 0.0  # GPUs of a trial, shared by its workers; 0.25 packs four trials on a GPU
+    cpus_per_worker: float = 1.0  # CPUs of each Ray Train worker
+
+
+RESOURCE_FLAGS = {  # flag -> (TrialResources field, type, help)
+    "--workers-per-trial": ("workers", int, "data-parallel Ray Train workers of a trial"),
+    "--gpus-per-trial": ("gpus", float, "GPUs per trial; 0.25 packs four on a GPU"),
+    "--cpus-per-worker": ("cpus_per_worker", float, "CPUs per Ray Train worker"),
+}
+
+
+def add_resource_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of every job that trains: what a trial asks for (``TrialResources``)."""
+    for flag, (name, kind, text) in RESOURCE_FLAGS.items():
+        default = getattr(TrialResources, name)
+        parser.add_argument(flag, type=kind, help=f"{text} (default: {default:g})")
+
+
+def trial_resources(args: argparse.Namespace) -> TrialResources:
+    """``TrialResources`` with the flags given (``add_resource_flags``)."""
+    given = {
+        name: getattr(args, flag[2:].replace("-", "_"))
+        for flag, (name, *_) in RESOURCE_FLAGS.items()
+    }
+    return TrialResources(**{k: v for k, v in given.items() if v is not None})
+
+
+def add_corpus_flags(parser: argparse.ArgumentParser, task_note: str = "") -> None:
+    """The flags of every job that reads a corpus: which one, which features, where the
+    results go."""
+    parser.add_argument("--data", type=Path, help="Aff-Wild2 root (default: the embedded corpus)")
+    parser.add_argument(
+        "--realistic",
+        action="store_true",
+        help="without --data: the realistic embedded corpus (python -m abaw_ray.data synth "
+        f"--realistic){task_note} (default: off)",
+    )
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="tiny random-weight extractors on any corpus (default: off; always on an "
+        "embedded corpus)",
+    )
+    parser.add_argument(
+        "--output", type=Path, default=Path("outputs"), help="results folder (default: outputs)"
+    )
+    parser.add_argument(
+        "--store",
+        type=Path,
+        help="feature store, shared storage on a cluster (default: OUTPUT/features)",
+    )
+    parser.add_argument(
+        "--weights-dir",
+        type=Path,
+        help="folder of <extractor>/ weight folders (default: $ABAW_RAY_WEIGHTS, then the "
+        "Hugging Face cache)",
+    )
+
+
 def add_ray_flags(parser: argparse.ArgumentParser) -> None:
     """The flags of every job that say which Ray to use and what of Ray's output to show."""
     parser.add_argument(

@@ -1,16 +1,11 @@
-"""What a trial trains on: a feature bank and windows over it.
+"""The feature bank: what a trial trains on, as shards in Ray's object store.
 
-The bank's features are shards: objects in Ray's object store, each one feature variant (a
-visual feature, an audio feature aligned by ``interp`` or ``pool``, or an audio feature at its
-native rate) of a group of whole videos, streamed by one Ray task per variant that reads the
-feature store; never by the driver. The driver holds the
-bank's index (splits, labels, masks, normalisation statistics and the shards' references); a
-trial fetches the shards of its own combination only (``FeatureBank.fetch``), once per node.
-
-Training windows come from training videos only; validation and test run over whole videos in
-overlapping chunks that are stitched back, so every frame of every timeline gets a prediction
-and the metric is the official global one. Windows never cross a split, and indices are
-integers end to end.
+Each shard is one feature variant (``variant_name``: a visual feature, an audio feature aligned
+by ``interp`` or ``pool``, or an audio feature at its native rate) of a group of whole videos,
+streamed by one Ray task per variant that reads the feature store; never by the driver. The
+driver holds the bank's index (splits, labels, masks, normalisation statistics and the shards'
+references); a trial fetches the shards of its own combination only (``FeatureBank.fetch``),
+once per node.
 
 A bank's splits (``BANK_SPLITS``) are the corpus's with its validation videos in two:
 ``splits["selection"]``, on which everything is selected (best epoch, search, ensemble), and
@@ -26,17 +21,35 @@ from typing import Any
 
 import numpy as np
 import ray
-import torch
 
+from abaw_ray.affwild2 import raw_video
 from abaw_ray.console import progress
-from abaw_ray.data.corpus import Corpus, raw_video
-from abaw_ray.data.labels import shift_within_videos
+from abaw_ray.data.corpus import Corpus
 from abaw_ray.errors import BadInputError
 from abaw_ray.features.align import ALIGNMENTS, frame_features
 from abaw_ray.features.store import FeatureStore
 from abaw_ray.tasks import Task
 
 BANK_SPLITS = ("train", "selection", "holdout", "test")
+NATIVE = "native"  # an audio feature's variant at its own rate (what the conv alignment reads)
+
+
+def variant_name(key: str, visual: bool, alignment: str = "interp") -> str:
+    """The name of a feature variant: a visual key itself; an audio key with how it meets the
+    frames, ``<key>|interp``, ``<key>|pool``, or ``<key>|native`` for the ``conv`` alignment
+    (the model aligns it)."""
+    if visual:
+        return key
+    return f"{key}|{NATIVE if alignment in ('conv', NATIVE) else alignment}"
+
+
+def variant_parts(variant: str) -> tuple[str, str]:
+    """(store key, how it meets the frames: ``frames`` for a visual feature, else the
+    alignment or ``native``) of a variant name."""
+    key, _, form = variant.partition("|")
+    return key, form or "frames"
+
+
 CONV_MARGIN = 4  # native frames kept either side of a window for the conv's receptive field
 SHARD_BYTES = 256 * 2**20  # a shard's size: what a builder task holds at a time
 
@@ -94,9 +107,6 @@ class FeatureBank:
     dims: dict[str, int] = field(default_factory=dict)  # store key -> feature dim
     shards: dict[str, list[Any]] = field(default_factory=dict)  # variant -> its ObjectRefs
 
-    def variant(self, key: str, alignment: str) -> str:
-        return key if self.modality[key] == "visual" else f"{key}|{alignment}"
-
     def dim(self, key: str) -> int:
         return self.dims[key]
 
@@ -105,8 +115,7 @@ class FeatureBank:
         missing = [k for k in keys if k not in self.keys]
         if missing:
             raise KeyError(f"features {missing} are not in the bank ({self.keys})")
-        native = "native" if alignment == "conv" else alignment
-        return [self.variant(k, native) for k in keys]
+        return [variant_name(k, self.modality[k] == "visual", alignment) for k in keys]
 
     def fetch(self, variants: Sequence[str]) -> FeatureBank:
         """This bank with the arrays of ``variants`` (only) fetched from the object store."""
@@ -118,8 +127,8 @@ class FeatureBank:
         native: dict[str, dict[str, np.ndarray]] = {}
         positions: dict[str, dict[str, np.ndarray]] = {}
         for (variant, _), shard in zip(refs, ray.get([ref for _, ref in refs])):
-            key, _, kind = variant.partition("|")
-            if kind == "native":
+            key, form = variant_parts(variant)
+            if form == NATIVE:
                 native.setdefault(key, {}).update(shard.per_video())
                 positions.setdefault(key, {}).update(shard.positions_per_video())
             else:
@@ -163,13 +172,13 @@ def build_shards(
     time), then its normalisation statistics over the ``train`` videos, streamed. The task
     holds one shard at a time, however large the corpus."""
     store = FeatureStore(store_root)
-    key, _, kind = variant.partition("|")
+    key, form = variant_parts(variant)
     manifest = store.manifest(key)
     dim, entries = int(manifest["dim"]), manifest.get("videos", {})
     train = set(train)
     moments = RunningMoments(dim)
     frame_rows = {v: corpus.num_frames(v) for v in videos}
-    if kind == "native":
+    if form == NATIVE:
         rows = {v: max(1, int(entries.get(v, {}).get("rows", 0))) for v in videos}
     else:
         rows = frame_rows
@@ -177,13 +186,14 @@ def build_shards(
         values = np.zeros((sum(rows[v] for v in group), dim), np.float16)
         bounds = _bounds(group, rows)
         positions, frame_bounds = None, None
-        if kind == "native":
+        if form == NATIVE:
             positions = np.zeros(sum(frame_rows[v] for v in group), np.float32)
             frame_bounds = _bounds(group, frame_rows)
         for v in group:
             a, b = bounds[v]
-            if kind != "native":
-                values[a:b] = frame_features(store, key, corpus, v, kind or "interp")[0]
+            if form != NATIVE:
+                method = "interp" if form == "frames" else form  # a visual feature: its rows
+                values[a:b] = frame_features(store, key, corpus, v, method)[0]
             elif v in entries:
                 stored = store.load(key, v, mmap=True)
                 if len(stored.times):
@@ -294,14 +304,13 @@ def build_bank(
         if not m.get("modality"):
             raise FileNotFoundError(f"{store.dir(k)}: no features extracted for {k}")
     modality = {k: str(m["modality"]) for k, m in manifests.items()}
-    variants = []
-    for k in keys:
-        if modality[k] == "visual":
-            variants.append(k)
-            continue
-        variants += [f"{k}|{m}" for m in ("interp", "pool") if m in alignments]
-        if "conv" in alignments:
-            variants.append(f"{k}|native")
+    variants = list(
+        dict.fromkeys(
+            variant_name(k, modality[k] == "visual", alignment)
+            for k in keys
+            for alignment in alignments
+        )
+    )
     corpus_ref = ray.put(corpus)
     builder = ray.remote(num_returns="streaming", scheduling_strategy="SPREAD")(build_shards)
     root = store.worker_root()
@@ -340,240 +349,3 @@ def build_bank(
         dims={k: int(m["dim"]) for k, m in manifests.items()},
         shards=shards,
     )
-
-
-def training_windows(
-    bank: FeatureBank, length: int, stride: int, valid: dict[str, np.ndarray] | None = None
-) -> np.ndarray:
-    """int64 [W, 2] rows of (index into the train videos, start frame) of the windows with a
-    valid frame (by ``valid``, default the bank's). A video shorter than ``length`` gives one
-    window (padded); the last window of a video ends at its last frame. ``bank``: a
-    ``FeatureBank`` or anything with its ``splits``, ``num_frames`` and ``valid`` (fine-tune
-    mode's ``FrameIndex``)."""
-    valid = valid or bank.valid
-    rows = []
-    for i, v in enumerate(bank.splits["train"]):
-        n = bank.num_frames[v]
-        starts = list(range(0, max(n - length, 0) + 1, stride))
-        if n > length and starts[-1] != n - length:
-            starts.append(n - length)
-        rows += [(i, s) for s in starts if valid[v][s : s + length].any()]
-    return np.array(rows, dtype=np.int64).reshape(-1, 2)
-
-
-def balanced_window_weights(
-    windows: np.ndarray,
-    train_videos: Sequence[str],
-    length: int,
-    labels: dict[str, np.ndarray],
-    valid: dict[str, np.ndarray],
-    num_classes: int,
-) -> np.ndarray:
-    """Class-balanced sampling probabilities of ``training_windows`` rows (EXPR): a window
-    weighs the mean inverse training frequency of its valid frames' classes, so windows of
-    rare classes are drawn about as often as those of common ones. Sums to 1."""
-    counts = np.ones(num_classes)  # one pseudo-count: an absent class has a finite weight
-    for v in train_videos:
-        counts += np.bincount(labels[v][valid[v]], minlength=num_classes)[:num_classes]
-    inverse = counts.sum() / counts
-    weights = np.empty(len(windows))
-    for row, (i, start) in enumerate(windows):
-        v = train_videos[i]
-        keep = valid[v][start : start + length]
-        weights[row] = inverse[labels[v][start : start + length][keep]].mean()
-    return weights / weights.sum()
-
-
-def inference_chunks(num_frames: int, length: int) -> list[int]:
-    """Starts of overlapping chunks (hop = length / 2) covering every frame."""
-    if num_frames <= length:
-        return [0]
-    hop = max(1, length // 2)
-    starts = list(range(0, num_frames - length + 1, hop))
-    if starts[-1] != num_frames - length:
-        starts.append(num_frames - length)
-    return starts
-
-
-@dataclass
-class Batch:
-    inputs: list[torch.Tensor]
-    positions: list[torch.Tensor | None]
-    target: torch.Tensor
-    valid: torch.Tensor
-    weight: torch.Tensor | None = None  # per frame (pseudo-labels' confidence); None: all 1
-
-    def to(self, device: torch.device) -> Batch:
-        move = lambda t: t.to(device, non_blocking=True) if t is not None else None  # noqa: E731
-        return Batch(
-            [move(x) for x in self.inputs],
-            [move(p) for p in self.positions],
-            move(self.target),
-            move(self.valid),
-            move(self.weight),
-        )
-
-
-class WindowSampler:
-    """Assembles batches of windows of a feature combination from the bank."""
-
-    def __init__(
-        self,
-        bank: FeatureBank,
-        keys: Sequence[str],
-        alignment: str,
-        length: int,
-        labels: dict[str, np.ndarray] | None = None,
-        valid: dict[str, np.ndarray] | None = None,
-        weights: dict[str, np.ndarray] | None = None,
-        video_norm: bool = False,
-    ) -> None:
-        """``labels`` and ``valid`` replace the bank's training targets (the control, or
-        pseudo-labels merged in); ``weights`` are per-frame loss weights (pseudo-labels).
-        ``video_norm``: frame-aligned features are standardised by their own video's mean and
-        std (what removes a subject's resting face and the recording's conditions; offline
-        recognition sees the whole video), instead of the training videos'."""
-        missing = [k for k in keys if k not in bank.keys]
-        if missing:
-            raise KeyError(f"features {missing} are not in the bank ({bank.keys})")
-        self.bank = bank
-        self.keys = list(keys)
-        self.length = length
-        self.labels = labels or bank.labels
-        self.valid = valid or bank.valid
-        self.weights = weights
-        self.video_norm = video_norm
-        self._video_stats: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
-        self.align = [
-            ("conv" if alignment == "conv" and bank.modality[k] == "audio" else None) for k in keys
-        ]
-        frame_alignment = "interp" if alignment == "conv" else alignment
-        self.variants = [bank.variant(k, frame_alignment) for k in keys]
-
-    @property
-    def input_dims(self) -> list[int]:
-        return [self.bank.dim(k) for k in self.keys]
-
-    def _stats(self, variant: str, video: str) -> tuple[np.ndarray, np.ndarray]:
-        if not self.video_norm:
-            return self.bank.mean[variant], self.bank.std[variant]
-        if (variant, video) not in self._video_stats:
-            whole = self.bank.frames[variant][video].astype(np.float32)
-            # The global std keeps a near-constant column of one video from blowing up.
-            std = np.maximum(whole.std(0), 0.1 * self.bank.std[variant])
-            self._video_stats[variant, video] = (whole.mean(0), std)
-        return self._video_stats[variant, video]
-
-    def _frames(self, variant: str, video: str, start: int, length: int) -> np.ndarray:
-        x = self.bank.frames[variant][video][start : start + length].astype(np.float32)
-        mean, std = self._stats(variant, video)
-        x = (x - mean) / std
-        if len(x) < length:
-            x = np.concatenate([x, np.zeros((length - len(x), x.shape[1]), np.float32)])
-        return x
-
-    def batch(self, windows: Sequence[tuple[str, int]], length: int | None = None) -> Batch:
-        length = length or self.length
-        inputs: list[torch.Tensor] = []
-        positions: list[torch.Tensor | None] = []
-        for key, variant, align in zip(self.keys, self.variants, self.align):
-            if align == "conv":
-                x, p = self._native(key, windows, length)
-                inputs.append(x)
-                positions.append(p)
-            else:
-                inputs.append(
-                    torch.from_numpy(
-                        np.stack([self._frames(variant, v, s, length) for v, s in windows])
-                    )
-                )
-                positions.append(None)
-        task = self.bank.task
-        shape = (length, 2) if task == "va" else (length,)
-        target = np.zeros((len(windows), *shape), np.float32 if task == "va" else np.int64)
-        valid = np.zeros((len(windows), length), bool)
-        weight = np.zeros((len(windows), length), np.float32) if self.weights else None
-        for i, (v, s) in enumerate(windows):
-            if v in self.labels:
-                seg = self.labels[v][s : s + length]
-                target[i, : len(seg)] = seg
-                valid[i, : len(seg)] = self.valid[v][s : s + length]
-                if weight is not None and v in self.weights:
-                    weight[i, : len(seg)] = self.weights[v][s : s + length]
-        if task == "expr":
-            target = np.where(valid, target, 0)
-        return Batch(
-            inputs,
-            positions,
-            torch.from_numpy(target),
-            torch.from_numpy(valid),
-            None if weight is None else torch.from_numpy(weight),
-        )
-
-    def _native(
-        self, key: str, windows: Sequence[tuple[str, int]], length: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        slices, rel = [], []
-        for v, s in windows:
-            pos = self.bank.positions[key][v][s : s + length]
-            if len(pos) < length:
-                pos = np.concatenate([pos, np.full(length - len(pos), pos[-1] if len(pos) else 0)])
-            nat = self.bank.native[key][v]
-            n0 = max(0, int(np.floor(pos.min())) - CONV_MARGIN)
-            n1 = min(len(nat), int(np.ceil(pos.max())) + CONV_MARGIN + 1)
-            x = (nat[n0:n1].astype(np.float32) - self.bank.mean[f"{key}|native"]) / self.bank.std[
-                f"{key}|native"
-            ]
-            slices.append(x)
-            rel.append(pos - n0)
-        width = max(len(x) for x in slices)
-        out = np.zeros((len(slices), width, slices[0].shape[1]), np.float32)
-        for i, x in enumerate(slices):
-            out[i, : len(x)] = x
-        return torch.from_numpy(out), torch.from_numpy(np.stack(rel).astype(np.float32))
-
-
-def shifted_labels(
-    bank: FeatureBank, seed: int
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """The control's training targets: the training videos' labels and masks shifted together
-    (``shift_within_videos``); validation labels are untouched, so the control is scored
-    honestly. ``bank``: a ``FeatureBank`` or anything with its ``labels``, ``valid`` and
-    ``splits`` (fine-tune mode's ``FrameIndex``)."""
-    return shift_within_videos(bank.labels, bank.valid, bank.splits["train"], seed)
-
-
-@torch.no_grad()
-def predict_videos(
-    model: torch.nn.Module,
-    sampler: WindowSampler,
-    videos: Sequence[str],
-    device: torch.device,
-    batch_size: int = 16,
-) -> dict[str, np.ndarray]:
-    """Per-frame predictions over whole videos: overlapping chunks, averaged where they meet.
-    VA: [T, 2] values; EXPR: [T, 8] class probabilities."""
-    was_training = model.training
-    model.eval()
-    out: dict[str, np.ndarray] = {}
-    for v in videos:
-        n = sampler.bank.num_frames[v]
-        starts = inference_chunks(n, sampler.length)
-        acc = None
-        count = np.zeros(n, np.float32)
-        for b in range(0, len(starts), batch_size):
-            group = starts[b : b + batch_size]
-            batch = sampler.batch([(v, s) for s in group]).to(device)
-            pred = model(batch.inputs, batch.positions)["pred"].float()
-            if sampler.bank.task == "expr":
-                pred = pred.softmax(-1)
-            pred = pred.cpu().numpy()
-            if acc is None:
-                acc = np.zeros((n, pred.shape[-1]), np.float32)
-            for s, p in zip(group, pred):
-                m = min(sampler.length, n - s)
-                acc[s : s + m] += p[:m]
-                count[s : s + m] += 1
-        out[v] = acc / count[:, None]
-    model.train(was_training)
-    return out
