@@ -259,14 +259,50 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _mlflow_server(folder: Path) -> tuple[subprocess.Popen, str]:
+    """A real MLflow tracking server on loopback, as the cluster configs start on the head: its
+    database on local disk, artifacts served; (the process, its URL) once it answers."""
+    import urllib.request
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    folder.mkdir()
+    with (folder / "server.log").open("w") as log:
+        server = subprocess.Popen(
+            [console_script("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port)]
+            + ["--workers", "1", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}"]
+            + ["--serve-artifacts", "--artifacts-destination", str(folder / "artifacts")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        assert server.poll() is None, (folder / "server.log").read_text()[-2000:]
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as reply:
+                if reply.status == 200:
+                    return server, url
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{url} never answered /health")
+
+
 def test_job_runs_under_ray_job_submit_and_stops_cleanly_under_ray_job_stop(corpus_root, tmp_path):
-    # Token authentication as the cluster configs set it up, with a token the test makes
-    # (whatever HOME holds): the head and the client both use it. This venv's scripts come
-    # first on PATH, so the entrypoint's "python" is this environment's, as on a cluster node.
+    """As on a cluster: a head started as the configs start it (token authentication with a
+    token the test makes, whatever HOME holds; MLFLOW_TRACKING_URI naming the head's tracking
+    server; 60 s for a stopped job), jobs submitted with ``ray job submit --working-dir``.
+    Every run, metric and artifact reaches the tracking server (a control's epochs through the
+    job's driver), no database is written beside the results, no secret in any output; then
+    ``ray job stop`` stops a search cleanly."""
+    from mlflow import MlflowClient
+
+    server, url = _mlflow_server(tmp_path / "mlflow")
     auth = ray_token_env(tmp_path)
+    # This venv's scripts first on PATH: the entrypoint's "python" is this environment's.
     env = venv_env({**{k: v for k, v in _env().items() if not k.startswith("RAY_AUTH")}, **auth})
-    # The head as the cluster configs start it: a stopped job gets time to stop cleanly.
-    head_env = {**env, "RAY_JOB_STOP_WAIT_TIME_S": "60"}
+    head_env = {**env, "RAY_JOB_STOP_WAIT_TIME_S": "60", "MLFLOW_TRACKING_URI": url}
     port, dash, agent = _free_port(), _free_port(), _free_port()
     head = subprocess.Popen(
         [
@@ -298,7 +334,7 @@ def test_job_runs_under_ray_job_submit_and_stops_cleanly_under_ray_job_stop(corp
             command = [*ray, "submit", f"--address={address}", "--working-dir", str(REPO)]
             command += [*extra, "--no-wait", "--", "python", "jobs/search_va.py"]
             command += ["--data", str(corpus_root), "--output", str(output)]
-            command += ["--space", str(SPACE), "--num-samples", "2"]
+            command += ["--space", str(SPACE), "--num-samples", "2", "--control"]
             deadline = time.time() + 120
             while True:  # the head's job agent may still be starting: Ray asks to retry
                 submit = subprocess.run(
@@ -351,6 +387,22 @@ def test_job_runs_under_ray_job_submit_and_stops_cleanly_under_ray_job_stop(corp
         corpus = load_corpus(corpus_root)
         (submission,) = output.glob("search_va-*/VA_submission.txt")
         assert validate_submission(submission, corpus.templates["va"]) > 0
+        # Everything went to the tracking server: no database of the job's own.
+        assert f"MLflow: {url}/#/experiments/" in logs
+        assert not list(output.rglob("mlflow.db"))
+        client = MlflowClient(url)
+        (exp,) = [e for e in client.search_experiments() if e.name == "abaw-va"]
+        runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+        trials = [r for n, r in runs.items() if n.startswith("trial-")]
+        (control,) = [r for n, r in runs.items() if n.startswith("control-")]
+        assert len(trials) == 2 and "ensemble" in runs
+        assert {r.info.status for r in runs.values()} == {"FINISHED"}
+        for run in [*trials, control]:  # every epoch: trials through Tune, the control's
+            history = client.get_metric_history(run.info.run_id, "val_ccc")  # through the
+            assert sorted(m.step for m in history) == [1, 2, 3, 4]  # driver's relay
+        artifacts = [a.path for a in client.list_artifacts(runs["ensemble"].info.run_id)]
+        assert "VA_submission.txt" in artifacts and "ensemble_recipe.json" in artifacts
+        assert list((tmp_path / "mlflow" / "artifacts").rglob("VA_submission.txt"))
 
         # `ray job stop` while a trial is held at its start: the job stops as Ctrl-C stops
         # it (SIGTERM, then the 60 s the head gives before SIGKILL): its MLflow runs are
@@ -370,11 +422,11 @@ def test_job_runs_under_ray_job_submit_and_stops_cleanly_under_ray_job_stop(corp
         logs = job_logs(stopped)
         assert "interrupted by SIGTERM" in logs and "--resume --name search_va-" in logs, logs
         assert "Resume it with: " in logs
-        runs = _runs(output)
-        assert not [r for r in runs if r[1] == "RUNNING"], runs
-        assert sum(1 for _, status, trial in runs if status == "KILLED" and trial is None) == 1
+        statuses = [r.info.status for r in client.search_runs([exp.experiment_id])]
+        assert "RUNNING" not in statuses and statuses.count("KILLED") >= 1, statuses
     finally:
         kill_session(head.pid)  # only the head this test started
+        kill_session(server.pid)
         marker = Path("/tmp/ray/ray_current_cluster")  # let later ray.init() start afresh
         if marker.is_file() and marker.read_text().strip().endswith(f":{port}"):
             marker.unlink()
