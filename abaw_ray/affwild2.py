@@ -16,18 +16,19 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from abaw_ray.tasks import EXPR_CLASSES, TASKS, VA_COLUMNS, Task
+from abaw_ray.tasks import AU_NAMES, EXPR_CLASSES, TASKS, VA_COLUMNS, Task
 
 # --- annotations: <N>th ABAW Annotations/<challenge>/<split folder>/<video>.txt -------------
 ANNOTATIONS = "6th ABAW Annotations"  # the annotations root as ABAW 6 ships it
 ANNOTATIONS_PATTERN = re.compile(r"abaw.*annotations|^annotations$", re.IGNORECASE)  # any edition
 VA_CHALLENGE = "VA_Estimation_Challenge"  # valence/arousal label files
 EXPR_CHALLENGE = "EXPR_Recognition_Challenge"  # expression label files
-AU_CHALLENGE = "AU_Detection_Challenge"  # action-unit label files: the next task (unread yet)
+AU_CHALLENGE = "AU_Detection_Challenge"  # action-unit label files
 # Each task's challenge folder first, then the names earlier editions gave it (read as well).
 CHALLENGE_DIRS: dict[Task, tuple[str, ...]] = {
     "va": (VA_CHALLENGE, "VA_Set"),
     "expr": (EXPR_CHALLENGE, "EXPR_Classification_Challenge", "EXPR_Set"),
+    "au": (AU_CHALLENGE, "AU_Set"),
 }
 
 # --- splits: a challenge folder's split folders; the test set is listed apart ---------------
@@ -44,10 +45,15 @@ SPLIT_OF_DIR: dict[str, Split] = {
 }
 
 # --- label files: a header line, then line k is frame k --------------------------------------
-LABEL_HEADERS: dict[Task, tuple[str, ...]] = {"va": VA_COLUMNS, "expr": EXPR_CLASSES}
+LABEL_HEADERS: dict[Task, tuple[str, ...]] = {
+    "va": VA_COLUMNS,
+    "expr": EXPR_CLASSES,
+    "au": AU_NAMES,
+}
 VA_INVALID = -5.0  # a VA line "-5,-5": the frame is not annotated
 EXPR_INVALID = -1  # an EXPR line "-1": the frame is not annotated
-INVALID_LABEL: dict[Task, float] = {"va": VA_INVALID, "expr": EXPR_INVALID}
+AU_INVALID = -1  # an AU line of twelve -1: the frame is not annotated
+INVALID_LABEL: dict[Task, float] = {"va": VA_INVALID, "expr": EXPR_INVALID, "au": AU_INVALID}
 
 # --- cropped faces: cropped_aligned*/<video>/<frame>.jpg ------------------------------------
 FACE_DIR = "cropped_aligned"  # the cropped, aligned faces (also cropped_aligned_new_50_vids ...)
@@ -89,14 +95,17 @@ def raw_video(video: str) -> str:
 TEST_LISTS: dict[Task, str] = {  # one video name per line
     "va": "test_set/Valence_Arousal_Estimation_Challenge_test_set_release.txt",
     "expr": "test_set/Expression_Recognition_Challenge_test_set_release.txt",
+    "au": "test_set/Action_Unit_Detection_Challenge_test_set_release.txt",
 }
 TEMPLATE_DIR = "prediction_files_format"
 TEMPLATES: dict[Task, str] = {  # a header, then one '<video>/<frame>.jpg,...' line per frame
     "va": f"{TEMPLATE_DIR}/CVPR_6th_ABAW_VA_test_set_sample.txt",
     "expr": f"{TEMPLATE_DIR}/CVPR_6th_ABAW_Expr_test_set_sample.txt",
+    "au": f"{TEMPLATE_DIR}/CVPR_6th_ABAW_AU_test_set_sample.txt",
 }
 TEMPLATE_FIRST_COLUMN = "image_location"
-# A template's and a submission's header: image_location,valence,arousal / image_location,Neutral,..
+# A template's and a submission's header: image_location,valence,arousal /
+# image_location,Neutral,... / image_location,AU1,...,AU26
 TEMPLATE_HEADERS: dict[Task, str] = {
     t: ",".join((TEMPLATE_FIRST_COLUMN, *LABEL_HEADERS[t])) for t in TASKS
 }

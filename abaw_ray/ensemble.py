@@ -1,17 +1,22 @@
 """The ensemble stage: the top trials' per-frame predictions -> member weights by an ensemble
 method -> temporal smoothing chosen on validation (``smoothing.choose_smoothing``: box and
-Gaussian for VA; those over class probabilities and a mode filter over classes for EXPR).
+Gaussian for VA; those over class probabilities and a mode filter over classes for EXPR; those
+and a running median over each unit's probability for AU) -> for AU, each unit's decision
+threshold.
 
 Methods are registered by name (``register_ensemble_method``; the search job's ``--ensemble``):
 ``greedy``, forward selection with replacement (Caruana et al., 2004), starting from the best
 single trial and adding a member only when the score rises; ``mean``, every member equally (the
 fold ensemble's). VA weighs and smooths valence and arousal separately (each by its own global
-CCC); EXPR averages class probabilities and goes by macro F1.
+CCC); EXPR averages class probabilities and goes by macro F1; AU averages the 12 units'
+probabilities and goes by their mean F1 with each unit's threshold tuned.
 
 A score chosen on some videos is optimistic on them. ``build_ensemble`` therefore fits the
 recipe on the selection videos only, scores it and the best single trial once on the held-out
 videos that nothing selected on (the honest estimate), then refits the recipe, by the same
-procedure, on all validation videos for the submission.
+procedure, on all validation videos for the submission. AU is the exception: its
+thresholds, like everything else in its recipe, come from the selection videos only, and the
+selection recipe is the one submitted.
 """
 
 from __future__ import annotations
@@ -21,10 +26,18 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from abaw_ray.metrics import ccc, flatten_split, macro_f1, score_split
+from abaw_ray.metrics import (
+    best_thresholds,
+    calibrate_thresholds,
+    ccc,
+    flatten_split,
+    macro_f1,
+    score_split,
+    tuned_au_f1,
+)
 from abaw_ray.pseudo import PseudoLabels, make_pseudo_labels
 from abaw_ray.smoothing import NO_SMOOTHING, Smoothing, choose_smoothing
-from abaw_ray.tasks import NUM_EXPR_CLASSES, OFFICIAL_SCORE, Task
+from abaw_ray.tasks import KIND, NUM_AUS, NUM_EXPR_CLASSES, OFFICIAL_SCORE, Task
 
 
 @dataclass
@@ -42,10 +55,12 @@ class Member:
 
 @dataclass
 class Recipe:
-    """Per target (``valence``/``arousal``, or ``classes``): member weights and smoothing."""
+    """Per target (``valence``/``arousal``, ``classes`` or ``units``): member weights and
+    smoothing; for AU, each unit's decision threshold too (``apply_recipe`` maps it to 0.5)."""
 
     weights: dict[str, dict[str, float]] = field(default_factory=dict)
     smoothing: dict[str, Smoothing] = field(default_factory=dict)
+    thresholds: list[float] = field(default_factory=list)  # AU: one per unit; else empty
 
     def smoothing_names(self) -> dict[str, str]:
         """``{"valence": "gaussian(25)", ...}``: how a report or MLflow shows the filters."""
@@ -78,19 +93,31 @@ class EnsembleResult:
     submitted: Fit
     validation: dict[str, np.ndarray]  # the submitted recipe's, of every validation video
     test: dict[str, np.ndarray]
+    holdout_videos: tuple[str, ...] = ()  # scored once, chosen by nothing
+
+    @property
+    def refit(self) -> bool:
+        """Whether the submitted recipe was refit on the selection and held-out videos."""
+        return self.submitted is not self.selection
+
+
+TARGETS: dict[str, dict[str, slice]] = {
+    "regression": {"valence": slice(0, 1), "arousal": slice(1, 2)},
+    "multiclass": {"classes": slice(0, NUM_EXPR_CLASSES)},
+    "multilabel": {"units": slice(0, NUM_AUS)},
+}
+TARGET_SCORE = {"valence": "ccc_valence", "arousal": "ccc_arousal", "classes": "f1", "units": "f1"}
 
 
 def _targets(task: Task) -> dict[str, slice]:
-    return (
-        {"valence": slice(0, 1), "arousal": slice(1, 2)}
-        if task == "va"
-        else {"classes": slice(0, NUM_EXPR_CLASSES)}
-    )
+    return TARGETS[KIND[task]]
 
 
 def _score(task: Task, pred: np.ndarray, target: np.ndarray) -> float:
-    if task == "va":
+    if KIND[task] == "regression":
         return ccc(pred[:, 0], target)
+    if KIND[task] == "multilabel":  # each unit at its best threshold on these frames
+        return float(best_thresholds(pred, target)[1].mean())
     return macro_f1(pred.argmax(-1), target, NUM_EXPR_CLASSES)
 
 
@@ -150,7 +177,7 @@ def greedy(
     member, add whichever member raises the score most, stop when none does."""
     # Flattened once; the greedy loop then scores sums of these arrays.
     flat = [flatten_split(mem.validation, videos, labels, valid) for mem in members]
-    t = flat[0][1][:, part.start] if task == "va" else flat[0][1]
+    t = flat[0][1][:, part.start] if KIND[task] == "regression" else flat[0][1]
     stacked = [p[:, part] for p, _ in flat]
     singles = [_score(task, p, t) for p in stacked]
     first = int(np.argmax(singles))
@@ -183,9 +210,6 @@ def mean(
     return {m.trial_id: 1.0 for m in members}
 
 
-TARGET_SCORE = {"valence": "ccc_valence", "arousal": "ccc_arousal", "classes": "f1"}
-
-
 def make_recipe(
     task: Task,
     members: Sequence[Member],
@@ -196,7 +220,8 @@ def make_recipe(
 ) -> tuple[Recipe, dict[str, float]]:
     """Per target, ``method``'s member weights on ``videos``, then the smoothing
     ``choose_smoothing`` picks for that target's combination (ties: none, then the narrower
-    filter): (the recipe, each target's score with it)."""
+    filter), and for AU each unit's threshold on the smoothed combination: (the recipe, each
+    target's score with it)."""
     if method not in _METHODS:
         raise ValueError(f"unknown ensemble method {method!r}; known: {list_ensemble_methods()}")
     recipe, scores = Recipe(), {}
@@ -208,6 +233,10 @@ def make_recipe(
         )
         recipe.weights[name], recipe.smoothing[name] = weights, smoothing
         scores[name] = score
+        if KIND[task] == "multilabel":
+            smoothed = {v: smoothing.apply(task, combined[v]) for v in videos}
+            thresholds, scores[name] = tuned_au_f1(smoothed, videos, labels, valid)
+            recipe.thresholds = [float(x) for x in thresholds]
     return recipe, scores
 
 
@@ -218,7 +247,10 @@ def apply_recipe(
         _combine(members, recipe.weights[name], part, split, videos, task, recipe.smoothing[name])
         for name, part in _targets(task).items()
     ]
-    return {v: np.concatenate([p[v] for p in parts], axis=1) for v in videos}
+    out = {v: np.concatenate([p[v] for p in parts], axis=1) for v in videos}
+    if recipe.thresholds:
+        out = {v: calibrate_thresholds(p, np.asarray(recipe.thresholds)) for v, p in out.items()}
+    return out
 
 
 def fit_recipe(
@@ -266,17 +298,15 @@ def build_ensemble(
         best = by_id[selection.best_single[0]]
         holdout["best_single"] = score_split(task, best.validation, held, labels, valid)
     everything = [*selection_videos, *holdout_videos]
-    submitted = (
-        fit_recipe(task, members, everything, labels, valid, method)
-        if holdout_videos
-        else selection
-    )
+    refit = holdout_videos and KIND[task] != "multilabel"  # AU thresholds: the selection's
+    submitted = fit_recipe(task, members, everything, labels, valid, method) if refit else selection
     return EnsembleResult(
         selection,
         holdout,
         submitted,
         apply_recipe(task, members, submitted.recipe, "validation", everything),
         apply_recipe(task, members, submitted.recipe, "test", list(test_videos)),
+        tuple(holdout_videos),
     )
 
 
@@ -315,5 +345,5 @@ def ensemble_pseudo_labels(
     return replace(
         pseudo,
         selection_videos=tuple(ens.selection.videos),
-        holdout_videos=tuple(v for v in ens.submitted.videos if v not in ens.selection.videos),
+        holdout_videos=ens.holdout_videos,
     )

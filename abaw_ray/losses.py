@@ -1,5 +1,6 @@
 """Training losses: CCC loss for VA; soft macro-F1, label-smoothed cross entropy and focal loss
-for EXPR.
+for EXPR; binary cross entropy with per-unit positive weights, its focal and asymmetric
+variants and a soft mean-F1 for AU (multi-label).
 
 Each takes an optional validity mask so -5 / -1 frames never contribute.
 """
@@ -170,3 +171,128 @@ def class_weights(targets: np.ndarray, num_classes: int = NUM_EXPR_CLASSES) -> t
     counts = np.bincount(np.asarray(targets, np.int64), minlength=num_classes) + 1.0
     w = counts.sum() / (num_classes * counts)
     return torch.tensor(w / w.mean(), dtype=torch.float32)
+
+
+def _flat_units(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None,
+    frame_weight: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    return _flat_valid(logits, target.to(logits.dtype), mask, logits.shape[-1], frame_weight)
+
+
+def _mean_over_frames(per: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+    """[N, U] per-frame, per-unit losses -> their mean (frames weighted by ``w``)."""
+    per_frame = per.mean(-1)
+    if w is None:
+        return per_frame.mean()
+    return (w * per_frame).sum() / w.sum().clamp(min=1e-12)
+
+
+def au_bce_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    pos_weight: torch.Tensor | None = None,  # per unit, [U]; None: all 1
+    frame_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Binary cross entropy of each unit's logit against its 0/1 label, averaged over units and
+    valid frames; ``pos_weight`` weighs a unit's positive frames (``au_pos_weights``)."""
+    lg, t, w = _flat_units(logits, target, mask, frame_weight)
+    if lg.shape[0] == 0:
+        return logits.sum() * 0.0
+    per = F.binary_cross_entropy_with_logits(
+        lg.float(),
+        t.float(),
+        pos_weight=None if pos_weight is None else pos_weight.to(lg.device),
+        reduction="none",
+    )
+    return _mean_over_frames(per, w)
+
+
+def au_focal_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    gamma: float = 2.0,  # Lin et al. (2017)'s best setting; 0 gives BCE
+    pos_weight: torch.Tensor | None = None,
+    frame_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Binary focal loss: each unit's BCE times ``(1 - p_t)^gamma``, ``p_t`` the probability
+    of the frame's true 0/1 label, so frames already right count less."""
+    if gamma < 0:
+        raise ValueError(f"au_focal_loss: gamma must be >= 0, got {gamma}")
+    lg, t, w = _flat_units(logits, target, mask, frame_weight)
+    if lg.shape[0] == 0:
+        return logits.sum() * 0.0
+    lg, t = lg.float(), t.float()
+    per = F.binary_cross_entropy_with_logits(
+        lg,
+        t,
+        pos_weight=None if pos_weight is None else pos_weight.to(lg.device),
+        reduction="none",
+    )
+    p = torch.sigmoid(lg)
+    p_t = torch.where(t > 0.5, p, 1 - p)
+    return _mean_over_frames(per * (1 - p_t).clamp(min=0.0) ** gamma, w)
+
+
+def au_asymmetric_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    gamma_neg: float = 4.0,  # Ridnik et al. (2021)'s settings: negatives focused hard
+    gamma_pos: float = 0.0,  # positives as in BCE
+    clip: float = 0.05,  # a negative below this probability costs nothing
+    frame_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Asymmetric loss (Ridnik et al., 2021) for the rare units: positives ``-(1-p)^gamma_pos
+    log p``; negatives, their probability shifted down by ``clip``, ``-p_m^gamma_neg
+    log(1 - p_m)``, so the many easy negatives of a rare unit barely count."""
+    lg, t, w = _flat_units(logits, target, mask, frame_weight)
+    if lg.shape[0] == 0:
+        return logits.sum() * 0.0
+    lg, t = lg.float(), t.float()
+    p = torch.sigmoid(lg)
+    p_m = (p - clip).clamp(min=0.0)
+    pos = -t * (1 - p) ** gamma_pos * F.logsigmoid(lg)
+    neg = -(1 - t) * p_m**gamma_neg * torch.log((1 - p_m).clamp(min=1e-8))
+    return _mean_over_frames(pos + neg, w)
+
+
+def soft_au_f1_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    eps: float = 1e-7,
+    frame_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``1 - mean_u soft-F1_u`` from each unit's sigmoid probability, over the units with a
+    positive frame in the batch (the official AU score, made differentiable)."""
+    lg, t, w = _flat_units(logits, target, mask, frame_weight)
+    if lg.shape[0] == 0:
+        return logits.sum() * 0.0
+    p = torch.sigmoid(lg.float())
+    t = t.float()
+    ww = p.new_ones(len(p), 1) if w is None else w[:, None].float()
+    tp = (ww * p * t).sum(0)
+    fp = (ww * p * (1 - t)).sum(0)
+    fn = (ww * (1 - p) * t).sum(0)
+    f1 = 2 * tp / (2 * tp + fp + fn + eps)
+    present = (ww * t).sum(0) > 0
+    if not bool(present.any()):
+        return logits.sum() * 0.0
+    return 1.0 - f1[present].mean()
+
+
+MAX_POS_WEIGHT = 20.0  # a unit's positive weight at most (a unit almost never present)
+
+
+def au_pos_weights(targets: np.ndarray) -> torch.Tensor:
+    """Per-unit positive weights of [N, U] 0/1 ``targets`` (valid frames only): negatives over
+    positives, with one pseudo-count each, at most ``MAX_POS_WEIGHT``."""
+    t = np.asarray(targets, np.float64)
+    pos = t.sum(0) + 1.0
+    neg = (1 - t).sum(0) + 1.0
+    return torch.tensor(np.minimum(neg / pos, MAX_POS_WEIGHT), dtype=torch.float32)

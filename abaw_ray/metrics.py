@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from abaw_ray.tasks import NUM_EXPR_CLASSES, OFFICIAL_SCORE, Task
+from abaw_ray.tasks import AU_DECISION, AU_NAMES, NUM_EXPR_CLASSES, OFFICIAL_SCORE, Task
 
 
 def ccc(pred: np.ndarray, target: np.ndarray) -> float:
@@ -108,6 +108,62 @@ def macro_f1(
     return float(np.nanmean(f1_per_class(pred, target, num_classes, mask)))
 
 
+def au_f1(decisions: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """F1 of each unit's positive class, [N, U] 0/1 decisions against [N, U] 0/1 labels; 0 for
+    a unit with no positive in either (sklearn's ``zero_division=0``)."""
+    d = np.asarray(decisions).astype(bool)
+    t = np.asarray(target).astype(bool)
+    if d.shape != t.shape:
+        raise ValueError(f"au_f1: decisions shape {d.shape} != labels shape {t.shape}")
+    tp = (d & t).sum(0).astype(np.float64)
+    denom = d.sum(0) + t.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, 2 * tp / denom, 0.0)
+
+
+THRESHOLD_BINS = 100  # threshold candidates: 0.01 ... 0.99 (and the bins they count frames in)
+
+
+def best_thresholds(probs: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each unit's decision threshold maximising its F1 on these frames, among 0.01 ... 0.99:
+    (thresholds [U], their F1 [U]). Frames are counted into ``THRESHOLD_BINS`` bins once, so
+    it costs one pass over the frames, however many thresholds are tried; ties go to the
+    threshold nearest 0.5."""
+    p = np.clip(np.asarray(probs, np.float64), 0.0, 1.0)
+    t = np.asarray(target).astype(bool)
+    grid = np.arange(1, THRESHOLD_BINS) / THRESHOLD_BINS
+    # A frame's bin: how many thresholds it reaches (what ``p >= threshold`` decides).
+    bins = np.searchsorted(grid, p, side="right")  # [N, U], 0 .. BINS - 1
+    units = p.shape[1]
+    offset = np.arange(units) * THRESHOLD_BINS
+    pos = np.bincount((bins + offset)[t], minlength=units * THRESHOLD_BINS)
+    neg = np.bincount((bins + offset)[~t], minlength=units * THRESHOLD_BINS)
+    pos = pos.reshape(units, THRESHOLD_BINS)
+    neg = neg.reshape(units, THRESHOLD_BINS)
+    # Threshold grid[j] calls present every frame in bins j + 1 and above.
+    tp = np.cumsum(pos[:, ::-1], 1)[:, ::-1][:, 1:]
+    fp = np.cumsum(neg[:, ::-1], 1)[:, ::-1][:, 1:]
+    positives = pos.sum(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(tp + fp + positives > 0, 2 * tp / (tp + fp + positives), 0.0)
+    # The best F1, ties to the threshold nearest 0.5.
+    closeness = -np.abs(grid - 0.5) * 1e-9
+    k = np.argmax(f1 + closeness, axis=1)
+    return grid[k], f1[np.arange(units), k]
+
+
+def calibrate_thresholds(probs: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Probabilities mapped, unit by unit and monotonically, so that each unit's threshold
+    lands on ``AU_DECISION`` (0.5): [0, th] -> [0, 0.5], [th, 1] -> [0.5, 1]. What an
+    ensemble recipe applies, so that every later stage (score, submission, pseudo-labels)
+    decides at 0.5."""
+    p = np.clip(np.asarray(probs, np.float64), 0.0, 1.0)
+    th = np.clip(np.asarray(thresholds, np.float64), 1e-6, 1 - 1e-6)
+    low = AU_DECISION * p / th
+    high = AU_DECISION + (1 - AU_DECISION) * (p - th) / (1 - th)
+    return np.where(p < th, low, high)
+
+
 def flatten_split(
     preds: Mapping[str, np.ndarray],
     videos: Sequence[str],
@@ -138,12 +194,20 @@ def score_split(
     VA (``preds[v]``: [T, 2] values): ``ccc`` (the mean), ``ccc_valence``, ``ccc_arousal``.
     EXPR (``preds[v]``: [T, 8] class scores; the argmax is the decision): ``f1`` (macro) and
     ``f1_class<c>`` per class (0 for a class absent from labels and predictions).
+    AU (``preds[v]``: [T, 12] probabilities; a unit is present at ``AU_DECISION`` and above):
+    ``f1``, the mean over the 12 units of each unit's positive-class F1, and ``f1_<AU>`` per
+    unit (``f1_AU1`` ...; 0 for a unit with no positive in labels or decisions).
     """
     p, t = flatten_split(preds, videos, labels, valid)
     key = OFFICIAL_SCORE[task]
     if task == "va":
         s = va_scores(p, t)
         return {key: s["mean"], f"{key}_valence": s["valence"], f"{key}_arousal": s["arousal"]}
+    if task == "au":
+        per_unit = au_f1(p >= AU_DECISION, t)
+        return {key: float(per_unit.mean())} | {
+            f"{key}_{name}": float(f) for name, f in zip(AU_NAMES, per_unit)
+        }
     decided = p.argmax(-1)
     per_class = f1_per_class(decided, t, NUM_EXPR_CLASSES)
     out = {key: float(np.nanmean(per_class))}
@@ -163,3 +227,17 @@ def majority_baseline(
     majority = np.bincount(counts, minlength=NUM_EXPR_CLASSES).argmax()
     preds = {v: np.eye(NUM_EXPR_CLASSES)[np.full(len(labels[v]), majority)] for v in videos}
     return score_split("expr", preds, videos, labels, valid)["f1"]
+
+
+def tuned_au_f1(
+    preds: Mapping[str, np.ndarray],
+    videos: Sequence[str],
+    labels: Mapping[str, np.ndarray],
+    valid: Mapping[str, np.ndarray],
+) -> tuple[np.ndarray, float]:
+    """AU probabilities of ``videos`` with each unit's threshold chosen on them
+    (``best_thresholds`` over every valid frame at once): (thresholds [12], the mean F1 they
+    reach there: optimistic on these videos, which chose them)."""
+    p, t = flatten_split(preds, videos, labels, valid)
+    thresholds, f1 = best_thresholds(p, t)
+    return thresholds, float(f1.mean())

@@ -3,9 +3,11 @@ frames that have no label (the ``-5`` / ``-1`` stretches of training videos, and
 the test videos), each with a confidence, and a later search's trials may train on them,
 weighted by that confidence (``TrialConfig.pseudo_labels``, a search dimension).
 
-Confidence: EXPR, the ensemble's probability of its chosen class; VA, how well the ensemble's
-members agree (1 when they coincide, 0 at a spread of ``VA_DISAGREEMENT``). Validation videos
-are never pseudo-labelled: they stay what trials are selected and scored on.
+Confidence: EXPR, the ensemble's probability of its chosen class; AU, how far each unit's
+probability lies from the decision (``|2p - 1|`` after the recipe's thresholds), averaged over
+the 12 units; VA, how well the ensemble's members agree (1 when they coincide, 0 at a spread
+of ``VA_DISAGREEMENT``). Validation videos are never pseudo-labelled: they stay what trials
+are selected and scored on.
 
 The control (``PseudoLabels.shifted``) moves each video's pseudo-labels and their confidences
 together by one random offset along the frames that carry them, as the shifted-label control
@@ -22,7 +24,7 @@ import numpy as np
 
 from abaw_ray.data.labels import shift_within_videos
 from abaw_ray.fsutil import atomic_path
-from abaw_ray.tasks import Task
+from abaw_ray.tasks import AU_DECISION, Task
 
 PSEUDO_FILE = "pseudo_labels.npz"  # what a finished search writes beside its submission
 VA_DISAGREEMENT = 0.3  # member spread (std, in label units) at which VA confidence reaches 0
@@ -30,8 +32,9 @@ VA_DISAGREEMENT = 0.3  # member spread (std, in label units) at which VA confide
 
 @dataclass(frozen=True)
 class PseudoLabels:
-    """``values[v]``: VA float32 [T, 2] or EXPR int64 [T]; ``confidence[v]``: float32 [T] in
-    [0, 1], 0 where the frame has no pseudo-label (it has a real one)."""
+    """``values[v]``: VA float32 [T, 2], EXPR int64 [T] or AU uint8 [T, 12];
+    ``confidence[v]``: float32 [T] in [0, 1], 0 where the frame has no pseudo-label (it has a
+    real one)."""
 
     task: Task
     values: dict[str, np.ndarray]
@@ -125,14 +128,19 @@ def make_pseudo_labels(
 ) -> PseudoLabels:
     """Pseudo-labels of every video in ``ensemble`` (its per-frame predictions: VA values or
     EXPR probabilities), confidence 0 on the frames ``labelled[v]`` marks as having a real
-    label (``None``: a video with no labels, e.g. a test video). ``members``: each member's
+    label (``None``: a video with no labels, e.g. a test video; AU: each unit present where the
+    recipe's calibrated probability reaches 0.5). ``members``: each member's
     predictions of the same videos (VA confidence is their agreement). EXPR: the class is
     ``ensemble``'s; its confidence is that class's probability in ``probabilities`` (default
     ``ensemble``: give the probabilities before a mode filter, whose one-hot rows would make
     every confidence 1)."""
     values, confidence = {}, {}
     for v, pred in ensemble.items():
-        if task == "expr":
+        if task == "au":
+            p = np.clip(np.asarray(pred, np.float64), 0.0, 1.0)
+            values[v] = (p >= AU_DECISION).astype(np.uint8)
+            conf = np.abs(2.0 * p - 1.0).mean(-1).astype(np.float32)
+        elif task == "expr":
             values[v] = pred.argmax(-1).astype(np.int64)
             probs = pred if probabilities is None else probabilities[v]
             conf = np.take_along_axis(probs, values[v][:, None], -1)[:, 0].astype(np.float32)

@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 from abaw_ray.console import console_fd  # noqa: E402
 from abaw_ray.metrics import ccc, confusion_matrix, flatten_split, score_split  # noqa: E402
 from abaw_ray.tasks import (  # noqa: E402
+    AU_NAMES,
     EXPR_CLASSES,
     OFFICIAL_SCORE,
     PRIMARY_METRIC,
@@ -154,15 +155,20 @@ def plot_per_class_f1(
     valid: dict[str, np.ndarray],
     videos: Sequence[str],
     title: str = "",
+    task: Task = "expr",
 ) -> Path:
-    scores = score_split("expr", preds, videos, labels, valid)
-    f1 = np.array([scores[f"f1_class{c}"] for c in range(len(EXPR_CLASSES))])
+    """Each expression class's F1 (EXPR) or each action unit's (AU, at the decisions the
+    predictions carry: 0.5 after the recipe's thresholds)."""
+    scores = score_split(task, preds, videos, labels, valid)
+    names = AU_NAMES if task == "au" else EXPR_CLASSES
+    keys = [f"f1_{n}" for n in AU_NAMES] if task == "au" else [f"f1_class{c}" for c in range(8)]
+    f1 = np.array([scores[k] for k in keys])
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.bar(range(len(f1)), f1)
-    ax.set_xticks(range(len(f1)), EXPR_CLASSES, rotation=45, ha="right", fontsize=8)
+    ax.set_xticks(range(len(f1)), names, rotation=45, ha="right", fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_ylabel("F1")
-    ax.set_title(f"per-class F1 {title}")
+    ax.set_title(f"per-{'unit' if task == 'au' else 'class'} F1 {title}")
     return _save(fig, path)
 
 
@@ -244,6 +250,12 @@ def print_summary(
     )
     if ens.submitted.recipe != ens.selection.recipe:
         refit += f"; members and weights {recipe_text(ens.submitted.recipe)}"
+    if not ens.refit:
+        refit = "as fitted on the selection videos" + (
+            " (AU: its thresholds are chosen there, never on the held-out videos)"
+            if task == "au" and held
+            else ""
+        )
     if folds is None:
         print(f"submitted: the trial ensemble, {refit}")
     else:
@@ -266,6 +278,8 @@ def print_summary(
             )
         print("confusion matrix of the ensemble, all validation videos (rows: label):")
         print(format_confusion(*_expr_flat(ens.validation, bank.labels, bank.valid, videos)))
+    if task == "au":
+        print_au_units(ens, bank)
     if control_of is not None:
         pseudo = bool(control_of.config.get("pseudo_labels"))
         print(
@@ -282,6 +296,23 @@ def print_summary(
                 f"without, {summary[f'pseudo_shifted_{metric}']:.4f} with them shifted within "
                 f"each video (their control), on the same selection videos"
             )
+
+
+def print_au_units(ens, bank) -> None:
+    """Each action unit's threshold (chosen on the selection videos) and the ensemble's F1
+    with it on the selection and held-out videos."""
+    splits = {"selection": list(ens.selection.videos), "held out": list(ens.holdout_videos)}
+    scores = {
+        name: score_split("au", ens.validation, videos, bank.labels, bank.valid)
+        for name, videos in splits.items()
+        if videos
+    }
+    thresholds = ens.submitted.recipe.thresholds
+    print("per-AU threshold (chosen on the selection videos) and the ensemble's F1:")
+    print(f"  {'':<10}" + "".join(f"{n:>7}" for n in AU_NAMES))
+    print(f"  {'threshold':<10}" + "".join(f"{t:>7.2f}" for t in thresholds))
+    for name, s in scores.items():
+        print(f"  {name:<10}" + "".join(f"{s[f'f1_{n}']:>7.3f}" for n in AU_NAMES))
 
 
 def print_submission(submission) -> None:
@@ -308,7 +339,20 @@ def recipe_text(recipe) -> str:
 def search_plots(task, out_dir: Path, ens, best, bank) -> list[Path]:
     """The search's figures: VA traces and per-video CCC, or EXPR confusion matrices and
     per-class F1."""
-    videos = list(ens.submitted.videos)
+    videos = [*ens.selection.videos, *ens.holdout_videos]
+    if task == "au":
+        return [
+            plot_per_class_f1(
+                out_dir / f"per_au_f1_{name}.png",
+                preds,
+                bank.labels,
+                bank.valid,
+                videos,
+                title=name,
+                task="au",
+            )
+            for name, preds in (("ensemble", ens.validation), ("best_trial", best.validation))
+        ]
     if task == "va":
         paths = [
             plot_va_traces(

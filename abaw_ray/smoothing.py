@@ -12,6 +12,9 @@ Kinds (``Smoothing.kind``), each with a ``width`` in frames (odd, so the window 
 - ``gaussian``: a Gaussian of the same second moment as the box of that width,
   ``sigma = sqrt((width^2 - 1) / 12)`` (width 1: the identity), truncated at 3 sigma.
 - ``mode`` (EXPR only): a majority filter of the per-frame argmax classes.
+- ``median`` (AU only): a centred running median of each unit's probability. A median commutes
+  with any threshold (the median of the decisions is the decision of the median), so it is the
+  majority filter of each unit's decisions at whatever threshold the ensemble then chooses.
 
 VA predictions ([T, 2] values) are filtered column by column. Box and Gaussian filters pad
 each video by reflecting it at its ends (``d c b a | a b c d``; or by repeating the end frame,
@@ -20,7 +23,9 @@ towards 0. EXPR predictions are [T, 8] class probabilities (what ``predict_video
 ensemble hold; logits are accepted and turned into probabilities by a softmax): ``box`` and
 ``gaussian`` average the probabilities over time and return probabilities (the scorer's argmax
 is the decision), ``mode`` returns the one-hot rows of the filtered classes (probability 1 on
-the chosen class), so ``metrics.score_split`` turns either into the smoothed classes.
+the chosen class), so ``metrics.score_split`` turns either into the smoothed classes. AU
+predictions are [T, 12] probabilities, filtered unit by unit; each filter returns
+probabilities, which the ensemble's thresholds then decide.
 """
 
 from __future__ import annotations
@@ -31,17 +36,20 @@ from typing import Literal
 
 import numpy as np
 
-from abaw_ray.metrics import score_split
-from abaw_ray.tasks import OFFICIAL_SCORE, Task
+from abaw_ray.metrics import score_split, tuned_au_f1
+from abaw_ray.tasks import KIND, OFFICIAL_SCORE, Task
 
-Kind = Literal["none", "box", "gaussian", "mode"]
+Kind = Literal["none", "box", "gaussian", "mode", "median"]
 Edge = Literal["reflect", "nearest"]
 
 # The kinds choose_smoothing tries by default for each task (``none`` is always tried).
 DEFAULT_KINDS: dict[Task, tuple[Kind, ...]] = {
     "va": ("box", "gaussian"),
     "expr": ("box", "gaussian", "mode"),
+    "au": ("box", "gaussian", "median"),
 }
+# The kinds only some tasks may use.
+TASK_KINDS: dict[str, tuple[Task, ...]] = {"mode": ("expr",), "median": ("au",)}
 # Window widths in frames (about 0.2 s to 2.5 s at 30 fps).
 DEFAULT_WIDTHS: tuple[int, ...] = (5, 9, 15, 25, 45, 75)
 # A Gaussian kernel reaches this many sigmas either side of its centre.
@@ -49,7 +57,7 @@ GAUSSIAN_TRUNCATE = 3.0
 # Scores closer than this count as a tie (the simpler candidate wins).
 TIE_TOLERANCE = 1e-9
 
-_NAMES: tuple[str, ...] = ("none", "box", "gaussian", "mode")
+_NAMES: tuple[str, ...] = ("none", "box", "gaussian", "mode", "median")
 _PAD_MODES: dict[str, str] = {"reflect": "symmetric", "nearest": "edge"}
 
 
@@ -120,6 +128,28 @@ def gaussian_filter(
     return out[:, 0] if flat else out
 
 
+def median_filter(x: np.ndarray, width: int, edge: Edge = "reflect") -> np.ndarray:
+    """Centred running median of ``width`` (odd) frames along axis 0 of ``x`` ([T] or [T, D]),
+    the ends padded by ``edge``; same shape, float64."""
+    width = _check_width(width)
+    a, flat = _as_2d(x)
+    if width == 1 or len(a) == 0:
+        return a[:, 0].copy() if flat else a.copy()
+    padded = _pad(a, width // 2, edge)
+    out = np.empty_like(a)
+    for d in range(a.shape[1]):  # one column at a time: a [T, width] view, not [T, width, D]
+        windows = np.lib.stride_tricks.sliding_window_view(padded[:, d], width)
+        out[:, d] = np.median(windows, axis=1)
+    return out[:, 0] if flat else out
+
+
+def _kind_problem(kind: str, task: Task) -> str | None:
+    only = TASK_KINDS.get(kind)
+    if only is not None and task not in only:
+        return f"the {kind} filter is for {' and '.join(t.upper() for t in only)} only, not {task}"
+    return None
+
+
 def to_probabilities(scores: np.ndarray) -> np.ndarray:
     """[T, C] class scores as probabilities: returned as they are when every row already is a
     distribution (entries in [0, 1] summing to 1 within 1e-4), else a softmax of logits."""
@@ -180,14 +210,14 @@ class Smoothing:
     def apply(self, task: Task, prediction: np.ndarray) -> np.ndarray:
         """One video's predictions, smoothed along time, in the format ``score_split`` reads.
 
-        VA: [T, 2] values -> [T, 2] values. EXPR: [T, 8] probabilities (or logits) ->
-        [T, 8] probabilities (``box``, ``gaussian``) or one-hot rows of the filtered classes
-        (``mode``). ``none`` (or width 1) returns the input unchanged. Float inputs keep their
-        dtype; the filters compute in float64."""
+        VA: [T, 2] values -> [T, 2] values; AU: [T, 12] probabilities -> probabilities. EXPR:
+        [T, 8] probabilities (or logits) -> [T, 8] probabilities (``box``, ``gaussian``) or
+        one-hot rows of the filtered classes (``mode``). ``none`` (or width 1) returns the
+        input unchanged. Float inputs keep their dtype; the filters compute in float64."""
         if task not in OFFICIAL_SCORE:
             raise ValueError(f"unknown task {task!r}")
-        if self.kind == "mode" and task != "expr":
-            raise ValueError("the mode filter smooths classes: EXPR only")
+        if (wrong := _kind_problem(self.kind, task)) is not None:
+            raise ValueError(wrong)
         x = np.asarray(prediction)
         if self.is_identity:
             return x
@@ -199,7 +229,9 @@ class Smoothing:
                 classes = mode_filter(x.argmax(-1), self.width, x.shape[-1])
                 return np.eye(x.shape[-1], dtype=dtype)[classes]
             x = to_probabilities(x)
-        if self.kind == "box":
+        if self.kind == "median":
+            out = median_filter(x, self.width)
+        elif self.kind == "box":
             out = box_filter(x, self.width)
         else:
             out = gaussian_filter(x, gaussian_sigma(self.width))
@@ -221,8 +253,8 @@ def candidates(
     for w in sorted({_check_width(w) for w in widths}):
         for kind in kinds:
             s = Smoothing(kind, w)
-            if kind == "mode" and task != "expr":
-                raise ValueError("the mode filter smooths classes: EXPR only")
+            if (wrong := _kind_problem(kind, task)) is not None:
+                raise ValueError(wrong)
             if not s.is_identity:
                 out.append(s)
     return out
@@ -247,7 +279,9 @@ def choose_smoothing(
 ) -> tuple[Smoothing, float, dict[Smoothing, float]]:
     """Try ``none`` and every kind x width on ``videos`` and keep the best by the official
     score of ``metrics.score_split`` (every valid frame of ``videos`` at once), or its ``key``
-    (``ccc_valence``: one target's filter).
+    (``ccc_valence``: one target's filter). AU candidates are scored with each unit's
+    threshold chosen on ``videos`` for that candidate (``tuned_au_f1``), as the ensemble then
+    decides.
 
     Returns (best smoothing, its score, {candidate: score} for every candidate in the order
     tried: ``none`` first, then by increasing width). A candidate must beat the best so far by
@@ -257,10 +291,13 @@ def choose_smoothing(
     table: dict[Smoothing, float] = {}
     best, best_score = NO_SMOOTHING, -np.inf
     for s in candidates(task, kinds, widths):
-        score = score_split(task, smooth_predictions(task, s, preds, videos), videos, labels, valid)
-        table[s] = score[key]
-        if score[key] > best_score + TIE_TOLERANCE:
-            best, best_score = s, score[key]
+        smoothed = smooth_predictions(task, s, preds, videos)
+        if KIND[task] == "multilabel":
+            table[s] = tuned_au_f1(smoothed, videos, labels, valid)[1]
+        else:
+            table[s] = score_split(task, smoothed, videos, labels, valid)[key]
+        if table[s] > best_score + TIE_TOLERANCE:
+            best, best_score = s, table[s]
     return best, float(best_score), table
 
 

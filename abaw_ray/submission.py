@@ -1,9 +1,10 @@
 """ABAW submission files: written by following the official template, and validated.
 
 Every template line is filled, in template order. A frame without a face takes the prediction
-of the nearest frame that has one. VA values are clipped to [-1, 1].
+of the nearest frame that has one. VA values are clipped to [-1, 1]; EXPR lines hold a class,
+AU lines twelve 0/1 decisions.
 
-CLI: ``python -m abaw_ray.submission validate --task va|expr --template T FILE``.
+CLI: ``python -m abaw_ray.submission validate --task va|expr|au --template T FILE``.
 """
 
 from __future__ import annotations
@@ -21,8 +22,18 @@ from abaw_ray.data.corpus import Corpus, SubmissionTemplate, load_corpus, read_t
 from abaw_ray.data.timeline import nearest_available
 from abaw_ray.errors import InputFormatError
 from abaw_ray.fsutil import atomic_write_text
-from abaw_ray.metrics import macro_f1, va_scores
-from abaw_ray.tasks import NUM_EXPR_CLASSES, TASKS, Task
+from abaw_ray.metrics import au_f1, macro_f1, va_scores
+from abaw_ray.tasks import AU_DECISION, KIND, NUM_AUS, NUM_EXPR_CLASSES, TASKS, Task
+
+
+def decisions(task: Task, pred: np.ndarray) -> np.ndarray:
+    """What a submission line holds, from a recipe's predictions: VA values as they are, the
+    EXPR class of the highest probability, each AU present at ``AU_DECISION`` and above."""
+    if KIND[task] == "multiclass":
+        return np.asarray(pred).argmax(-1)
+    if KIND[task] == "multilabel":
+        return (np.asarray(pred) >= AU_DECISION).astype(np.int64)
+    return np.asarray(pred)
 
 
 def _video_rows(
@@ -33,6 +44,8 @@ def _video_rows(
         raise ValueError(f"VA predictions for {video} must be [T, 2], got {pred.shape}")
     if task == "expr" and pred.ndim != 1:
         raise ValueError(f"EXPR predictions for {video} must be [T] classes, got {pred.shape}")
+    if task == "au" and (pred.ndim != 2 or pred.shape[1] != NUM_AUS):
+        raise ValueError(f"AU predictions for {video} must be [T, {NUM_AUS}] 0/1, got {pred.shape}")
     available = np.ones(len(pred), dtype=bool)
     if face_mask is not None:
         fm = np.asarray(face_mask, dtype=bool)[: len(pred)]
@@ -71,6 +84,10 @@ def format_submission(
         if task == "va":
             rows = np.clip(np.nan_to_num(rows.astype(np.float64), nan=0.0), -1.0, 1.0)
             text = [f"{a:.6f},{b:.6f}" for a, b in rows]
+        elif task == "au":
+            if rows.size and not np.isin(rows, (0, 1)).all():
+                raise ValueError(f"AU predictions for {video} must be 0/1 decisions")
+            text = [",".join(str(int(x)) for x in row) for row in rows]
         else:
             text = [str(int(c)) for c in rows]
         for line, value in zip(lines, text):
@@ -129,6 +146,8 @@ def score_submission(
     p, t, m = np.concatenate(preds), np.concatenate(targets), np.concatenate(valid)
     if template.task == "va":
         return va_scores(p, t, m)
+    if template.task == "au":
+        return {"mean_f1": float(au_f1(p[m], t[m]).mean())}
     return {"macro_f1": macro_f1(p, t, NUM_EXPR_CLASSES, m)}
 
 
@@ -148,6 +167,15 @@ def _parse_value(task: Task, path: Path, lineno: int, fields: list[str]) -> tupl
             if not -1.0 <= x <= 1.0:
                 raise InputFormatError(path, lineno, f"value {x} is outside [-1, 1]")
         return (v, a)
+    if task == "au":
+        if len(fields) != NUM_AUS:
+            raise InputFormatError(
+                path, lineno, f"expected {NUM_AUS} action units (0 or 1), got {len(fields)}"
+            )
+        bad = [f for f in fields if f not in ("0", "1")]
+        if bad:
+            raise InputFormatError(path, lineno, f"action unit value {bad[0]!r} is not 0 or 1")
+        return tuple(int(f) for f in fields)
     if len(fields) != 1:
         raise InputFormatError(path, lineno, f"expected one class, got {len(fields)} values")
     try:
@@ -195,8 +223,10 @@ def read_submission(
             path, len(template) + 2, f"extra line {body[len(template)]!r} past the template's end"
         )
     arr = np.array(values, dtype=np.float64 if task == "va" else np.int64)
+    if task == "expr":
+        arr = arr[:, 0]
     return {
-        video: (template.frame_of_line[lines], arr[lines] if task == "va" else arr[lines, 0])
+        video: (template.frame_of_line[lines], arr[lines])
         for video, lines in template.lines_by_video.items()
     }
 
@@ -211,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m abaw_ray.submission")
     sub = parser.add_subparsers(dest="command", required=True)
     val = sub.add_parser("validate", help="check a submission file against its template")
-    val.add_argument("--task", choices=TASKS, required=True, help="VA or EXPR")
+    val.add_argument("--task", choices=TASKS, required=True, help="VA, EXPR or AU")
     where = val.add_mutually_exclusive_group()
     where.add_argument(
         "--data",

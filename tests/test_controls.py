@@ -7,6 +7,7 @@ from dataclasses import asdict, replace
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from abaw_ray.data.labels import shift_within_videos
 from abaw_ray.pseudo import PseudoLabels
@@ -102,7 +103,10 @@ def _pseudo_bank():
     labels = {v: np.where(labelled, np.arange(n) % 8, -1) for v in ("a", "s", "h")}
     valid = {v: labelled.copy() for v in ("a", "s", "h")}
     splits = {"train": ("a",), "selection": ("s",), "holdout": ("h",), "test": ("t",)}
-    bank = SimpleNamespace(splits=splits, labels=labels, valid=valid)  # what trial_targets reads
+    au = {v: (np.arange(n)[:, None] + np.arange(12)) % 5 == 0 for v in ("a",)}
+    others = {"au": ({v: y.astype(np.uint8) for v, y in au.items()}, {"a": labelled.copy()})}
+    # what trial_targets reads
+    bank = SimpleNamespace(task="expr", splits=splits, labels=labels, valid=valid, others=others)
     conf = np.where(labelled, 0.0, np.linspace(0.2, 1.0, n)).astype(np.float32)
     pseudo = PseudoLabels(
         "expr",
@@ -119,10 +123,10 @@ def test_a_pseudo_label_trials_control_shifts_every_target_it_trains_on():
     its own target."""
     bank, pseudo = _pseudo_bank()
     trial = TrialConfig(task="expr", pseudo_labels=True)
-    videos, lab, ok, w = trial_targets(trial, bank, pseudo)
+    videos, lab, ok, w, _ = trial_targets(trial, bank, pseudo)
     assert videos == ("a", "t")  # the selection and held-out videos are never trained on
     control = replace(trial, **control_runs(asdict(trial))["control"])
-    cvideos, clab, cok, cw = trial_targets(control, bank, pseudo)
+    cvideos, clab, cok, cw, _ = trial_targets(control, bank, pseudo)
     assert cvideos == videos
     for v in videos:
         assert cok[v].sum() == ok[v].sum() and sorted(cw[v]) == sorted(w[v])
@@ -137,8 +141,30 @@ def test_a_pseudo_label_trials_control_shifts_every_target_it_trains_on():
 def test_the_pseudo_control_moves_only_the_pseudo_labels():
     bank, pseudo = _pseudo_bank()
     trial = TrialConfig(task="expr", pseudo_labels=True)
-    _, lab, ok, _ = trial_targets(trial, bank, pseudo)
-    _, plab, pok, _ = trial_targets(replace(trial, shift_pseudo_labels=True), bank, pseudo)
+    _, lab, ok, _, _ = trial_targets(trial, bank, pseudo)
+    _, plab, pok, _, _ = trial_targets(
+        replace(trial, shift_pseudo_labels=True), bank, pseudo
+    )
     real = bank.valid["a"]
     np.testing.assert_array_equal(plab["a"][real], lab["a"][real])  # real labels in place
     assert (plab["a"][~real] != lab["a"][~real]).mean() > 0.5
+
+
+def test_a_multi_task_control_shifts_the_other_tasks_labels_with_its_own():
+    """A multi-task trial also learns AU labels: its control moves them, with their mask, by
+    the offset that moves its own labels, so no label it trains on keeps its frames."""
+    bank, _ = _pseudo_bank()
+    trial = TrialConfig(task="expr", aux_tasks="au")
+    _, lab, ok, _, others = trial_targets(trial, bank)
+    assert set(others) == {"au"} and others["au"][0]["a"] is bank.others["au"][0]["a"]
+    _, clab, cok, _, cothers = trial_targets(replace(trial, shift_labels=True), bank)
+    (y, m), (cy, cm) = others["au"], cothers["au"]
+    # The offset that moved the EXPR labels (their mask: the first 40 frames) moved the AUs.
+    (offset,) = [k for k in range(1, 80) if np.array_equal(np.roll(ok["a"], k), cok["a"])]
+    np.testing.assert_array_equal(cm["a"], np.roll(m["a"], offset))
+    np.testing.assert_array_equal(cy["a"], np.roll(y["a"], offset, axis=0))
+    assert not np.array_equal(cy["a"], y["a"])
+    with pytest.raises(ValueError, match="no VA labels"):
+        trial_targets(TrialConfig(task="expr", aux_tasks="va"), bank)
+    with pytest.raises(ValueError, match="other tasks are va and au"):
+        TrialConfig.from_dict({"task": "expr", "aux_tasks": "expr"})

@@ -245,28 +245,42 @@ def test_missing_faces_and_off_by_one_labels_are_not_fatal(corpus_root, tmp_path
     assert any(m["video"] == f.stem for m in summary["length_mismatches"])
 
 
-def test_the_default_generator_is_pinned(tmp_path):
-    """The embedded corpus is cached by GENERATOR_VERSION and every figure in the README was
-    measured on it: what seed 0 writes (labels, -5 / -1 stretches, which frames have a face,
-    the faces) must not change unless that version is bumped. Swapping two random draws, as a
-    refactor once did, changes the faces and fails here."""
+def _digest(root: Path, *, action_units: bool, pixels: bool) -> str:
+    """sha256 of a generated corpus: its text files (with or without the AU ones), which face
+    images exist, and with ``pixels`` the decoded first two faces of each video."""
     import hashlib
 
     import numpy as np
     from PIL import Image
 
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.txt")):
+        rel = path.relative_to(root).as_posix()
+        if action_units or not ("AU_" in rel or "Action_Unit" in rel):
+            digest.update(rel.encode() + path.read_bytes())
+    for path in sorted(root.glob(f"{FACE_DIR}/*/*.jpg")):
+        digest.update(path.relative_to(root).as_posix().encode())
+    if pixels:
+        for path in sorted(root.glob(f"{FACE_DIR}/*/0000[12].jpg")):  # decoded, not the bytes
+            digest.update(np.asarray(Image.open(path)).tobytes())
+    return digest.hexdigest()
+
+
+def test_the_default_generator_is_pinned(tmp_path):
+    """The embedded corpus is cached by GENERATOR_VERSION and every figure in the README was
+    measured on it: what seed 0 writes (labels, -5 / -1 stretches, which frames have a face,
+    the faces) must not change unless that version is bumped. Swapping two random draws, as a
+    refactor once did, changes the faces and fails here. Version 3 added action units from a
+    random stream of their own: the VA and EXPR files and the face frames are byte for byte
+    what version 2 wrote (its digest of them, measured before AUs existed)."""
     from abaw_ray.data.synthetic import GENERATOR_VERSION, generate
 
     root = tmp_path / "c"
     generate(root, videos=6, seed=0, seconds=(2.0, 3.0))
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.txt")):
-        digest.update(path.relative_to(root).as_posix().encode() + path.read_bytes())
-    for path in sorted(root.glob(f"{FACE_DIR}/*/*.jpg")):
-        digest.update(path.relative_to(root).as_posix().encode())
-    for path in sorted(root.glob(f"{FACE_DIR}/*/0000[12].jpg")):  # decoded, not the bytes
-        digest.update(np.asarray(Image.open(path)).tobytes())
-    assert GENERATOR_VERSION == 2
-    assert digest.hexdigest() == (
-        "64ba10628ad803adef4a4c3a67796df31b97c81a1c3f539771855ee1a95923c0"
+    assert _digest(root, action_units=False, pixels=False) == (
+        "af98c8c8eeeffa056e1fdf7cace9b88eb8d109eecc6523e229682bd9df01a960"
+    )
+    assert GENERATOR_VERSION == 3
+    assert _digest(root, action_units=True, pixels=True) == (
+        "32238ec1ed6350de82d591d0ee0ca89a9862706d4dbea6b4ccbca1b50544863d"
     )

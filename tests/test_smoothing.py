@@ -118,11 +118,13 @@ def test_probability_smoothing_reads_logits_as_their_softmax():
 
 def test_smoothing_validates_its_arguments():
     with pytest.raises(ValueError, match="kind"):
-        Smoothing("median", 5)  # type: ignore[arg-type]
+        Smoothing("savgol", 5)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="odd"):
         Smoothing("box", 8)
-    with pytest.raises(ValueError, match="EXPR only"):
+    with pytest.raises(ValueError, match="for EXPR only"):
         Smoothing("mode", 5).apply("va", np.zeros((10, 2)))
+    with pytest.raises(ValueError, match="for AU only"):
+        Smoothing("median", 5).apply("expr", np.zeros((10, 8)))
     assert str(Smoothing("gaussian", 25)) == "gaussian(25)" and str(NO_SMOOTHING) == "none"
 
 
@@ -204,3 +206,19 @@ def test_smoothing_stays_within_each_video():
     assert best == NO_SMOOTHING
     assert all(v == pytest.approx(1.0, abs=1e-12) for v in table.values())
     np.testing.assert_allclose(Smoothing("gaussian", 45).apply("va", preds["b"]), 1.0)
+
+
+def test_the_median_filter_is_each_units_majority_vote_at_any_threshold():
+    p = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.6], [0.2, 0.1]])
+    out = Smoothing("median", 3).apply("au", p)
+    # By hand, reflected ends (p0 p0 p1 ... p4 p4): unit 0 medians of (0.1 0.1 0.8),
+    # (0.1 0.8 0.3), (0.8 0.3 0.6), (0.3 0.6 0.2), (0.6 0.2 0.2).
+    np.testing.assert_allclose(out[:, 0], [0.1, 0.3, 0.6, 0.3, 0.2])
+    np.testing.assert_allclose(out[:, 1], [0.9, 0.7, 0.6, 0.6, 0.1])
+    rng = np.random.default_rng(0)
+    x = rng.random((200, 12))
+    for width in (5, 15):
+        med = Smoothing("median", width).apply("au", x)
+        for th in (0.3, 0.5, 0.71):
+            votes = box_filter((x >= th).astype(float), width)
+            np.testing.assert_array_equal(med >= th, votes > 0.5)

@@ -40,7 +40,7 @@ from abaw_ray.affwild2 import (
 from abaw_ray.data.labels import FrameLabels, read_labels
 from abaw_ray.data.media import VIDEO_SUFFIXES, MediaInfo, probe_media
 from abaw_ray.errors import CorpusNotFoundError, InputFormatError
-from abaw_ray.tasks import NUM_EXPR_CLASSES, TASKS, Task
+from abaw_ray.tasks import KIND, NUM_EXPR_CLASSES, TASKS, Task
 
 _EDITION = re.compile(r"(\d+)(?:st|nd|rd|th)", re.IGNORECASE)
 
@@ -153,7 +153,8 @@ class Corpus:
         if lab.num_frames == n:
             return lab
         pad = n - lab.num_frames
-        fill = np.full((pad, *lab.values.shape[1:]), INVALID_LABEL[task], lab.values.dtype)
+        marker = 0 if KIND[task] == "multilabel" else INVALID_LABEL[task]  # AU: 0, as read
+        fill = np.full((pad, *lab.values.shape[1:]), marker, lab.values.dtype)
         return FrameLabels(
             task,
             video,
@@ -314,6 +315,8 @@ def _template_task(header: str) -> Task | None:
         return None
     if cols[1:] == [c.lower() for c in LABEL_HEADERS["va"]]:
         return "va"
+    if cols[1:] == [c.lower() for c in LABEL_HEADERS["au"]]:
+        return "au"
     if len(cols) == 1 + NUM_EXPR_CLASSES:
         return "expr"
     return None
@@ -325,6 +328,8 @@ def _test_list_task(path: Path) -> Task | None:
         return None
     if "expr" in name or "expression" in name:
         return "expr"
+    if "action_unit" in name or "action unit" in name or re.search(r"(^|[_\-])au([_\-]|$)", name):
+        return "au"
     if "valence" in name or "arousal" in name or re.search(r"(^|[_\-])va([_\-]|$)", name):
         return "va"
     return None
@@ -365,7 +370,9 @@ def read_template(
     header = lines[0].strip()
     got_task = _template_task(header)
     if got_task is None or (task is not None and got_task != task):
-        raise InputFormatError(path, 1, f"header {header!r} is not a VA or EXPR template header")
+        raise InputFormatError(
+            path, 1, f"header {header!r} is not a VA, EXPR or AU template header"
+        )
     locations: list[str] = []
     videos: list[str] = []
     frames: list[int] = []

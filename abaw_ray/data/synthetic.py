@@ -8,7 +8,12 @@ several frame rates, a ``_left``/``_right`` pair sharing one raw video, missing 
 The signal: faces are drawn from facial action parameters (mouth curve and opening, eye
 opening, brow height and tilt, nose wrinkle) driven by smooth valence/arousal trajectories and
 by the expression class; each raw video's audio is a voiced tone whose pitch follows valence
-and whose energy and syllable rate follow arousal.
+and whose energy and syllable rate follow arousal. The 12 action units (``_action_units``) are
+driven by those facial actions and the expression (AU6+AU12 with happiness, AU1+AU2+AU26 with
+surprise, AU4 with anger and sadness, AU15 with sadness), and each also has episodes of its own;
+each active unit changes the face where it acts (brows, lids, cheeks, lip corners, lips, jaw).
+They are drawn from a random stream of their own, so the VA and EXPR labels, and which frames
+have a face, are what they were before AUs existed.
 
 ``realistic=True`` adds what makes real Aff-Wild2 hard (``Realism``): every subject expresses
 in their own way, labels lag the face (annotators react late), faces are occluded, blurred and
@@ -23,7 +28,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -33,6 +38,8 @@ from PIL import Image, ImageFilter
 
 from abaw_ray.affwild2 import (
     ANNOTATIONS,
+    AU_CHALLENGE,
+    AU_INVALID,
     EXPR_CHALLENGE,
     EXPR_INVALID,
     FACE_DIR,
@@ -53,13 +60,13 @@ from abaw_ray.affwild2 import (
     raw_video,
 )
 from abaw_ray.console import progress
-from abaw_ray.tasks import EXPR_CLASSES, TASKS, VA_COLUMNS, Task
+from abaw_ray.tasks import EXPR_CLASSES, TASKS, Task
 
 RAW_SIZE = 64  # side of the raw videos' frames (the faces, shrunk)
 FRAME_RATES = (Fraction(30), Fraction(25), Fraction(30000, 1001), Fraction(15))
 AUDIO_RATES = (44100, 48000, 16000)
 RAW_DIR_OF_SPLIT: dict[Split, str] = dict(zip(SPLITS, RAW_VIDEO_DIRS))  # one folder per split
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3  # 3: action units (their labels, and the faces they change)
 REALISM_VERSION = 1  # bumped with any change to ``Realism``: a cached realistic corpus is redone
 
 
@@ -83,6 +90,8 @@ class EmbeddedSettings:
     audio_noise: float = 0.004  # std of the audio's background noise
     va_invalid_s: float = 0.8  # one -5 stretch this long, in two labelled videos of three
     expr_invalid_s: float = 0.5  # one -1 stretch this long, in two labelled videos of three
+    au_invalid_s: float = 0.4  # one stretch of -1 lines this long, in two AU files of three
+    au_mark: float = 0.6  # how strongly an active unit's mark shows (0: AUs leave no trace)
 
 
 @dataclass(frozen=True)
@@ -95,6 +104,8 @@ class Realism:
     va_lag_s: tuple[float, float] = (1.0, 2.0)  # VA labels trail the face by this (per video)
     va_hz: tuple[float, float] = (0.02, 0.12)  # valence/arousal change over 8-50 s, not 3-30
     expr_lag_s: tuple[float, float] = (0.4, 0.8)  # expression labels trail it by this
+    au_lag_s: tuple[float, float] = (0.2, 0.5)  # action-unit labels trail it by this
+    au_mark: float = 0.4  # how strongly an active unit's mark shows (subtler than embedded)
     segment_s: tuple[float, float] = (1.5, 5.0)  # length of one expression episode
     # Log-prior added to each class's logit (EXPR_CLASSES order): Neutral and Other dominate.
     class_prior: tuple[float, ...] = (2.2, 0.0, -1.6, -1.6, 0.4, 0.0, -0.2, 1.6)
@@ -132,6 +143,49 @@ _CLASS_ACTIONS = np.array(
 )
 
 
+# Action units, in AU_NAMES order (AU1 AU2 AU4 AU6 AU7 AU10 AU12 AU15 AU23 AU24 AU25 AU26). A
+# unit is active where its drive is above 0, or in one of its own episodes. The drive: the
+# facial actions (smile, mouth_open, brow_raise, brow_tilt, nose_wrinkle) weighted by
+# _AU_FROM_ACTIONS, plus _AU_FROM_CLASSES of the expression class, plus _AU_BIAS.
+_AU_FROM_ACTIONS = np.array(
+    [  # smile, mouth_open, brow_raise, brow_tilt, nose_wrinkle
+        [0.0, 0.0, 1.0, 0.0, 0.0],  # AU1 inner brow raiser
+        [0.0, 0.0, 1.2, 0.0, 0.0],  # AU2 outer brow raiser
+        [0.0, 0.0, 0.0, 1.2, 0.0],  # AU4 brow lowerer
+        [1.1, 0.0, 0.0, 0.0, 0.0],  # AU6 cheek raiser
+        [0.0, 0.0, 0.0, 0.6, 0.6],  # AU7 lid tightener
+        [0.0, 0.0, 0.0, 0.0, 1.2],  # AU10 upper lip raiser
+        [1.4, 0.0, 0.0, 0.0, 0.0],  # AU12 lip corner puller
+        [-0.8, 0.0, 0.0, 0.0, 0.0],  # AU15 lip corner depressor
+        [0.0, 0.0, 0.0, 0.5, 0.0],  # AU23 lip tightener
+        [0.0, -0.5, 0.0, 0.3, 0.0],  # AU24 lip pressor
+        [0.0, 2.2, 0.0, 0.0, 0.0],  # AU25 lips part
+        [0.0, 1.5, 0.0, 0.0, 0.0],  # AU26 jaw drop
+    ]
+)
+_AU_ACTION_COLUMNS = [0, 1, 3, 4, 5]  # the columns of _CLASS_ACTIONS' order read above
+_AU_FROM_CLASSES = np.array(
+    [  # Neutral Anger Disgust Fear Happiness Sadness Surprise Other
+        [0, 0, 0, 0.4, 0, 0.5, 0.4, 0],  # AU1
+        [0, 0, 0, 0.2, 0, 0, 0.4, 0],  # AU2
+        [0, 0.5, 0.3, 0, 0, 0.5, 0, 0],  # AU4
+        [0, 0, 0, 0, 0.4, 0, 0, 0],  # AU6
+        [0, 0.5, 0.4, 0, 0.2, 0, 0, 0],  # AU7
+        [0, 0.2, 0.5, 0, 0.1, 0, 0, 0],  # AU10
+        [0, 0, 0, 0, 0.4, 0, 0, 0],  # AU12
+        [0, 0, 0.2, 0, 0, 0.6, 0, 0],  # AU15
+        [0, 0.6, 0, 0, 0, 0, 0, 0],  # AU23
+        [0, 0.5, 0.2, 0, 0, 0, 0, 0],  # AU24
+        [0, 0, 0, 0.3, 0, 0, 0.4, 0],  # AU25
+        [0, 0, 0, 0, 0, 0, 0.6, 0],  # AU26
+    ]
+)
+_AU_BIAS = np.array([-1.1, -1.15, -0.95, -0.85, -0.55, -0.6, -0.7, -1.3, -1.1, -0.85, -0.65, -1.35])
+# Fraction of frames each unit is active on its own (episodes unrelated to the expression).
+_AU_EPISODES = (0.04, 0.03, 0.06, 0.06, 0.15, 0.12, 0.06, 0.02, 0.02, 0.02, 0.15, 0.02)
+_AU_STREAM = 1  # the AUs' random stream of a video: default_rng([seed, video, _AU_STREAM])
+
+
 @dataclass(frozen=True)
 class SyntheticVideo:
     """What the generator wrote for one video: the truth that ``check`` must find."""
@@ -147,6 +201,8 @@ class SyntheticVideo:
     expr_invalid: int
     missing_faces: int  # frames of the label timeline (or the video) without a face image
     audio_rate: int
+    au_label_lines: int | None = None  # None when the video has no AU file
+    au_invalid: int = 0
 
 
 @dataclass(frozen=True)
@@ -301,14 +357,61 @@ def _draw_nose_and_mouth(
     img[lips] = (170, 60, 70)
 
 
+def _blend(img: np.ndarray, where: np.ndarray, colour, amount: float) -> None:
+    img[where] = img[where] * (1.0 - amount) + np.asarray(colour, np.float32) * amount
+
+
+def _draw_action_units(
+    img: np.ndarray, x: np.ndarray, y: np.ndarray, shown: np.ndarray, skin: np.ndarray
+) -> None:
+    """Each unit's mark where it acts, as strong as ``shown`` ([12] in [0, 1], AU_NAMES
+    order): forehead lines (AU1 centre, AU2 sides), a furrow between the brows (AU4), raised
+    cheeks (AU6), tightened lower lids (AU7), lines beside the nose (AU10), pulled (AU12) or
+    lowered (AU15) lip corners, pressed lips (AU23), a bulge under the lips (AU24), teeth
+    (AU25) and a dropped jaw's shadow (AU26). Draws no random numbers."""
+    dark, ax = np.array([70, 45, 40], np.float32), np.abs(x)
+    au1, au2, au4, au6, au7, au10, au12, au15, au23, au24, au25, au26 = shown
+    if au1 > 0:
+        _blend(img, (ax < 0.14) & (np.abs(y + 0.5) < 0.018), dark, au1)
+    if au2 > 0:
+        _blend(img, (ax > 0.24) & (ax < 0.46) & (np.abs(y + 0.52) < 0.018), dark, au2)
+    if au4 > 0:
+        _blend(img, (np.abs(ax - 0.045) < 0.014) & (y > -0.36) & (y < -0.2), dark, au4)
+    if au6 > 0:
+        cheek = ((ax - 0.33) / 0.11) ** 2 + ((y - 0.12) / 0.06) ** 2 <= 1
+        _blend(img, cheek, (200, 90, 90), au6)
+    if au7 > 0:
+        lid = ((ax - 0.3) / 0.13) ** 2 + ((y + 0.07) / 0.03) ** 2 <= 1
+        _blend(img, lid, skin * 0.75, au7)
+    if au10 > 0:
+        line = (np.abs(ax - (0.12 + 0.4 * (y - 0.15))) < 0.014) & (y > 0.15) & (y < 0.33)
+        _blend(img, line, dark, au10)
+    for amount, corner_y in ((au12, 0.33), (au15, 0.52)):
+        if amount > 0:
+            dot = ((ax - 0.31) / 0.035) ** 2 + ((y - corner_y) / 0.035) ** 2 <= 1
+            _blend(img, dot, dark, amount)
+    if au23 > 0:
+        _blend(img, (ax < 0.22) & (np.abs(y - 0.42) < 0.02), (110, 30, 40), au23)
+    if au24 > 0:
+        bulge = (x / 0.14) ** 2 + ((y - 0.58) / 0.04) ** 2 <= 1
+        _blend(img, bulge, skin * 1.25, au24)
+    if au25 > 0:
+        _blend(img, (ax < 0.12) & (np.abs(y - 0.42) < 0.016), (245, 245, 235), au25)
+    if au26 > 0:
+        jaw = (x / 0.22) ** 2 + ((y - 0.74) / 0.07) ** 2 <= 1
+        _blend(img, jaw, skin * 0.55, au26)
+
+
 def draw_face(
     action: np.ndarray,
     identity: dict,
     rng: np.random.Generator,
     conditions: dict | None = None,
+    units: np.ndarray | None = None,
 ) -> np.ndarray:
     """One FACE_SIZE x FACE_SIZE RGB face; ``action`` is (smile, mouth_open, eye_open, brow_raise,
-    brow_tilt, nose_wrinkle, asymmetry). ``conditions`` (realistic corpus) holds this
+    brow_tilt, nose_wrinkle, asymmetry); ``units`` ([12], AU_NAMES order, 0 to 1) how strongly
+    each action unit's mark shows. ``conditions`` (realistic corpus) holds this
     frame's head offset ``dx``/``dy``, ``light`` gain, ``noise`` std, an ``occluder`` box
     (x0, y0, x1, y1 in [-1, 1] units, or None) and a ``blur`` radius (0: sharp)."""
     c = conditions or {}
@@ -322,6 +425,8 @@ def draw_face(
     img[face] = identity["skin"]
     _draw_eyes_and_brows(img, x, y, eye_open, brow_raise, brow_tilt, identity["hair"])
     _draw_nose_and_mouth(img, x, y, smile, mouth_open, wrinkle, asym)
+    if units is not None:
+        _draw_action_units(img, x, y, units, np.asarray(identity["skin"], np.float32))
 
     box = c.get("occluder")
     if box is not None:
@@ -485,7 +590,14 @@ class _Pair:
 
 _PAIR = (0, 1)  # the videos of the pair, in the order of ``PAIR_SIDES``
 # The ``SyntheticVideo`` fields that count a video's labels, for a video without any (test).
-_UNLABELLED = dict(va_label_lines=None, expr_label_lines=None, va_invalid=0, expr_invalid=0)
+_UNLABELLED = dict(
+    va_label_lines=None,
+    expr_label_lines=None,
+    va_invalid=0,
+    expr_invalid=0,
+    au_label_lines=None,
+    au_invalid=0,
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -498,6 +610,30 @@ class _Truth:
     classes: np.ndarray  # expression class per frame
     identity: dict  # the person's look (and, realistic, their way of expressing)
     actions: np.ndarray  # facial action parameters [T, 7]
+    units: np.ndarray | None = None  # action units active per frame, bool [T, 12]
+
+
+def _action_units(rng: np.random.Generator, truth: _Truth, fps: float) -> np.ndarray:
+    """Which action units are active in each frame, bool [T, 12] (AU_NAMES order): where the
+    facial actions and the expression drive them, or in episodes of their own."""
+    classes = np.eye(len(EXPR_CLASSES))[truth.classes]
+    drive = truth.actions[:, _AU_ACTION_COLUMNS] @ _AU_FROM_ACTIONS.T
+    drive += classes @ _AU_FROM_CLASSES.T + _AU_BIAS
+    n = len(truth.t)
+    episodes = np.stack([_stretches(rng, n, f, fps) for f in _AU_EPISODES], axis=1)
+    return (drive > 0) | episodes
+
+
+def _shown_units(units: np.ndarray, fps: float, mark: float) -> np.ndarray:
+    """How strongly each unit's mark shows, float [T, 12]: its activity, setting in and
+    fading over about ``onset_s`` as expressions do, times ``mark``."""
+    alpha = 1.0 - np.exp(-1.0 / (EMBEDDED.onset_s * fps))
+    shown = np.empty(units.shape, np.float64)
+    acc = units[0].astype(np.float64)
+    for k, row in enumerate(units):
+        acc = acc + alpha * (row - acc)
+        shown[k] = acc
+    return shown * mark
 
 
 def _names_and_splits(videos: int, seed: int) -> tuple[list[str], list[Split]]:
@@ -522,11 +658,12 @@ def _names_and_splits(videos: int, seed: int) -> tuple[list[str], list[Split]]:
 
 def _test_lists(names: list[str], splits: list[Split]) -> dict[Task, list[str]]:
     """The test videos each task lists (and its template holds): VA all but the first, EXPR all
-    but the last, so the two differ; both all of them when there are only two."""
+    but the last, so the two differ, AU all of them; each all of them when there are only
+    two."""
     test = [n for n, s in zip(names, splits) if s == "test"]
     if len(test) <= 2:
-        return {"va": test, "expr": test}
-    return {"va": test[1:], "expr": test[:-1]}
+        return {"va": test, "expr": test, "au": test}
+    return {"va": test[1:], "expr": test[:-1], "au": test}
 
 
 def _video_truth(
@@ -548,11 +685,17 @@ def _video_truth(
 def _faces(
     rng: np.random.Generator, truth: _Truth, fps: float, realism: Realism | None
 ) -> np.ndarray:
-    """Every frame's face, uint8 [T, FACE_SIZE, FACE_SIZE, 3] (realistic: in its conditions)."""
+    """Every frame's face, uint8 [T, FACE_SIZE, FACE_SIZE, 3] (realistic: in its conditions),
+    with the marks of its active units."""
     n = len(truth.t)
     conditions = _frame_conditions(rng, n, fps, realism) if realism else [None] * n
+    mark = realism.au_mark if realism else EMBEDDED.au_mark
+    shown = _shown_units(truth.units, fps, mark) if truth.units is not None else [None] * n
     return np.stack(
-        [draw_face(a, truth.identity, rng, c) for a, c in zip(truth.actions, conditions)]
+        [
+            draw_face(a, truth.identity, rng, c, u)
+            for a, c, u in zip(truth.actions, conditions, shown)
+        ]
     )
 
 
@@ -655,15 +798,49 @@ def _labels(
     return va, cls
 
 
+def _au_labels(
+    rng: np.random.Generator,
+    i: int,
+    units: np.ndarray,
+    label_len: int,
+    fps: float,
+    realism: Realism | None,
+) -> np.ndarray:
+    """What video ``i``'s AU file holds, int [L, 12] (0/1; a -1 line where not annotated),
+    on the timeline of its other label files; one -1 stretch in two videos of three;
+    realistic: the labels lag the face."""
+    au = units.astype(np.int64)
+    if realism is not None:
+        au = _lagged(au, int(rng.uniform(*realism.au_lag_s) * fps))
+    au = np.concatenate([au, au[-1:]]) if label_len > len(au) else au[:label_len].copy()
+    if i % 3 != 0:
+        s0 = int(rng.integers(0, max(1, label_len - int(EMBEDDED.au_invalid_s * fps))))
+        au[s0 : s0 + int(EMBEDDED.au_invalid_s * fps)] = AU_INVALID
+    return au
+
+
 def _write_labels(
-    out: Path, i: int, name: str, split: Split, va: np.ndarray, cls: np.ndarray
+    out: Path,
+    i: int,
+    name: str,
+    split: Split,
+    va: np.ndarray,
+    cls: np.ndarray,
+    au: np.ndarray,
 ) -> dict[str, int | None]:
     """Video ``i``'s label files, and the ``SyntheticVideo`` fields that count them. Training
-    videos may lack one task's labels (as in Aff-Wild2); validation videos carry both, so each
-    task keeps at least two to validate (and split) on."""
+    videos may lack a task's labels (as in Aff-Wild2); validation videos carry all three, so
+    each task keeps at least two to validate (and split) on."""
     has_va = split == "val" or i % 5 != 4
     has_expr = split == "val" or i % 5 != 1 or not has_va
+    has_au = split == "val" or i % 5 != 3
     counts = dict(_UNLABELLED)
+    if has_au:
+        counts.update(au_label_lines=len(au), au_invalid=int((au[:, 0] == AU_INVALID).sum()))
+        _write_text(
+            out / ANNOTATIONS / AU_CHALLENGE / SPLIT_DIRS[split] / f"{name}.txt",
+            [",".join(LABEL_HEADERS["au"])] + [",".join(map(str, row)) for row in au],
+        )
     if has_va:
         counts.update(va_label_lines=len(va), va_invalid=int((va[:, 0] == VA_INVALID).sum()))
         _write_text(
@@ -690,7 +867,8 @@ def _write_video(
     realism: Realism | None,
 ) -> SyntheticVideo:
     """Everything of video ``i``, drawn from its own seeded generator in this order (which the
-    default corpus's bytes depend on): length, truth, faces, missing faces, voice, labels."""
+    default corpus's bytes depend on): length, truth, faces, missing faces, voice, labels.
+    The action units come from a stream of their own, drawn before the faces they mark."""
     rng = np.random.default_rng([seed, i])
     in_pair = i in _PAIR
     fps = pair.fps if in_pair else FRAME_RATES[i % len(FRAME_RATES)]
@@ -698,6 +876,8 @@ def _write_video(
     audio_rate = pair.audio_rate if in_pair else AUDIO_RATES[i % len(AUDIO_RATES)]
     n = int(duration * float(fps))
     truth = _video_truth(rng, np.arange(n) / float(fps), float(fps), realism)
+    au_rng = np.random.default_rng([seed, i, _AU_STREAM])  # VA/EXPR draws stay as they were
+    truth = replace(truth, units=_action_units(au_rng, truth, float(fps)))
     faces = _faces(rng, truth, float(fps), realism)
     present = _present_faces(rng, n, float(fps), gap=i % 2 == 0)
     _write_faces(out / FACE_DIR / name, faces, present)
@@ -707,7 +887,8 @@ def _write_video(
     label_len = n
     if split != "test":
         va, cls = _labels(rng, i, truth, float(fps), realism)
-        counts = _write_labels(out, i, name, split, va, cls)
+        au = _au_labels(au_rng, i, truth.units, len(va), float(fps), realism)
+        counts = _write_labels(out, i, name, split, va, cls, au)
         label_len = len(va)
     on_timeline = np.zeros(label_len, bool)  # the label timeline's frames that have a face
     on_timeline[: min(label_len, n)] = present[: min(label_len, n)]
@@ -725,7 +906,7 @@ def _write_video(
 
 def _template_lines(task: Task, video: str, num_frames: int) -> list[str]:
     """A test video's template lines: every frame, with zeros where a submission's values go."""
-    zeros = ",".join(["0"] * len(VA_COLUMNS)) if task == "va" else "0"
+    zeros = ",".join(["0"] * len(LABEL_HEADERS[task])) if task != "expr" else "0"
     return [f"{image_location(video, k)},{zeros}" for k in range(1, num_frames + 1)]
 
 

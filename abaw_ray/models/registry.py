@@ -7,7 +7,10 @@ constructor's keyword arguments after ``input_dims`` and ``output_dim``, typed a
 defaults (``model_settings``): a new setting is a new argument, and a search space, ``--set``
 and MLflow know it from there; ``modality_dropout`` is every model's (``FusionModel``).
 Every model maps per-modality sequences ``[B, T, D_m]`` to per-frame outputs ``[B, T, 2]``
-(VA, in [-1, 1]) or ``[B, T, 8]`` (EXPR logits) plus an auxiliary loss (0 for most).
+(VA, in [-1, 1]), ``[B, T, 8]`` (EXPR logits) or ``[B, T, 12]`` (AU logits) plus an auxiliary
+loss (0 for most). A multi-task model (``other_tasks``) has one head more per other task: the
+core's output is wider, and ``FusionModel`` splits it into the trial's own prediction and
+each other task's.
 """
 
 from __future__ import annotations
@@ -18,12 +21,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from abaw_ray.tasks import NUM_EXPR_CLASSES, Task
+from abaw_ray.tasks import KIND, OUTPUT_DIMS, Task
 
-OUTPUT_DIMS: dict[str, int] = {"va": 2, "expr": NUM_EXPR_CLASSES}
 CONV_ALIGN_WIDTH = 64  # output width of the learned conv alignment when no hidden size is set
 _MODELS: dict[str, type[nn.Module]] = {}
 BUILT_IN = ("self", "input_dims", "output_dim")  # what create_model gives, not settings
@@ -68,7 +71,7 @@ def model_settings(name: str) -> dict[str, Setting]:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(sorted(_MODELS))}")
     return {
         **_settings_of(_MODELS[name].__init__, BUILT_IN),
-        **_settings_of(FusionModel.__init__, ("self", "core", "aligners", "task")),
+        **_settings_of(FusionModel.__init__, ("self", "core", "aligners", "task", "other_tasks")),
     }
 
 
@@ -92,6 +95,7 @@ class FusionModel(nn.Module):
         aligners: Sequence[nn.Module | None],
         task: Task,
         modality_dropout: float = 0.0,
+        other_tasks: Sequence[Task] = (),
     ) -> None:
         super().__init__()
         if not 0.0 <= modality_dropout <= 1.0:
@@ -101,6 +105,13 @@ class FusionModel(nn.Module):
         self.conv_aligned = [a is not None for a in aligners]
         self.task = task
         self.modality_dropout = float(modality_dropout)
+        self.other_tasks = tuple(other_tasks)
+        # Each task's columns of the core's output: the trial's own first.
+        ends = np.cumsum([OUTPUT_DIMS[t] for t in (task, *self.other_tasks)])
+        self.heads = {
+            t: slice(int(e - OUTPUT_DIMS[t]), int(e))
+            for t, e in zip((task, *self.other_tasks), ends)
+        }
 
     def drop_modalities(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Zero whole modalities per sample (see the class docstring); identity in eval."""
@@ -125,10 +136,15 @@ class FusionModel(nn.Module):
                 x = align(x, positions[i])
             aligned.append(x)
         out = self.core(self.drop_modalities(aligned))
-        pred = out["pred"]
-        if self.task == "va":
-            pred = torch.tanh(pred)
-        return {"pred": pred, "aux_loss": out.get("aux_loss", pred.new_zeros(()))}
+        preds = {}
+        for t, cols in self.heads.items():
+            pred = out["pred"][..., cols]
+            preds[t] = torch.tanh(pred) if KIND[t] == "regression" else pred
+        return {
+            "pred": preds.pop(self.task),
+            "aux_loss": out.get("aux_loss", out["pred"].new_zeros(())),
+            "other_tasks": preds,
+        }
 
 
 def create_model(
@@ -136,13 +152,15 @@ def create_model(
     input_dims: Sequence[int],
     task: Task = "va",
     align: Sequence[str | None] | None = None,
+    other_tasks: Sequence[Task] = (),
     **hparams: Any,
 ) -> FusionModel:
     """Build a registered fusion model. ``align[m] == "conv"`` puts a learned strided
     convolution in front of modality m, which then arrives at its native rate. ``None``
     settings are dropped, so the model's own defaults apply; a setting the model does not
     take raises ``TypeError`` naming those it takes. ``modality_dropout`` (default 0) is
-    every model's setting, taken by ``FusionModel`` and never passed to the family's class."""
+    every model's setting, taken by ``FusionModel`` and never passed to the family's class.
+    ``other_tasks``: the other tasks the model also predicts (multi-task trials)."""
     from abaw_ray.models.layers import ConvAlign
 
     known = model_settings(name)
@@ -164,5 +182,8 @@ def create_model(
         else:
             aligners.append(None)
             dims.append(int(d))
-    core = _MODELS[name](input_dims=dims, output_dim=OUTPUT_DIMS[task], **hparams)
-    return FusionModel(core, aligners, task, modality_dropout)
+    if task in other_tasks:
+        raise ValueError(f"other_tasks {tuple(other_tasks)} includes the trial's own task {task}")
+    width = sum(OUTPUT_DIMS[t] for t in (task, *other_tasks))
+    core = _MODELS[name](input_dims=dims, output_dim=width, **hparams)
+    return FusionModel(core, aligners, task, modality_dropout, other_tasks)

@@ -28,7 +28,7 @@ from abaw_ray.data.corpus import Corpus
 from abaw_ray.errors import BadInputError
 from abaw_ray.features.align import ALIGNMENTS, frame_features
 from abaw_ray.features.store import FeatureStore
-from abaw_ray.tasks import Task
+from abaw_ray.tasks import TASKS, Task
 
 BANK_SPLITS = ("train", "selection", "holdout", "test")
 NATIVE = "native"  # an audio feature's variant at its own rate (what the conv alignment reads)
@@ -106,6 +106,11 @@ class FeatureBank:
     fps: dict[str, float] = field(default_factory=dict)
     dims: dict[str, int] = field(default_factory=dict)  # store key -> feature dim
     shards: dict[str, list[Any]] = field(default_factory=dict)  # variant -> its ObjectRefs
+    # other task -> (labels, valid) of this task's training videos that have its labels
+    # (multi-task trials learn them beside their own; never on the videos scored on)
+    others: dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = field(
+        default_factory=dict
+    )
 
     def dim(self, key: str) -> int:
         return self.dims[key]
@@ -331,6 +336,15 @@ def build_bank(
         if v in corpus.labels[task]:
             lab = corpus.labels_on_timeline(task, v)
             labels[v], valid[v] = lab.values, lab.valid
+    others = {}
+    for other in TASKS:
+        held = [v for v in splits["train"] if v in corpus.labels.get(other, {})]
+        if other != task and held:
+            timelines = {v: corpus.labels_on_timeline(other, v) for v in held}
+            others[other] = (
+                {v: t.values for v, t in timelines.items()},
+                {v: t.valid for v, t in timelines.items()},
+            )
     return FeatureBank(
         task,
         tuple(keys),
@@ -348,4 +362,5 @@ def build_bank(
         fps=fps,
         dims={k: int(m["dim"]) for k, m in manifests.items()},
         shards=shards,
+        others=others,
     )

@@ -29,10 +29,15 @@ from abaw_ray.data.labels import shift_training_targets
 from abaw_ray.features.align import Alignment
 from abaw_ray.fsutil import atomic_path, atomic_write_text
 from abaw_ray.losses import (
+    au_asymmetric_loss,
+    au_bce_loss,
+    au_focal_loss,
+    au_pos_weights,
     ccc_loss,
     class_weights,
     focal_loss,
     smoothed_cross_entropy,
+    soft_au_f1_loss,
     soft_macro_f1_loss,
 )
 from abaw_ray.metrics import score_split
@@ -40,7 +45,7 @@ from abaw_ray.models import create_model, list_models, model_settings
 from abaw_ray.pause import pause_point
 from abaw_ray.pseudo import PseudoLabels, training_targets
 from abaw_ray.settings import problem
-from abaw_ray.tasks import NUM_EXPR_CLASSES, PRIMARY_METRIC, TRIAL_FINISHED, Task
+from abaw_ray.tasks import KIND, NUM_EXPR_CLASSES, PRIMARY_METRIC, TASKS, TRIAL_FINISHED, Task
 from abaw_ray.train.bank import FeatureBank
 from abaw_ray.train.windows import (
     WindowSampler,
@@ -50,7 +55,8 @@ from abaw_ray.train.windows import (
 )
 
 Mode = Literal["frozen", "finetune"]  # stored features, or the image backbone trains too
-Loss = Literal["mix", "ce", "f1", "focal"]  # expr: soft F1 + cross entropy, either, focal
+# expr / au: soft F1 + cross entropy (au: BCE), either alone, focal; au only: asymmetric
+Loss = Literal["mix", "ce", "f1", "focal", "asymmetric"]
 MODEL_STATE = "model.pt"
 PREDICTIONS = "predictions.npz"
 TRIAL_JSON = "trial.json"
@@ -87,13 +93,16 @@ class TrialConfig:
     patience: int = 6  # epochs without a better selection score before stopping
     seed: int = 0
     teacher_forcing_epochs: int = 0  # mctn: epochs to decay teacher forcing to 0 (0: epochs/2)
-    # expression task
-    loss: Loss = "mix"  # expr: f1 | ce | mix | focal
-    f1_weight: float = 0.5  # expr, loss=mix: weight of soft F1 against cross entropy
-    focal_gamma: float = 2.0  # expr, loss=focal: how much easy frames are down-weighted
-    label_smoothing: float = 0.1
-    class_weights: bool = False  # expr: inverse-frequency class weights in cross entropy/focal
+    # expression and action-unit tasks
+    loss: Loss = "mix"  # expr, au: f1 | ce | mix | focal; au: asymmetric too
+    f1_weight: float = 0.5  # loss=mix: weight of soft F1 against cross entropy (au: BCE)
+    focal_gamma: float = 2.0  # loss=focal: how much easy frames are down-weighted
+    label_smoothing: float = 0.1  # expr: cross entropy's
+    class_weights: bool = False  # expr: inverse-frequency class weights; au: positive weights
     balanced_sampling: bool = False  # expr: draw training windows with rare classes more often
+    # multi-task: other tasks' labels learnt on the training videos that have them
+    aux_tasks: str = ""  # "+"-joined other tasks ("expr+au"); "": the trial's own task only
+    aux_weight: float = 0.5  # each other task's loss, weighed against the trial's own
     # semi-supervised
     pseudo_labels: bool = False  # also train on an earlier search's pseudo-labels (weighted)
     # controls
@@ -122,9 +131,16 @@ class TrialConfig:
         wrong = [problem(k, hints[k], v) for k, v in d.items()]
         wrong += [problem(k, settings[k].annotation, v) for k, v in args.items() if k in settings]
         wrong += [f"{k}: model {model} takes no such setting" for k in args if k not in settings]
+        task = d.get("task", cls.task)
+        wrong += [task_problem(task, k, v) for k, v in d.items() if k != "task"]
         if any(wrong):
             raise ValueError("; ".join(w for w in wrong if w))
         return cls(**d, model_args={k: v for k, v in args.items() if v is not None})
+
+    @property
+    def other_tasks(self) -> tuple[Task, ...]:
+        """The tasks whose labels the trial learns beside its own (``aux_tasks``)."""
+        return tuple(t for t in self.aux_tasks.split("+") if t)  # type: ignore[misc]
 
     @property
     def feature_keys(self) -> list[str]:
@@ -142,16 +158,52 @@ class TrialConfig:
         return {**out, **defaults, **self.model_args}
 
 
+# Setting values that only some tasks have: (setting, value) -> those tasks.
+TASK_ONLY: dict[tuple[str, Any], tuple[Task, ...]] = {
+    ("loss", "asymmetric"): ("au",),
+    ("balanced_sampling", True): ("expr",),
+}
+
+
+def task_problem(task: Any, name: str, value: Any) -> str | None:
+    """Why setting ``name`` cannot be ``value`` in a trial of ``task`` (None when it can): a
+    value only some tasks have, or ``aux_tasks`` naming an unknown task or the trial's own."""
+    if task not in TASKS:
+        return f"task: {task!r} is not one of {', '.join(TASKS)}"
+    only = TASK_ONLY.get((name, value))
+    if only is not None and task not in only:
+        return f"{name}: {value!r} is for {' and '.join(only)} trials only, not {task}"
+    if name == "aux_tasks" and isinstance(value, str):
+        parts = [t for t in value.split("+") if t]
+        valid = [t for t in TASKS if t != task]
+        bad = [t for t in parts if t not in valid] + [t for t in set(parts) if parts.count(t) > 1]
+        if bad:
+            return (
+                f"aux_tasks: {value!r} names {bad[0]!r}; a {task} trial's other tasks are "
+                f"{' and '.join(valid)}, '+'-joined (or '' for none)"
+            )
+    return None
+
+
 def trial_targets(
     trial: TrialConfig, bank: FeatureBank, pseudo: PseudoLabels | None = None
-) -> tuple[tuple[str, ...], dict[str, np.ndarray], dict[str, np.ndarray], dict | None]:
-    """What a trial trains on: (videos, labels, valid, per-frame weights or None). The
-    training videos' real labels, and with ``trial.pseudo_labels`` the pseudo-labels of their
-    unlabelled frames and of the test videos, weighted by confidence, never on the videos the
-    trial is scored on (selection and held-out). The control (``shift_labels``) shifts all
-    of them, pseudo-labels included, with their masks and weights (``shift_training_targets``);
+) -> tuple[tuple[str, ...], dict[str, np.ndarray], dict[str, np.ndarray], dict | None, dict]:
+    """What a trial trains on: (videos, labels, valid, per-frame weights or None, the other
+    tasks' {task: (labels, valid)}). The training videos' real labels, and with
+    ``trial.pseudo_labels`` the pseudo-labels of their unlabelled frames and of the test
+    videos, weighted by confidence, never on the videos the trial is scored on (selection and
+    held-out). A multi-task trial's other tasks' labels are the training videos' only
+    (``FeatureBank.others``). The control (``shift_labels``) shifts all of them, pseudo-labels
+    and other tasks included, with their masks and weights (``shift_training_targets``);
     ``shift_pseudo_labels`` alone shifts the pseudo-labels only (their own control)."""
     videos, labels, valid, weights = bank.splits["train"], bank.labels, bank.valid, None
+    missing = [t for t in trial.other_tasks if t not in bank.others]
+    if missing:
+        raise ValueError(
+            f"aux_tasks: the corpus has no {' or '.join(t.upper() for t in missing)} labels on "
+            f"the {bank.task.upper()} training videos"
+        )
+    others = {t: bank.others[t] for t in trial.other_tasks}
     if trial.pseudo_labels:
         if pseudo is None:
             raise ValueError("pseudo_labels=True needs pseudo-labels")
@@ -165,8 +217,10 @@ def trial_targets(
             exclude=(*bank.splits["selection"], *bank.splits["holdout"]),
         )
     if trial.shift_labels:
-        labels, valid, weights = shift_training_targets(labels, valid, weights, videos, trial.seed)
-    return tuple(videos), labels, valid, weights
+        labels, valid, weights, others = shift_training_targets(
+            labels, valid, weights, videos, trial.seed, others
+        )
+    return tuple(videos), labels, valid, weights, others
 
 
 def seed_everything(seed: int) -> None:
@@ -183,10 +237,12 @@ def task_loss(
     weights: torch.Tensor | None,
     frame_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The trial's training loss; ``weights`` are per-class weights (EXPR), ``frame_weight``
-    per-frame ones (pseudo-labels' confidence)."""
+    """The trial's training loss; ``weights`` are per-class weights (EXPR) or per-unit
+    positive weights (AU), ``frame_weight`` per-frame ones (pseudo-labels' confidence)."""
     if trial.task == "va":
         return ccc_loss(pred, target, valid, frame_weight=frame_weight)
+    if trial.task == "au":
+        return au_loss(trial, pred, target, valid, weights, frame_weight)
     if trial.loss == "focal":
         return focal_loss(pred, target, valid, trial.focal_gamma, weights, frame_weight)
     ce = smoothed_cross_entropy(pred, target, valid, trial.label_smoothing, weights, frame_weight)
@@ -196,6 +252,41 @@ def task_loss(
     if trial.loss == "f1":
         return f1
     return trial.f1_weight * f1 + (1 - trial.f1_weight) * ce
+
+
+def au_loss(
+    trial: TrialConfig,
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    valid: torch.Tensor,
+    pos_weight: torch.Tensor | None,
+    frame_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """An AU trial's loss by ``trial.loss``: BCE (``ce``), its focal or asymmetric variant, a
+    soft mean F1, or the mix of soft F1 and BCE."""
+    if trial.loss == "focal":
+        return au_focal_loss(pred, target, valid, trial.focal_gamma, pos_weight, frame_weight)
+    if trial.loss == "asymmetric":
+        return au_asymmetric_loss(pred, target, valid, frame_weight=frame_weight)
+    bce = au_bce_loss(pred, target, valid, pos_weight, frame_weight)
+    if trial.loss == "ce":
+        return bce
+    f1 = soft_au_f1_loss(pred, target, valid, frame_weight=frame_weight)
+    if trial.loss == "f1":
+        return f1
+    return trial.f1_weight * f1 + (1 - trial.f1_weight) * bce
+
+
+def other_task_loss(task: Task, pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor):
+    """A multi-task trial's loss on another task's labels: that task's plain loss (CCC, cross
+    entropy, BCE), 0 on a batch without any of its labels."""
+    if not bool(valid.any()):
+        return pred.sum() * 0.0
+    if KIND[task] == "regression":
+        return ccc_loss(pred, target, valid)
+    if KIND[task] == "multiclass":
+        return smoothed_cross_entropy(pred, target, valid)
+    return au_bce_loss(pred, target, valid)
 
 
 def validation_metrics(
@@ -212,10 +303,12 @@ def validation_metrics(
 def trial_class_weights(
     trial: TrialConfig, labels: Mapping[str, np.ndarray], valid: Mapping[str, np.ndarray], train
 ) -> torch.Tensor | None:
-    """Inverse-frequency weights of the training frames when the trial asks for them."""
-    if trial.task != "expr" or not trial.class_weights:
+    """Inverse-frequency weights of the training frames when the trial asks for them: per
+    class (EXPR) or each unit's positive weight (AU)."""
+    if trial.task == "va" or not trial.class_weights:
         return None
-    return class_weights(np.concatenate([labels[v][valid[v]] for v in train]))
+    frames = np.concatenate([labels[v][valid[v]] for v in train])
+    return au_pos_weights(frames) if trial.task == "au" else class_weights(frames)
 
 
 def save_trial_checkpoint(
@@ -391,7 +484,7 @@ def train_epochs(
     of every non-training split, stop early."""
     rank, world, device = ctx.rank, ctx.world, ctx.device
     seed_everything(trial.seed)
-    train_videos, labels, valid, frame_weights = trial_targets(trial, bank, pseudo)
+    train_videos, labels, valid, frame_weights, others = trial_targets(trial, bank, pseudo)
     sampler = WindowSampler(
         bank,
         trial.feature_keys,
@@ -401,9 +494,15 @@ def train_epochs(
         valid,
         frame_weights,
         trial.video_norm,
+        others,
     )
     model = create_model(
-        trial.model, sampler.input_dims, trial.task, align=sampler.align, **trial.model_args
+        trial.model,
+        sampler.input_dims,
+        trial.task,
+        align=sampler.align,
+        other_tasks=trial.other_tasks,
+        **trial.model_args,
     )
     core = model.core
     plain = model
@@ -449,6 +548,9 @@ def train_epochs(
             batch = sampler.batch([(train_videos[i], int(s)) for i, s in idx]).to(device)
             out = model(batch.inputs, batch.positions)
             loss = task_loss(trial, out["pred"], batch.target, batch.valid, weights, batch.weight)
+            for task, (target, mask) in batch.others.items():
+                other = other_task_loss(task, out["other_tasks"][task], target, mask)
+                loss = loss + trial.aux_weight * other
             optimizer.zero_grad(set_to_none=True)
             (loss + out["aux_loss"]).backward()
             if trial.grad_clip > 0:

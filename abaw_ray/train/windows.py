@@ -8,12 +8,13 @@ are integers end to end.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from abaw_ray.data.labels import shift_within_videos
+from abaw_ray.tasks import KIND, Task, label_dtype, label_shape
 from abaw_ray.train.bank import CONV_MARGIN, NATIVE, FeatureBank, variant_name
 
 
@@ -77,6 +78,8 @@ class Batch:
     target: torch.Tensor
     valid: torch.Tensor
     weight: torch.Tensor | None = None  # per frame (pseudo-labels' confidence); None: all 1
+    # A multi-task trial's other tasks: {task: (target, valid)} on the same frames.
+    others: dict[Task, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     def to(self, device: torch.device) -> Batch:
         move = lambda t: t.to(device, non_blocking=True) if t is not None else None  # noqa: E731
@@ -86,7 +89,29 @@ class Batch:
             move(self.target),
             move(self.valid),
             move(self.weight),
+            {t: (move(y), move(m)) for t, (y, m) in self.others.items()},
         )
+
+
+Targets = tuple[dict[str, np.ndarray], dict[str, np.ndarray]]  # (labels, valid) per video
+
+
+def window_targets(
+    task: Task, targets: Targets, windows: Sequence[tuple[str, int]], length: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``task``'s (labels, valid) of ``windows`` (video, start) of ``length`` frames: frames
+    past a video's end, and videos without the task's labels, are invalid."""
+    labels, valid = targets
+    target = np.zeros((len(windows), *label_shape(task, length)), label_dtype(task))
+    mask = np.zeros((len(windows), length), bool)
+    for i, (v, s) in enumerate(windows):
+        if v in labels:
+            seg = labels[v][s : s + length]
+            target[i, : len(seg)] = seg
+            mask[i, : len(seg)] = valid[v][s : s + length]
+    if KIND[task] == "multiclass":  # the -1 of unannotated frames is no class
+        target = np.where(mask, target, 0)
+    return target, mask
 
 
 class WindowSampler:
@@ -102,9 +127,11 @@ class WindowSampler:
         valid: dict[str, np.ndarray] | None = None,
         weights: dict[str, np.ndarray] | None = None,
         video_norm: bool = False,
+        others: dict[Task, Targets] | None = None,
     ) -> None:
         """``labels`` and ``valid`` replace the bank's training targets (the control, or
-        pseudo-labels merged in); ``weights`` are per-frame loss weights (pseudo-labels).
+        pseudo-labels merged in); ``weights`` are per-frame loss weights (pseudo-labels);
+        ``others`` are a multi-task trial's other tasks' (labels, valid), batched beside.
         ``video_norm``: frame-aligned features are standardised by their own video's mean and
         std (what removes a subject's resting face and the recording's conditions; offline
         recognition sees the whole video), instead of the training videos'."""
@@ -117,6 +144,7 @@ class WindowSampler:
         self.labels = labels or bank.labels
         self.valid = valid or bank.valid
         self.weights = weights
+        self.others = dict(others or {})
         self.video_norm = video_norm
         self._video_stats: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
         self.align = [
@@ -165,26 +193,25 @@ class WindowSampler:
                     )
                 )
                 positions.append(None)
-        task = self.bank.task
-        shape = (length, 2) if task == "va" else (length,)
-        target = np.zeros((len(windows), *shape), np.float32 if task == "va" else np.int64)
-        valid = np.zeros((len(windows), length), bool)
-        weight = np.zeros((len(windows), length), np.float32) if self.weights else None
-        for i, (v, s) in enumerate(windows):
-            if v in self.labels:
-                seg = self.labels[v][s : s + length]
-                target[i, : len(seg)] = seg
-                valid[i, : len(seg)] = self.valid[v][s : s + length]
-                if weight is not None and v in self.weights:
-                    weight[i, : len(seg)] = self.weights[v][s : s + length]
-        if task == "expr":
-            target = np.where(valid, target, 0)
+        target, valid = window_targets(self.bank.task, (self.labels, self.valid), windows, length)
+        weight = None
+        if self.weights:
+            weight = np.zeros((len(windows), length), np.float32)
+            for i, (v, s) in enumerate(windows):
+                if v in self.weights and v in self.labels:
+                    seg = self.weights[v][s : s + length]
+                    weight[i, : len(seg)] = seg
+        others = {
+            t: tuple(map(torch.from_numpy, window_targets(t, targets, windows, length)))
+            for t, targets in self.others.items()
+        }
         return Batch(
             inputs,
             positions,
             torch.from_numpy(target),
             torch.from_numpy(valid),
             None if weight is None else torch.from_numpy(weight),
+            others,
         )
 
     def _native(
@@ -219,6 +246,17 @@ def shifted_labels(
     return shift_within_videos(bank.labels, bank.valid, bank.splits["train"], seed)
 
 
+def probabilities(task: Task, output: torch.Tensor) -> torch.Tensor:
+    """A model's per-frame output as its predictions are stored: VA values as they are, EXPR
+    logits softmaxed into class probabilities, AU logits into each unit's probability."""
+    output = output.float()
+    if KIND[task] == "multiclass":
+        return output.softmax(-1)
+    if KIND[task] == "multilabel":
+        return torch.sigmoid(output)
+    return output
+
+
 @torch.no_grad()
 def predict_videos(
     model: torch.nn.Module,
@@ -228,7 +266,7 @@ def predict_videos(
     batch_size: int = 16,
 ) -> dict[str, np.ndarray]:
     """Per-frame predictions over whole videos: overlapping chunks, averaged where they meet.
-    VA: [T, 2] values; EXPR: [T, 8] class probabilities."""
+    VA: [T, 2] values; EXPR: [T, 8] class probabilities; AU: [T, 12] probabilities."""
     was_training = model.training
     model.eval()
     out: dict[str, np.ndarray] = {}
@@ -240,9 +278,7 @@ def predict_videos(
         for b in range(0, len(starts), batch_size):
             group = starts[b : b + batch_size]
             batch = sampler.batch([(v, s) for s in group]).to(device)
-            pred = model(batch.inputs, batch.positions)["pred"].float()
-            if sampler.bank.task == "expr":
-                pred = pred.softmax(-1)
+            pred = probabilities(sampler.bank.task, model(batch.inputs, batch.positions)["pred"])
             pred = pred.cpu().numpy()
             if acc is None:
                 acc = np.zeros((n, pred.shape[-1]), np.float32)

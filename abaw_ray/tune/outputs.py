@@ -15,13 +15,17 @@ import numpy as np
 from abaw_ray import report
 from abaw_ray.ensemble import EnsembleResult, Member
 from abaw_ray.fsutil import atomic_write_text
-from abaw_ray.submission import write_submission
-from abaw_ray.tasks import OFFICIAL_SCORE, PRIMARY_METRIC, Task
+from abaw_ray.submission import decisions, write_submission
+from abaw_ray.tasks import AU_NAMES, OFFICIAL_SCORE, PRIMARY_METRIC, Task
 from abaw_ray.train.prepare import Prepared
 from abaw_ray.tune.cost import TrialCost, best_by_hours, cost_unit
 from abaw_ray.tune.folds import FoldResult
 
-SUBMISSION_FILE: dict[str, str] = {"va": "VA_submission.txt", "expr": "EXPR_submission.txt"}
+SUBMISSION_FILE: dict[str, str] = {
+    "va": "VA_submission.txt",
+    "expr": "EXPR_submission.txt",
+    "au": "AU_submission.txt",
+}
 RECIPE_FILE = "ensemble_recipe.json"  # what was submitted, and how it was fitted
 
 
@@ -34,8 +38,12 @@ def ensemble_summary(
     summary = {
         f"selection_ensemble_{key}": ens.selection.score,
         f"selection_best_single_{key}": ens.selection.best_single[1][key],
-        f"trial_ensemble_all_val_{key}": ens.submitted.score,
     }
+    if ens.refit:
+        summary[f"trial_ensemble_all_val_{key}"] = ens.submitted.score
+    # AU: each unit's decision threshold, chosen on the selection videos
+    thresholds = ens.submitted.recipe.thresholds
+    summary.update({f"threshold_{n}": t for n, t in zip(AU_NAMES, thresholds)})
     for who, scores in ens.holdout.items():
         summary.update({f"holdout_{who}_{k}": v for k, v in scores.items()})
     if folds is not None:
@@ -55,7 +63,7 @@ def submitted_recipe(
         "fitted_on": list(ens.submitted.videos),
         "selection_recipe": asdict(ens.selection.recipe),
         "selection_videos": list(ens.selection.videos),
-        "holdout_videos": [v for v in ens.submitted.videos if v not in ens.selection.videos],
+        "holdout_videos": list(ens.holdout_videos),
         "members": {m.trial_id: m.description for m in members},
     }
     key = OFFICIAL_SCORE[task]
@@ -96,7 +104,7 @@ def write_outputs(
     template = prepared.corpus.templates.get(task)
     if template is not None:
         test: dict[str, np.ndarray] = ens.test if folds is None else folds.test
-        test = test if task == "va" else {v: p.argmax(-1) for v, p in test.items()}
+        test = {v: decisions(task, p) for v, p in test.items()}
         submission = write_submission(
             out_dir / SUBMISSION_FILE[task], template, test, prepared.bank.face_mask
         )

@@ -1,6 +1,6 @@
 """Search spaces as YAML data: the schema, its validation, and the Optuna define-by-run space.
 
-    task: va                       # va | expr
+    task: va                       # va | expr | au
     features:                      # feature combinations: every visual x every audio
       visual: [face_hog, face_pixels]
       audio: [logmel, wavlm_large, null]   # null: no audio (a visual-only trial)
@@ -36,7 +36,7 @@ from abaw_ray.features.registry import get_spec, list_extractors
 from abaw_ray.models import list_models, model_settings
 from abaw_ray.settings import problem
 from abaw_ray.tasks import TASKS
-from abaw_ray.train.loop import TrialConfig
+from abaw_ray.train.loop import TrialConfig, task_problem
 
 DISTRIBUTIONS = ("value", "choice", "uniform", "loguniform", "randint")
 NOT_SEARCHED = ("task", "features", "model_args")  # set by the space's own keys, or internal
@@ -142,7 +142,9 @@ def _annotations() -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     return trial, models
 
 
-def _parse_parameter(path: Path, name: str, spec: Any, earlier: list[str]) -> Parameter:
+def _parse_parameter(
+    path: Path, name: str, spec: Any, earlier: list[str], task: str = "va"
+) -> Parameter:
     key = f"parameters.{name}"
     trial, models = _annotations()
     if name not in trial and name not in models:
@@ -192,7 +194,7 @@ def _parse_parameter(path: Path, name: str, spec: Any, earlier: list[str]) -> Pa
         samples = list(args)
     for annotation in annotations:
         for v in samples:
-            wrong = problem(name, annotation, v)
+            wrong = problem(name, annotation, v) or task_problem(task, name, v)
             if wrong:
                 raise _fail(path, key, wrong.split(": ", 1)[1])
     if name == "model":
@@ -262,7 +264,7 @@ def load_search_space(path: str | Path) -> SearchSpace:
         raise _fail(path, unknown[0], "unknown top-level key (task, features, parameters)")
     task = data.get("task")
     if task not in TASKS:
-        raise _fail(path, "task", f"expected va or expr, got {task!r}")
+        raise _fail(path, "task", f"expected {', '.join(TASKS)}, got {task!r}")
     feats = data.get("features")
     if not isinstance(feats, dict) or not feats.get("visual"):
         raise _fail(path, "features", "expected {visual: [...], audio: [...]}")
@@ -300,7 +302,7 @@ def load_search_space(path: str | Path) -> SearchSpace:
         raise _fail(path, "parameters", "expected a mapping")
     params: list[Parameter] = []
     for name, spec in params_raw.items():
-        params.append(_parse_parameter(path, name, spec, [p.name for p in params]))
+        params.append(_parse_parameter(path, name, spec, [p.name for p in params], task))
     _check_model_settings(path, params)
     return SearchSpace(
         path, task, tuple(visual), tuple(audio), tuple(params), tuple(tuple(c) for c in extra)
