@@ -224,7 +224,7 @@ def print_summary(
     sel, n_sel, n_held = ens.selection, len(bank.splits["selection"]), len(bank.splits["holdout"])
     best_id = sel.best_single[0]
     used = {t for w in ens.selection.recipe.weights.values() for t, x in w.items() if x}
-    selection, held_out = f"selection ({_count(n_sel)})", f"held out ({_count(n_held)})"
+    selection, held_out = f"selection ({count_of(n_sel)})", f"held out ({count_of(n_held)})"
     print(f"\n{'':<34}{selection:>26}{held_out:>26}")
     held = ens.holdout
     ensemble = f"ensemble of {len(used)} trial{'s' * (len(used) != 1)}" + (
@@ -322,7 +322,8 @@ def print_submission(submission) -> None:
     )
 
 
-def _count(n: int, what: str = "video") -> str:
+def count_of(n: int, what: str = "video") -> str:
+    """``1 video``, ``2 videos``."""
     return f"{n} {what}{'s' * (n != 1)}"
 
 

@@ -187,6 +187,9 @@ def _tune_results(output: Path) -> dict[str, list[dict]]:
     results = {}
     for f in output.glob("ray_results/search_va-*/run_trial_*/result.json"):
         rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        # Tune also writes a row without the trial's metrics (its last result re-sent when a
+        # trial whose node was lost is restored): the epochs are what the trial reported.
+        rows = [r for r in rows if "epoch" in r]
         if rows:
             results[rows[0]["trial_id"]] = rows
     return results

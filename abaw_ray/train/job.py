@@ -21,6 +21,7 @@ from abaw_ray.features.store import store_key
 from abaw_ray.fsutil import ensure_results_dir
 from abaw_ray.metrics import score_split
 from abaw_ray.models import list_models
+from abaw_ray.report import count_of
 from abaw_ray.runtime import (
     SMOKE_ENV,
     SMOKE_EPOCHS,
@@ -271,15 +272,15 @@ def train_on_ray(
         print(
             f"  best epoch {best['epoch']}: val CCC {best[metric]:.4f} "
             f"(valence {best['val_ccc_valence']:.4f}, arousal {best['val_ccc_arousal']:.4f})"
-            f" on {len(splits['val'])} validation videos",
+            f" on the {count_of(len(splits['selection']), 'selection video')}",
             file=out,
         )
     else:
         print(f"  best epoch {best['epoch']}: val macro F1 {best[metric]:.4f}", file=out)
     if splits["holdout"]:
-        n = len(splits["holdout"])
+        n = count_of(len(splits["holdout"]))
         print(
-            f"  held out ({n} videos, not selected on): {key} {final[f'holdout_{key}']:.4f}",
+            f"  held out ({n}, not selected on): {key} {final[f'holdout_{key}']:.4f}",
             file=out,
         )
     print(f"  checkpoint: {checkpoint.path}", file=out)

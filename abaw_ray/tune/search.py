@@ -318,11 +318,12 @@ def build_tuner(
         ),
         cfg,
     )
+    max_t = _max_epochs(cfg.space)
     scheduler = (
         ASHAScheduler(
             time_attr="epoch",
-            max_t=_max_epochs(cfg.space),
-            grace_period=cfg.grace_period,
+            max_t=max_t,
+            grace_period=min(cfg.grace_period, max_t),  # a short search (smoke): all it has
             reduction_factor=2,
         )
         if cfg.scheduler == "asha"
