@@ -122,13 +122,18 @@ def au_f1(decisions: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 
 THRESHOLD_BINS = 100  # threshold candidates: 0.01 ... 0.99 (and the bins they count frames in)
+# A threshold further from 0.5 must raise a unit's F1 by more than this: a flat F1 curve on a
+# few selection videos would otherwise push thresholds to the extremes, which hold elsewhere.
+THRESHOLD_TOLERANCE = 0.01
 
 
-def best_thresholds(probs: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def best_thresholds(
+    probs: np.ndarray, target: np.ndarray, tolerance: float = THRESHOLD_TOLERANCE
+) -> tuple[np.ndarray, np.ndarray]:
     """Each unit's decision threshold maximising its F1 on these frames, among 0.01 ... 0.99:
     (thresholds [U], their F1 [U]). Frames are counted into ``THRESHOLD_BINS`` bins once, so
-    it costs one pass over the frames, however many thresholds are tried; ties go to the
-    threshold nearest 0.5."""
+    it costs one pass over the frames, however many thresholds are tried. The threshold is the
+    one nearest 0.5 among those within ``tolerance`` of the best F1."""
     p = np.clip(np.asarray(probs, np.float64), 0.0, 1.0)
     t = np.asarray(target).astype(bool)
     grid = np.arange(1, THRESHOLD_BINS) / THRESHOLD_BINS
@@ -146,9 +151,9 @@ def best_thresholds(probs: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, 
     positives = pos.sum(1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         f1 = np.where(tp + fp + positives > 0, 2 * tp / (tp + fp + positives), 0.0)
-    # The best F1, ties to the threshold nearest 0.5.
-    closeness = -np.abs(grid - 0.5) * 1e-9
-    k = np.argmax(f1 + closeness, axis=1)
+    # Among the thresholds within ``tolerance`` of the best F1, the one nearest 0.5.
+    near = f1 >= f1.max(1, keepdims=True) - tolerance - 1e-12
+    k = np.argmin(np.where(near, np.abs(grid - 0.5), np.inf), axis=1)
     return grid[k], f1[np.arange(units), k]
 
 

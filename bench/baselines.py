@@ -1,6 +1,8 @@
 """The floor of a corpus: per-frame linear models on face pixels, scored like the jobs.
 
-VA: ridge regression; EXPR: multinomial logistic regression (L2, class-balanced or not). Each
+VA: ridge regression; EXPR: multinomial logistic regression (L2, class-balanced or not); AU:
+one logistic regression per unit (L2), deciding at 0.5, or at each unit's threshold chosen on
+the selection videos, beside the all-zeros and all-ones answers. Each
 frame is its 24x24 grey face (frames without a face image take the nearest face's pixels, as
 extraction fills them), standardised with the training frames' statistics. Models fit on the
 training videos' valid frames and are scored with the official global score
@@ -10,7 +12,7 @@ videos and the chosen model is scored once on the held-out ones: the figures sta
 search's selection and held-out columns. The score on all validation videos with the penalty
 chosen there (optimistic) is printed too.
 
-    python bench/baselines.py [CORPUS] [--task va|expr|both] [--size 24]
+    python bench/baselines.py [CORPUS] [--task va|expr|au|all] [--size 24]
 
 CORPUS defaults to the embedded corpus.
 """
@@ -28,8 +30,8 @@ from PIL import Image
 from abaw_ray.data.corpus import Corpus, load_corpus
 from abaw_ray.data.synthetic import ensure_default_corpus
 from abaw_ray.data.timeline import fill_from_nearest
-from abaw_ray.metrics import score_split
-from abaw_ray.tasks import EXPR_CLASSES, NUM_EXPR_CLASSES, OFFICIAL_SCORE, TASKS
+from abaw_ray.metrics import calibrate_thresholds, score_split, tuned_au_f1
+from abaw_ray.tasks import AU_NAMES, EXPR_CLASSES, NUM_AUS, NUM_EXPR_CLASSES, OFFICIAL_SCORE, TASKS
 from abaw_ray.train.bank import split_holdout
 from abaw_ray.tune.search import SearchConfig
 
@@ -85,14 +87,21 @@ def ridge_va(train, val) -> list[tuple[float, dict[str, np.ndarray]]]:
 def fit_logistic(
     x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, l2: float
 ) -> torch.nn.Linear:
-    """Multinomial logistic regression by L-BFGS, L2 on the weights."""
+    """Logistic regression by L-BFGS, L2 on the weights: multinomial over the expression
+    classes for int64 targets, one per unit (independent sigmoids) for float [N, 12] ones."""
     torch.manual_seed(0)
-    model = torch.nn.Linear(x.shape[1], NUM_EXPR_CLASSES)
+    units = target.dtype == torch.float32
+    model = torch.nn.Linear(x.shape[1], NUM_AUS if units else NUM_EXPR_CLASSES)
     opt = torch.optim.LBFGS(model.parameters(), max_iter=200, line_search_fn="strong_wolfe")
+    loss_fn = (
+        torch.nn.functional.binary_cross_entropy_with_logits
+        if units
+        else lambda z, y: torch.nn.functional.cross_entropy(z, y, weight=weight)
+    )
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(x), target, weight=weight)
+        loss = loss_fn(model(x), target)
         loss = loss + l2 * model.weight.square().sum()
         loss.backward()
         return loss
@@ -125,6 +134,37 @@ def logistic_expr(train, val, balanced: bool) -> list[tuple[float, dict[str, np.
     return out
 
 
+def logistic_au(train, val) -> list[tuple[float, dict[str, np.ndarray]]]:
+    """(L2 penalty, each unit's probability on every validation video) for each penalty."""
+    (xt, yt, mt), (xv, _, _) = train, val
+    x = np.concatenate([xt[v][mt[v]] for v in xt])
+    y = np.concatenate([yt[v][mt[v]] for v in xt]).astype(np.float32)
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    xs, target = torch.from_numpy((x - mu) / sd), torch.from_numpy(y)
+    out = []
+    for l2 in L2:
+        model = fit_logistic(xs, target, None, l2)
+        with torch.no_grad():
+            preds = {v: model(torch.from_numpy((xv[v] - mu) / sd)).sigmoid().numpy() for v in xv}
+        out.append((l2, preds))
+    return out
+
+
+def constant_au(val, value: float) -> list[tuple[float, dict[str, np.ndarray]]]:
+    """Every unit present (1) or absent (0) in every frame: the floors a mean F1 has."""
+    return [(0.0, {v: np.full((len(x), NUM_AUS), value) for v, x in val[0].items()})]
+
+
+def tuned_on(fits, select, labels, valid) -> list[tuple[float, dict[str, np.ndarray]]]:
+    """Each fit's predictions with every unit's threshold chosen on the ``select`` videos
+    (mapped to 0.5), as the search's ensemble chooses them."""
+    out = []
+    for penalty, preds in fits:
+        thresholds, _ = tuned_au_f1(preds, select, labels, valid)
+        out.append((penalty, {v: calibrate_thresholds(p, thresholds) for v, p in preds.items()}))
+    return out
+
+
 def choose(task: str, fits, videos, labels, valid) -> tuple[float, dict[str, np.ndarray]]:
     """The (penalty, predictions) that score best on ``videos``."""
     key = OFFICIAL_SCORE[task]
@@ -134,12 +174,12 @@ def choose(task: str, fits, videos, labels, valid) -> tuple[float, dict[str, np.
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("corpus", type=Path, nargs="?", help="Aff-Wild2 root (default: embedded)")
-    p.add_argument("--task", choices=("va", "expr", "both"), default="both")
+    p.add_argument("--task", choices=(*TASKS, "all"), default="all")
     p.add_argument("--size", type=int, default=24, help="face side in pixels")
     args = p.parse_args()
     root = args.corpus or ensure_default_corpus()
     corpus = load_corpus(root)
-    tasks = TASKS if args.task == "both" else (args.task,)
+    tasks = TASKS if args.task == "all" else (args.task,)
     print(f"per-frame linear baselines on {args.size}x{args.size} grey faces, {root}")
     for task in tasks:
         train_videos = corpus.split_videos(task, "train")
@@ -155,14 +195,25 @@ def main() -> None:
         # The videos a search job selects on and holds out by default.
         select, held = split_holdout(val_videos, SearchConfig.holdout, SearchConfig.seed)
         key = OFFICIAL_SCORE[task]
+        labels, valid = val[1], val[2]
         if task == "va":
             runs = [("VA   ridge", ridge_va(train, val))]
+        elif task == "au":
+            fits = logistic_au(train, val)
+            runs = [
+                ("AU   logistic per unit, threshold 0.5", fits),
+                (
+                    "AU   logistic per unit, thresholds chosen on the selection videos",
+                    tuned_on(fits, select, labels, valid),
+                ),
+                ("AU   all zeros", constant_au(val, 0.0)),
+                ("AU   all ones", constant_au(val, 1.0)),
+            ]
         else:
             runs = [
                 (f"EXPR logistic, {kind}", logistic_expr(train, val, kind == "class-balanced"))
                 for kind in ("plain", "class-balanced")
             ]
-        labels, valid = val[1], val[2]
         for name, fits in runs:
             penalty, preds = choose(task, fits, select, labels, valid)
             all_penalty, all_preds = choose(task, fits, val_videos, labels, valid)
@@ -178,6 +229,8 @@ def main() -> None:
             )
             if task == "va":
                 print(f"       valence {s['ccc_valence']:.4f}, arousal {s['ccc_arousal']:.4f}")
+            elif task == "au":
+                print("       per unit: " + ", ".join(f"{a} {s[f'f1_{a}']:.2f}" for a in AU_NAMES))
             else:
                 print(
                     "       per class: "

@@ -3,13 +3,17 @@ synth --realistic``): single trials of one base configuration with one technique
 ``--seeds`` seeds each, scored on held-out validation videos that nothing selects on (not the
 best epoch, not the smoothing), beside the shifted-label control of the same base.
 
-    python bench/techniques.py --task va|expr [--seeds 3] [--rows ROW,ROW]
+    python bench/techniques.py --task va|expr|au [--seeds 3] [--rows ROW,ROW]
 
-Rows: the base (a TCN on face + audio for VA, on the face for EXPR); each technique switched
+Rows: the base (a TCN on face + audio for VA, on the face for EXPR and AU); each technique
+switched
 on or swapped in; temporal smoothing chosen on the selection videos after training;
 pseudo-labels made by the base trials' ensemble (unlabelled stretches of training videos and
 the test videos), beside the same pseudo-labels shifted within each video (their control); and
-the base trained on shifted labels and masks (the control of the whole setup). The gain of a
+the base trained on shifted labels and masks (the control of the whole setup). The
+multi-task row also learns the other two tracks' labels; its control shifts those with its own
+(``shift_labels`` moves every label a trial trains on). AU trials are scored as the search's
+ensemble decides: each unit's threshold chosen on the selection videos. The gain of a
 row is its held-out score minus the base's, seed by seed. The per-frame floor of the same
 corpus is ``python bench/baselines.py`` on it.
 """
@@ -27,7 +31,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from abaw_ray.metrics import score_split
+from abaw_ray.metrics import calibrate_thresholds, score_split, tuned_au_f1
 from abaw_ray.pseudo import make_pseudo_labels
 from abaw_ray.smoothing import choose_smoothing, smooth_predictions
 from abaw_ray.tasks import OFFICIAL_SCORE, TASKS
@@ -68,7 +72,25 @@ BASE: dict[str, dict[str, Any]] = {
         epochs=15,
         patience=4,
     ),
+    "au": dict(
+        task="au",
+        features="face_hog",
+        model="tcn",
+        hidden=64,
+        layers=2,
+        dropout=0.3,
+        window=32,
+        lr=1e-3,
+        loss="ce",
+        class_weights=True,
+        video_norm=True,
+        epochs=15,
+        patience=4,
+    ),
 }
+MULTI_TASK = "multi-task: the other tracks' labels too"
+MULTI_TASK_CONTROL = "multi-task, all labels shifted (control)"
+AUX = {"va": "expr+au", "expr": "va+au", "au": "va+expr"}  # a multi-task row's other tasks
 # Row name -> what it changes in the base. "smoothing" and the pseudo-label rows are special.
 ROWS: dict[str, dict[str, dict[str, Any]]] = {
     "va": {
@@ -85,7 +107,17 @@ ROWS: dict[str, dict[str, dict[str, Any]]] = {
         "focal loss (class weights as alpha)": {"loss": "focal"},
         "class-balanced sampling": {"balanced_sampling": True},
     },
+    "au": {
+        "features normalised globally, not per video": {"video_norm": False},
+        "per-frame MLP instead of the TCN": {"model": "frame_mlp", "layers": 1, "hidden": 128},
+        "no positive weights": {"class_weights": False},
+        "asymmetric loss": {"loss": "asymmetric"},
+        "soft F1 + BCE": {"loss": "mix"},
+    },
 }
+for _task, _rows in ROWS.items():
+    _rows[MULTI_TASK] = {"aux_tasks": AUX[_task], "aux_weight": 0.5}
+    _rows[MULTI_TASK_CONTROL] = {"aux_tasks": AUX[_task], "aux_weight": 0.5, "shift_labels": True}
 PSEUDO = "pseudo-labels"
 PSEUDO_CONTROL = "pseudo-labels shifted (control)"
 SMOOTHING = "smoothing chosen on selection videos"
@@ -132,8 +164,15 @@ def run_rows(
 
 
 def scores(task, preds, bank) -> tuple[float, float]:
-    """(selection score, held-out score) of one trial's predictions."""
+    """(selection score, held-out score) of one trial's predictions; AU with each unit's
+    threshold chosen on the selection videos."""
     key = OFFICIAL_SCORE[task]
+    if task == "au":
+        sel_videos = bank.splits["selection"]
+        thresholds, sel = tuned_au_f1(preds["selection"], sel_videos, bank.labels, bank.valid)
+        held = {v: calibrate_thresholds(p, thresholds) for v, p in preds["holdout"].items()}
+        out = score_split(task, held, bank.splits["holdout"], bank.labels, bank.valid)
+        return sel, out[key]
     sel = score_split(task, preds["selection"], bank.splits["selection"], bank.labels, bank.valid)[
         key
     ]
@@ -142,13 +181,18 @@ def scores(task, preds, bank) -> tuple[float, float]:
 
 
 def smoothed(task, preds, bank) -> dict[str, dict[str, np.ndarray]]:
-    """The trial's held-out predictions smoothed by the filter chosen on its selection
-    videos."""
+    """The trial's selection and held-out predictions smoothed by the filter chosen on its
+    selection videos (AU thresholds are then chosen on the smoothed selection)."""
     chosen, _, _ = choose_smoothing(
         task, preds["selection"], bank.splits["selection"], bank.labels, bank.valid
     )
-    held = list(bank.splits["holdout"])
-    return {**preds, "holdout": smooth_predictions(task, chosen, preds["holdout"], held)}
+    return {
+        **preds,
+        **{
+            split: smooth_predictions(task, chosen, preds[split], list(bank.splits[split]))
+            for split in ("selection", "holdout")
+        },
+    }
 
 
 def pseudo_labels(task, base_runs, bank):
@@ -165,7 +209,11 @@ def main() -> None:
     p.add_argument("--task", choices=TASKS, default="va")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--num-cpus", type=int, default=2)
-    p.add_argument("--rows", help="comma-separated row names to run (default: all)")
+    p.add_argument(
+        "--rows",
+        help="comma-separated row names to run beside the base and its control (default: all; "
+        f"'{SMOOTHING}' and '{PSEUDO}' name those rows)",
+    )
     p.add_argument("--epochs", type=int, help="override the base's epochs (a quick look)")
     p.add_argument("--store", type=Path, help="feature store to reuse (default: a temporary one)")
     args = p.parse_args()
@@ -194,28 +242,29 @@ def main() -> None:
         runs = run_rows(
             rows, base_config, args.seeds, prepared.bank_ref, storage, at_once=args.num_cpus
         )
-        runs[SMOOTHING] = [smoothed(task, r, bank) for r in runs["base"]]
+        if wanted is None or SMOOTHING in wanted:
+            runs[SMOOTHING] = [smoothed(task, r, bank) for r in runs["base"]]
         pseudo = pseudo_labels(task, runs["base"], bank)
-        pseudo_ref = ray.put(pseudo)
-        runs.update(
-            run_rows(
-                {
-                    PSEUDO: {"pseudo_labels": True},
-                    PSEUDO_CONTROL: {"pseudo_labels": True, "shift_pseudo_labels": True},
-                },
-                base_config,
-                args.seeds,
-                prepared.bank_ref,
-                storage,
-                pseudo_ref,
-                at_once=args.num_cpus,
+        if wanted is None or PSEUDO in wanted:
+            runs.update(
+                run_rows(
+                    {
+                        PSEUDO: {"pseudo_labels": True},
+                        PSEUDO_CONTROL: {"pseudo_labels": True, "shift_pseudo_labels": True},
+                    },
+                    base_config,
+                    args.seeds,
+                    prepared.bank_ref,
+                    storage,
+                    ray.put(pseudo),
+                    at_once=args.num_cpus,
+                )
             )
-        )
     key = OFFICIAL_SCORE[task]
     base = [scores(task, r, bank) for r in runs["base"]]
     print(
         f"techniques on the realistic corpus, task {task}: {len(bank.splits['train'])} training "
-        f"videos, selection {', '.join(bank.splits['val'])}, held out "
+        f"videos, selection {', '.join(bank.splits['selection'])}, held out "
         f"{', '.join(bank.splits['holdout'])}; {args.seeds} seeds; base "
         f"{BASE[task]['model']} {BASE[task]['features']}; pseudo-labels on {pseudo.frames} "
         f"frames (mean confidence {pseudo.mean_confidence():.2f})"

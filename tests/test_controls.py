@@ -142,9 +142,7 @@ def test_the_pseudo_control_moves_only_the_pseudo_labels():
     bank, pseudo = _pseudo_bank()
     trial = TrialConfig(task="expr", pseudo_labels=True)
     _, lab, ok, _, _ = trial_targets(trial, bank, pseudo)
-    _, plab, pok, _, _ = trial_targets(
-        replace(trial, shift_pseudo_labels=True), bank, pseudo
-    )
+    _, plab, pok, _, _ = trial_targets(replace(trial, shift_pseudo_labels=True), bank, pseudo)
     real = bank.valid["a"]
     np.testing.assert_array_equal(plab["a"][real], lab["a"][real])  # real labels in place
     assert (plab["a"][~real] != lab["a"][~real]).mean() > 0.5

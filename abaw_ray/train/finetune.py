@@ -44,7 +44,12 @@ from abaw_ray.train.loop import (
     trial_class_weights,
     validation_metrics,
 )
-from abaw_ray.train.windows import inference_chunks, shifted_labels, training_windows
+from abaw_ray.train.windows import (
+    inference_chunks,
+    probabilities,
+    shifted_labels,
+    training_windows,
+)
 
 DECODE_BATCH = 4  # windows per Ray Data decode call
 
@@ -262,10 +267,8 @@ def predict_from_images(
         acc, count = None, np.zeros(n, np.float32)
         for s in inference_chunks(n, length):
             images = decode_faces({"path": np.array(index.paths(v, s, length))})["image"]
-            pred = model(torch.from_numpy(images)[None].to(device))["pred"].float()
-            if index.task == "expr":
-                pred = pred.softmax(-1)
-            pred = pred[0].cpu().numpy()
+            pred = model(torch.from_numpy(images)[None].to(device))["pred"]
+            pred = probabilities(index.task, pred)[0].cpu().numpy()
             if acc is None:
                 acc = np.zeros((n, pred.shape[-1]), np.float32)
             m = min(length, n - s)

@@ -276,7 +276,12 @@ def train_on_ray(
             file=out,
         )
     else:
-        print(f"  best epoch {best['epoch']}: val macro F1 {best[metric]:.4f}", file=out)
+        what = "mean F1 of the 12 units at 0.5" if task == "au" else "macro F1"
+        print(
+            f"  best epoch {best['epoch']}: val {what} {best[metric]:.4f}"
+            f" on the {count_of(len(splits['selection']), 'selection video')}",
+            file=out,
+        )
     if splits["holdout"]:
         n = count_of(len(splits["holdout"]))
         print(
