@@ -72,22 +72,8 @@ BASE: dict[str, dict[str, Any]] = {
         epochs=15,
         patience=4,
     ),
-    "au": dict(
-        task="au",
-        features="face_hog",
-        model="tcn",
-        hidden=64,
-        layers=2,
-        dropout=0.3,
-        window=32,
-        lr=1e-3,
-        loss="ce",
-        class_weights=True,
-        video_norm=True,
-        epochs=15,
-        patience=4,
-    ),
 }
+BASE["au"] = {**BASE["expr"], "task": "au"}  # the EXPR base; BCE with positive weights
 MULTI_TASK = "multi-task: the other tracks' labels too"
 MULTI_TASK_CONTROL = "multi-task, all labels shifted (control)"
 AUX = {"va": "expr+au", "expr": "va+au", "au": "va+expr"}  # a multi-task row's other tasks
