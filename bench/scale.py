@@ -146,7 +146,7 @@ def main() -> None:
     if args.repeats < 3:
         p.error("--repeats must be at least 3 (the time printed is a median)")
     space = load_search_space(REPO / "search_spaces" / "va.yaml")
-    alignments = next((q.args for q in space.parameters if q.name == "alignment"), ("interp",))
+    alignments = space.alignments()
     names = list(space.extractors)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     baseline = peak_rss()  # the process with Ray and the project imported, before any data

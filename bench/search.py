@@ -83,7 +83,7 @@ def main() -> None:
     if args.repeats < 3:
         p.error("--repeats must be at least 3 (the figure printed is a median)")
     space = load_search_space(args.space)
-    alignments = next((q.args for q in space.parameters if q.name == "alignment"), ("interp",))
+    alignments = space.alignments()
     rows: dict[str, list[dict]] = {"asha": [], "none": []}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.repeats):

@@ -226,3 +226,17 @@ def test_a_new_model_and_its_new_setting_need_no_edit_outside_the_model(tmp_path
         assert out.shape == (1, 4, 2)
     finally:
         _MODELS.pop("tiny_linear_for_test")
+
+
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        ("  alignment: {value: pool}\n", ("pool",)),  # one value: not its characters
+        ("  alignment: {choice: [interp, conv]}\n", ("interp", "conv")),
+        ("", ("interp",)),  # not searched: TrialConfig's default
+    ],
+)
+def test_the_bank_holds_the_alignments_a_space_can_ask_for(tmp_path, line, expected):
+    space = tmp_path / "s.yaml"
+    space.write_text(f"task: va\nfeatures: {{visual: [face_hog]}}\nparameters:\n{line}")
+    assert load_search_space(space).alignments() == expected

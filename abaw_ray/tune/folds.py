@@ -164,8 +164,8 @@ def combine_folds(
     predictions of its own videos ``fold_videos[i]``, ``test[i]`` its test predictions. Each
     fold is scored on its videos, then all out-of-fold predictions together over every
     video (the official global score); the test predictions are averaged over the folds
-    (VA: values, EXPR: probabilities) and smoothed by the filter chosen on the out-of-fold
-    predictions."""
+    (VA: values, EXPR and AU: probabilities) and smoothed by the filter chosen on the
+    out-of-fold predictions (AU: then decided at each unit's threshold chosen there)."""
     if not fold_videos or not (len(fold_videos) == len(val) == len(test)):
         raise ValueError("one list of videos, validation and test predictions per fold")
     folds = []
@@ -306,7 +306,9 @@ def print_folds(result: FoldResult) -> None:
     )
     smoothing = ", ".join(f"{k} {v}" for k, v in result.recipe.smoothing_names().items())
     print(
-        f"  smoothing {smoothing}, chosen on the out-of-fold predictions: "
+        f"  smoothing {smoothing}"
+        + (", and each unit's threshold" if result.recipe.thresholds else "")
+        + ", chosen on the out-of-fold predictions: "
         f"{_scores_text(task, result.oof_smoothed)} (optimistic: chosen there)"
     )
     print(

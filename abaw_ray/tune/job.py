@@ -419,7 +419,7 @@ def prepare_search(
     output: Path,
     holdout_videos: tuple[str, ...] | None = None,
 ) -> Prepared:
-    alignments = next((p.args for p in space.parameters if p.name == "alignment"), ("interp",))
+    alignments = space.alignments()
     return prepare(
         args.data,
         args.store or output / "features",

@@ -56,6 +56,16 @@ class Parameter:
     def active(self, config: dict[str, Any]) -> bool:
         return all(config.get(k) in allowed for k, allowed in self.when.items())
 
+    @property
+    def values(self) -> tuple[Any, ...]:
+        """The values a discrete parameter can take (``choice``: its list; ``value``: that one
+        value; a string is one value, never its characters); () for a range."""
+        if self.kind == "value":
+            return (self.args,)
+        if self.kind == "choice":
+            return tuple(self.args)
+        return ()
+
 
 @dataclass(frozen=True)
 class SearchSpace:
@@ -65,6 +75,11 @@ class SearchSpace:
     audio: tuple[str | None, ...]
     parameters: tuple[Parameter, ...]
     extra: tuple[tuple[str, ...], ...] = ()  # combinations listed whole (visual first)
+
+    def alignments(self) -> tuple[str, ...]:
+        """The feature alignments its trials can ask for: the bank holds each one's variant."""
+        searched = next((p for p in self.parameters if p.name == "alignment"), None)
+        return searched.values if searched is not None else (TrialConfig.alignment,)
 
     def combinations(self, key_of: dict[str, str] | None = None) -> list[str]:
         """Feature combinations as strings (``"face_hog+logmel"``): searchers take strings,
@@ -222,13 +237,7 @@ def _check_model_settings(path: Path, params: list[Parameter]) -> None:
     its values fits each such model's annotation."""
     trial, models = _annotations()
     model = next((p for p in params if p.name == "model"), None)
-    pickable = (
-        [TrialConfig.model]
-        if model is None
-        else list(model.args)
-        if model.kind == "choice"
-        else [model.args]
-    )
+    pickable = [TrialConfig.model] if model is None else list(model.values)
     for p in params:
         if p.name in trial:
             continue
@@ -241,8 +250,7 @@ def _check_model_settings(path: Path, params: list[Parameter]) -> None:
                     f"model {m} takes no {p.name} (its settings: "
                     f"{', '.join(model_settings(m))}); limit it with when: {{model: [...]}}",
                 )
-            values = p.args if p.kind == "choice" else [p.args] if p.kind == "value" else []
-            for v in values:
+            for v in p.values:
                 wrong = problem(p.name, models[p.name][m], v)
                 if wrong:
                     raise _fail(path, f"parameters.{p.name}", f"model {m}: {wrong}")
