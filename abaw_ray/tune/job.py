@@ -457,6 +457,12 @@ def finish_search(
     costs = trial_costs(cfg, outcomes)
     with contextlib.redirect_stdout(console.out):
         report.print_trials(task, outcomes)
+        if cfg.scheduler == "asha" and cfg.max_concurrent != 1:
+            print(
+                "  (ASHA stops a trial against the results that reached it first: with trials "
+                "running side by side, a rerun with the same seed can stop one at another "
+                "epoch; --scheduler none stops none early)"
+            )
     pause_point("before_ensemble")
 
     members = load_members(outcomes, cfg.top_k, warn)
