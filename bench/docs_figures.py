@@ -75,7 +75,10 @@ def main() -> int:
     p.add_argument("files", nargs="*", type=Path, help="default: README.md and docs/*.md")
     p.add_argument("--tolerance", type=float, default=0.5, help="relative, for non-scores")
     args = p.parse_args()
-    files = args.files or [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    files = [f.resolve() for f in args.files] or [
+        REPO / "README.md",
+        *sorted((REPO / "docs").glob("*.md")),
+    ]
     drifted = 0
     for q in quotes(files):
         print(f"{q.doc.relative_to(REPO)}:{q.line}: $ {q.command}")

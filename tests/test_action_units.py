@@ -250,3 +250,16 @@ def test_the_synthetic_units_follow_the_expressions_and_mark_the_face_where_they
         face = draw_face(np.zeros(7), identity, np.random.default_rng(1), None, shown)
         changed = np.abs(face.astype(int) - plain).sum(-1) > 30
         assert changed.any() and changed[rows].sum() == changed.sum(), name
+
+
+def test_a_corpus_without_one_tasks_labels_keeps_its_timelines(corpus_root):
+    """A corpus built with VA and EXPR labels only (an older annotation set, or by hand) has
+    the same frame timelines: nothing asks for the AU labels it lacks."""
+    from dataclasses import replace
+
+    from abaw_ray.data import load_corpus
+
+    corpus = load_corpus(corpus_root)
+    without = replace(corpus, labels={t: corpus.labels[t] for t in ("va", "expr")})
+    for v in corpus.labels["va"]:
+        assert without.num_frames(v) == corpus.labels["va"][v].num_frames

@@ -135,7 +135,8 @@ class Corpus:
         The label files are trusted over the container (DESIGN.md); for an unlabeled (test)
         video the template decides, then the container's frame count, then the last face.
         """
-        lengths = [self.labels[t][video].num_frames for t in TASKS if video in self.labels[t]]
+        labels = [self.labels.get(t, {}) for t in TASKS]  # a corpus may lack a task's labels
+        lengths = [lab[video].num_frames for lab in labels if video in lab]
         if lengths:
             return max(lengths)
         tmpl = [int(t.frames(video).max()) for t in self.templates.values() if video in t.videos]
