@@ -105,3 +105,32 @@ def test_the_control_learns_nothing_and_a_stopped_trial_stops():
     stopped = Reports()
     train_epochs(TrialConfig.from_dict(TRIAL), bank, _context(stopped, stop_after=2))
     assert [m["epoch"] for m in stopped.metrics] == [1, 2]
+
+
+def test_a_worker_its_node_lost_is_retried_and_an_error_of_the_training_code_is_not():
+    """What decides a retry: a dead worker actor, or Train's health check failing to reach the
+    worker (what a lost node gives, seen in the cluster test), is lost; an exception the
+    training code raised is not. Ray Train's health-check classes are internal: this fails
+    loudly when an upgrade moves or renames them."""
+    import ray
+    from ray.train.v2._internal.exceptions import (
+        WorkerHealthCheckFailedError,
+        WorkerHealthCheckTimeoutError,
+    )
+
+    from abaw_ray.train.trainer import UNREACHABLE_WORKER_ERRORS, lost_worker
+
+    assert {WorkerHealthCheckFailedError.__name__, WorkerHealthCheckTimeoutError.__name__} == set(
+        UNREACHABLE_WORKER_ERRORS
+    )
+    unreachable = WorkerHealthCheckFailedError(
+        "health check failed", ray.exceptions.ActorUnavailableError("gone", None)
+    )
+
+    def group(failure: Exception) -> Exception:
+        return ray.train.WorkerGroupError("training failed", {0: failure})
+
+    assert lost_worker(group(unreachable))
+    assert lost_worker(group(WorkerHealthCheckTimeoutError("no answer")))
+    assert lost_worker(group(ray.exceptions.RayActorError()))
+    assert not lost_worker(group(ValueError("hidden: -1 is not a size")))

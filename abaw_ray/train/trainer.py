@@ -89,14 +89,23 @@ def build_trainer(
     )
 
 
+# Ray Train's worker failures that mean the worker could not be reached (its node was lost),
+# not that the training code raised. Train exports no public class for them: named here, and
+# tests/test_loop.py fails when a Ray upgrade renames them.
+UNREACHABLE_WORKER_ERRORS = ("WorkerHealthCheckFailedError", "WorkerHealthCheckTimeoutError")
+
+
 def lost_worker(err: Exception) -> bool:
     """Whether a failed Train run lost a worker or its node (worth a retry, from the last
     checkpoint) rather than meeting an error its training code raised (not worth one: it
-    would raise again)."""
+    would raise again): a dead actor, or a health check that could not reach the worker."""
     if not isinstance(err, ray.train.WorkerGroupError):
         return True  # the controller's or a preemption's: not the training code's
     failures = list(err.worker_failures.values())
-    return not failures or any(isinstance(e, ray.exceptions.RayActorError) for e in failures)
+    return not failures or any(
+        isinstance(e, ray.exceptions.RayActorError) or type(e).__name__ in UNREACHABLE_WORKER_ERRORS
+        for e in failures
+    )
 
 
 def error_tail(err: Exception, lines: int = 3) -> str:
