@@ -261,6 +261,18 @@ def _expression_classes(
     return out
 
 
+def _set_in(x: np.ndarray, fps: float) -> np.ndarray:
+    """``x`` [T, D] (float64) followed with a lag: each change sets in over about ``onset_s``
+    rather than jumping (a first-order filter, the first frame as it is)."""
+    alpha = 1.0 - np.exp(-1.0 / (EMBEDDED.onset_s * fps))
+    out = np.empty_like(x)
+    acc = x[0]
+    for i in range(len(x)):
+        acc = acc + alpha * (x[i] - acc)
+        out[i] = acc
+    return out
+
+
 def _actions(
     valence: np.ndarray,
     arousal: np.ndarray,
@@ -280,13 +292,7 @@ def _actions(
         )
         cls = cls * strength[:, None]
     # Expressions set in over about ``onset_s`` rather than jumping.
-    alpha = 1.0 - np.exp(-1.0 / (EMBEDDED.onset_s * fps))
-    smooth = np.empty_like(cls)
-    acc = cls[0]
-    for i in range(len(cls)):
-        acc = acc + alpha * (cls[i] - acc)
-        smooth[i] = acc
-    act = smooth.copy()
+    act = _set_in(cls, fps)
     face_arousal = realism.face_arousal * arousal if realism else arousal
     act[:, 0] += 0.8 * valence
     act[:, 1] += 0.35 * np.clip(face_arousal, 0, None) + 0.1
@@ -627,13 +633,7 @@ def _action_units(rng: np.random.Generator, truth: _Truth, fps: float) -> np.nda
 def _shown_units(units: np.ndarray, fps: float, mark: float) -> np.ndarray:
     """How strongly each unit's mark shows, float [T, 12]: its activity, setting in and
     fading over about ``onset_s`` as expressions do, times ``mark``."""
-    alpha = 1.0 - np.exp(-1.0 / (EMBEDDED.onset_s * fps))
-    shown = np.empty(units.shape, np.float64)
-    acc = units[0].astype(np.float64)
-    for k, row in enumerate(units):
-        acc = acc + alpha * (row - acc)
-        shown[k] = acc
-    return shown * mark
+    return _set_in(units.astype(np.float64), fps) * mark
 
 
 def _names_and_splits(videos: int, seed: int) -> tuple[list[str], list[Split]]:
