@@ -62,6 +62,10 @@ class Recipe:
     smoothing: dict[str, Smoothing] = field(default_factory=dict)
     thresholds: list[float] = field(default_factory=list)  # AU: one per unit; else empty
 
+    def used_trials(self) -> set[str]:
+        """The trials with a non-zero weight for some target."""
+        return {t for w in self.weights.values() for t, x in w.items() if x}
+
     def smoothing_names(self) -> dict[str, str]:
         """``{"valence": "gaussian(25)", ...}``: how a report or MLflow shows the filters."""
         return {name: str(s) for name, s in self.smoothing.items()}

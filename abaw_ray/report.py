@@ -223,7 +223,7 @@ def print_summary(
     metric = PRIMARY_METRIC[task]
     sel, n_sel, n_held = ens.selection, len(bank.splits["selection"]), len(bank.splits["holdout"])
     best_id = sel.best_single[0]
-    used = {t for w in ens.selection.recipe.weights.values() for t, x in w.items() if x}
+    used = ens.selection.recipe.used_trials()
     selection, held_out = f"selection ({count_of(n_sel)})", f"held out ({count_of(n_held)})"
     print(f"\n{'':<34}{selection:>26}{held_out:>26}")
     held = ens.holdout
@@ -313,6 +313,15 @@ def print_au_units(ens, bank) -> None:
     print(f"  {'threshold':<10}" + "".join(f"{t:>7.2f}" for t in thresholds))
     for name, s in scores.items():
         print(f"  {name:<10}" + "".join(f"{s[f'f1_{n}']:>7.3f}" for n in AU_NAMES))
+
+
+def print_pseudo_labels(summary: dict[str, float], path: Path) -> None:
+    """Where a search's pseudo-labels went, how many frames, and how a search uses them."""
+    print(
+        f"pseudo-labels: {summary['pseudo_frames']} unlabelled frames of training and "
+        f"test videos, mean confidence {summary['pseudo_confidence']:.3f} -> "
+        f"{path}; a search trains on them with --pseudo-labels {path.parent}"
+    )
 
 
 def print_submission(submission) -> None:

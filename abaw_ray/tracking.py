@@ -237,6 +237,22 @@ def log_trial_metrics(
             client.log_metric(run.info.run_id, k, float(v))
 
 
+def log_finished_search(
+    uri: str,
+    experiment: str,
+    parent_id: str,
+    summary: dict[str, float],
+    params: dict[str, Any],
+    artifacts: list[Path],
+    trial_metrics: dict[str, dict[str, float]],
+) -> None:
+    """A finished search's last records: the ensemble's run (``summary``, ``params``,
+    ``artifacts``), each trial's ``trial_metrics``, and the search's run, finished."""
+    log_ensemble(uri, experiment, parent_id, summary, params, artifacts)
+    log_trial_metrics(uri, experiment, parent_id, trial_metrics)
+    finish_run(uri, parent_id, summary)
+
+
 def log_epoch(relay: list[Any], metrics: dict[str, float], step: int) -> None:
     """From a Train worker (rank 0): one epoch's metrics onto the driver's ``epoch_relay``
     (a list holding its queue)."""

@@ -1,6 +1,6 @@
 """Every command the docs mark runnable runs as written and ends the way the docs say.
 
-The convention (README.md, "Tests"): an HTML comment on the line right before a fenced code
+The convention (docs/index.md, "Tests"): an HTML comment on the line right before a fenced code
 block marks the block runnable,
 
     <!-- runnable: PREFIX -->        a command that starts no Ray (the fast tier)

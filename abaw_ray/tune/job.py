@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import sys
 import time
 import traceback
@@ -25,6 +26,7 @@ import ray
 from abaw_ray import report, tracking
 from abaw_ray.data.corpus import preflight
 from abaw_ray.ensemble import (
+    EnsembleResult,
     Member,
     build_ensemble,
     ensemble_pseudo_labels,
@@ -34,7 +36,6 @@ from abaw_ray.errors import BadInputError, CorpusNotFoundError, InputFormatError
 from abaw_ray.features.store import StoreMismatchError
 from abaw_ray.features.weights import WeightsNotFoundError
 from abaw_ray.fsutil import ensure_results_dir
-from abaw_ray.metrics import majority_baseline
 from abaw_ray.pause import pause_point
 from abaw_ray.pseudo import PSEUDO_FILE, PseudoLabels
 from abaw_ray.runtime import (
@@ -61,16 +62,15 @@ from abaw_ray.train.bank import FeatureBank
 from abaw_ray.train.loop import TrialConfig, load_predictions
 from abaw_ray.train.prepare import Prepared, prepare
 from abaw_ray.tune.controls import run_controls
-from abaw_ray.tune.cost import cost_summary, trial_costs
+from abaw_ray.tune.cost import trial_costs
 from abaw_ray.tune.folds import (
     FoldResult,
     fold_count,
     folds_problem,
     print_folds,
     run_folds,
-    write_folds_json,
 )
-from abaw_ray.tune.outputs import ensemble_summary, write_outputs
+from abaw_ray.tune.outputs import search_summary, write_outputs
 from abaw_ray.tune.search import (
     SearchConfig,
     TrialOutcome,
@@ -449,36 +449,27 @@ def finish_search(
     """Trials -> ensemble -> (folds) -> outputs -> (pseudo-labels, controls) -> MLflow -> the
     summary, printed last."""
     task, bank, out_dir = cfg.space.task, prepared.bank, args.output.resolve() / cfg.name
-
-    def warn(line: str) -> None:
-        print(line, file=console.err)
-
+    warn = functools.partial(print, file=console.err)
     outcomes = collect_outcomes(cfg, results, warn)
     costs = trial_costs(cfg, outcomes)
     with contextlib.redirect_stdout(console.out):
         report.print_trials(task, outcomes)
-        if cfg.scheduler == "asha" and cfg.max_concurrent != 1:
-            print(
-                "  (ASHA stops a trial against the results that reached it first: with trials "
-                "running side by side, a rerun with the same seed can stop one at another "
-                "epoch; --scheduler none stops none early)"
-            )
+        print_asha_note(cfg)
     pause_point("before_ensemble")
 
     members = load_members(outcomes, cfg.top_k, warn)
     if not members:
         tracking.finish_run(uri, parent, {}, status="FAILED")
-        errors = [f"  trial {o.trial_id}: {o.error}" for o in outcomes if o.error]
         warn(f"error: no trial of {cfg.name} finished an epoch; see {cfg.experiment_uri()}")
-        if errors:
-            warn("\n".join(errors))
+        warn("\n".join(f"  trial {o.trial_id}: {o.error}" for o in outcomes if o.error))
         return 1
+    splits = bank.splits
     ens = build_ensemble(
         task,
         members,
-        bank.splits["selection"],
-        bank.splits["holdout"],
-        bank.splits["test"],
+        splits["selection"],
+        splits["holdout"],
+        splits["test"],
         bank.labels,
         bank.valid,
         cfg.ensemble,
@@ -499,62 +490,57 @@ def finish_search(
             return 1
 
     submission, artifacts = write_outputs(task, out_dir, prepared, ens, members, costs, folds)
-    summary = {**ensemble_summary(task, ens, folds), **cost_summary(costs)}
-    if folds is not None:
-        artifacts.append(write_folds_json(out_dir / "folds.json", folds))
-    if task == "expr":
-        summary["majority_baseline_val_f1"] = majority_baseline(
-            bank.labels,
-            bank.valid,
-            bank.splits["train"],
-            [*bank.splits["selection"], *bank.splits["holdout"]],
-        )
-
+    summary = search_summary(task, ens, folds, costs, bank)
     pseudo_path = None
     if args.make_pseudo_labels:
         pseudo = ensemble_pseudo_labels(task, members, ens, bank.valid, cfg.name)
         pseudo_path = pseudo.save(out_dir / PSEUDO_FILE)
         artifacts.append(pseudo_path)
         summary.update(pseudo_frames=pseudo.frames, pseudo_confidence=pseudo.mean_confidence())
-
     if args.control:
         summary.update(run_controls(outcomes[0], prepared, cfg, uri, experiment, parent))
 
-    used = {t for w in ens.selection.recipe.weights.values() for t, x in w.items() if x}
-    tracking.log_ensemble(
+    tracking.log_finished_search(
         uri,
         experiment,
         parent,
         summary,
-        {
-            "submitted": "fold ensemble" if folds else "trial ensemble",
-            "members_offered": len(members),
-            "members_used": ",".join(sorted(used)),
-            "smoothing": ens.submitted.recipe.smoothing_names(),
-        },
+        ensemble_params(ens, members, folds),
         artifacts,
-    )
-    tracking.log_trial_metrics(
-        uri,
-        experiment,
-        parent,
         {c.trial_id: {"cpu_seconds": c.cpu_seconds, "gpu_seconds": c.gpu_seconds} for c in costs},
     )
-    tracking.finish_run(uri, parent, summary)
-
     with contextlib.redirect_stdout(console.out):
         print(f"\nMLflow: {tracking.ui_link(uri, experiment)}")
         print(f"Ray results: {cfg.experiment_uri()}   wall time {time.time() - started:.0f} s")
         control_of = outcomes[0] if args.control else None
         report.print_summary(task, ens, members, bank, summary, submission, control_of, folds)
         if pseudo_path is not None:
-            print(
-                f"pseudo-labels: {summary['pseudo_frames']} unlabelled frames of training and "
-                f"test videos, mean confidence {summary['pseudo_confidence']:.3f} -> "
-                f"{pseudo_path}; a search trains on them with --pseudo-labels {pseudo_path.parent}"
-            )
+            report.print_pseudo_labels(summary, pseudo_path)
         if folds is not None:
             print_folds(folds)
         report.print_submission(submission)
         report.print_cost(costs, summary, PRIMARY_METRIC[task])
     return 0
+
+
+def print_asha_note(cfg: SearchConfig) -> None:
+    """Why a rerun with the same seed may stop a trial at another epoch."""
+    if cfg.scheduler == "asha" and cfg.max_concurrent != 1:
+        print(
+            "  (ASHA stops a trial against the results that reached it first: with trials "
+            "running side by side, a rerun with the same seed can stop one at another "
+            "epoch; --scheduler none stops none early)"
+        )
+
+
+def ensemble_params(
+    ens: EnsembleResult, members: list[Member], folds: FoldResult | None
+) -> dict[str, Any]:
+    """The ensemble's MLflow parameters: what was submitted and which trials it used."""
+    used = ens.selection.recipe.used_trials()
+    return {
+        "submitted": "fold ensemble" if folds else "trial ensemble",
+        "members_offered": len(members),
+        "members_used": ",".join(sorted(used)),
+        "smoothing": ens.submitted.recipe.smoothing_names(),
+    }

@@ -15,11 +15,13 @@ import numpy as np
 from abaw_ray import report
 from abaw_ray.ensemble import EnsembleResult, Member
 from abaw_ray.fsutil import atomic_write_text
+from abaw_ray.metrics import majority_baseline
 from abaw_ray.submission import decisions, write_submission
 from abaw_ray.tasks import AU_NAMES, OFFICIAL_SCORE, PRIMARY_METRIC, Task
+from abaw_ray.train.bank import FeatureBank
 from abaw_ray.train.prepare import Prepared
-from abaw_ray.tune.cost import TrialCost, best_by_hours, cost_unit
-from abaw_ray.tune.folds import FoldResult
+from abaw_ray.tune.cost import TrialCost, best_by_hours, cost_summary, cost_unit
+from abaw_ray.tune.folds import FoldResult, write_folds_json
 
 SUBMISSION_FILE: dict[str, str] = {
     "va": "VA_submission.txt",
@@ -51,6 +53,26 @@ def ensemble_summary(
         summary[f"submitted_estimate_{key}"] = folds.oof[key]
     elif ens.holdout:
         summary[f"submitted_estimate_{key}"] = ens.holdout["ensemble"][key]
+    return summary
+
+
+def search_summary(
+    task: Task,
+    ens: EnsembleResult,
+    folds: FoldResult | None,
+    costs: list[TrialCost],
+    bank: FeatureBank,
+) -> dict[str, float]:
+    """Every figure MLflow records of a finished search: the ensemble's, the cost's and, for
+    expressions, the majority-class floor on the validation videos."""
+    summary = {**ensemble_summary(task, ens, folds), **cost_summary(costs)}
+    if task == "expr":
+        summary["majority_baseline_val_f1"] = majority_baseline(
+            bank.labels,
+            bank.valid,
+            bank.splits["train"],
+            [*bank.splits["selection"], *bank.splits["holdout"]],
+        )
     return summary
 
 
@@ -96,8 +118,8 @@ def write_outputs(
     folds: FoldResult | None = None,
 ) -> tuple[Path | None, list[Path]]:
     """The submission (under the search's own folder) of what is submitted (the fold
-    ensemble's test predictions with ``folds``, else the trial ensemble's), its recipe and
-    the plots: (the submission, every file written)."""
+    ensemble's test predictions with ``folds``, else the trial ensemble's), its recipe, the
+    plots and ``folds.json``: (the submission, every file written)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     artifacts: list[Path] = []
     submission = None
@@ -128,4 +150,6 @@ def write_outputs(
             PRIMARY_METRIC[task],
         )
     )
+    if folds is not None:
+        artifacts.append(write_folds_json(out_dir / "folds.json", folds))
     return submission, artifacts
