@@ -1,4 +1,5 @@
-"""Atomic writes: a reader sees the old file or the whole new one, never half of one.
+"""Atomic writes: a reader sees the old file or the whole new one, never half of one; and
+names of run folders that two jobs started in the same second do not share.
 
 The new content goes to a hidden ``.<name>.w-<host>-<pid>.<random>.partial`` file beside the
 target, is flushed to disk (fsync), renamed onto the target, and the folder entry is flushed
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import socket
 import tempfile
 import time
@@ -120,3 +122,14 @@ def ensure_results_dir(path: str | Path) -> Path:
     if not ignore.exists():
         atomic_write_text(ignore, RESULTS_IGNORE)
     return path
+
+
+STAMP = r"\d{8}-\d{6}-[0-9a-f]{4}"  # what run_stamp returns, as a regular expression
+
+
+def run_stamp(started: float | None = None) -> str:
+    """``20261203-194034-3f2a``: a run's start time (local, to the second, so names sort by
+    time) and 4 random hex digits, so that jobs started in the same second on one storage
+    (several drivers of a cluster, two users' scripts) never take one folder."""
+    when = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
+    return f"{when}-{secrets.token_hex(2)}"

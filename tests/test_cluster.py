@@ -38,6 +38,7 @@ from abaw_ray.data import load_corpus
 from abaw_ray.runtime import free_port
 from abaw_ray.submission import validate_submission
 from abaw_ray.train.loop import TRIAL_JSON
+from abaw_ray.tune.capacity import CLUSTER_CONFIG_ENV
 from tests.raytools import console_script, kill_session, ray_token_env
 
 pytestmark = pytest.mark.slow
@@ -231,6 +232,7 @@ class FakeCluster:
     the node watcher, the head's session id, and every session to stop at the end."""
 
     address: str
+    config: Path  # the autoscaler's YAML the head started with
     env: dict[str, str]
     watch: NodeWatch
     head_sid: int
@@ -282,6 +284,9 @@ def fake_cluster(
     # Token authentication with a token of the test's own (whatever HOME holds) on the head,
     # its fake nodes (which inherit the head's environment), the watcher and the job.
     env.update(ray_token_env(tmp_path))
+    # The job finds the autoscaler's config as on a launcher cluster's head, where `ray up`
+    # leaves it in ~/ray_bootstrap_config.yaml (capacity.cluster_shape).
+    env[CLUSTER_CONFIG_ENV] = str(config_file)
     # Every process of this cluster, the fake nodes included, finds it by its own dashboard.
     env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dash}"
     head_env = {**env, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
@@ -314,7 +319,7 @@ def fake_cluster(
         watch = NodeWatch(address, env)
         sessions.append(watch.proc.pid)
         watch.wait_for(lambda nodes: nodes == {HEAD: 0.0}, 60, "saw the head alone")
-        yield FakeCluster(address, env, watch, head.pid, sessions)
+        yield FakeCluster(address, config_file, env, watch, head.pid, sessions)
     finally:
         for sid in sessions:
             kill_session(sid)
@@ -470,6 +475,7 @@ def test_the_default_search_scales_out_survives_a_lost_node_and_scales_back(corp
             f"driver at most {peak_head:.2f} GB PSS; killed node {victim[1][-5:]} "
             f"({victim[0]}, checkpointed epoch {victim[2]})"
         )
+        out = job_log.read_text()
         down = _workers_gone(cluster)
         counts = [len(s["nodes"]) for s in cluster.watch.samples]
         print(f"workers gone {down:.0f} s after the search ended")
@@ -477,13 +483,15 @@ def test_the_default_search_scales_out_survives_a_lost_node_and_scales_back(corp
     # Nodes rose from the head alone to the YAML's max_workers and fell back after.
     assert counts[0] == 1 and max(counts) == 1 + MAX_WORKERS and counts[-1] == 1, counts
     # Never every sample at once: at every moment at most what the workers up so far hold
-    # (one trial a 2-CPU node, with the drivers' sliver) plus as many waiting, at least 2.
+    # (one trial a 2-CPU node, with the drivers' sliver) plus as many waiting, at least 2,
+    # and never more than the cluster holds at its largest, read from the autoscaler's config.
+    assert f"the cluster grows to {MAX_WORKERS} trials at once ({cluster.config})" in out
     workers = 0
     for s in seen:
         workers = max(workers, s["nodes"] - 1)
         if s["in_flight"] is not None:
-            assert s["in_flight"] <= workers + max(2, workers), (s, workers)
-    assert max(flight) <= 2 * MAX_WORKERS < SAMPLES, flight
+            assert s["in_flight"] <= min(workers + max(2, workers), MAX_WORKERS), (s, workers)
+    assert max(flight) == MAX_WORKERS < SAMPLES, flight
     assert max(s["training"] for s in seen) >= 2
     # Trials' drivers and Train workers ran on workers only; the head stayed small.
     assert driver_nodes and None not in driver_nodes and HEAD not in driver_nodes, driver_nodes
@@ -493,7 +501,6 @@ def test_the_default_search_scales_out_survives_a_lost_node_and_scales_back(corp
     # Every trial accounted for, a valid submission.
     results = _tune_results(output)
     assert len(results) == SAMPLES, sorted(results)
-    out = job_log.read_text()
     for i in range(1, SAMPLES + 1):
         assert f"trial {i}/{SAMPLES} " in out, out[-3000:]
     (submission,) = output.glob("search_va-*/VA_submission.txt")

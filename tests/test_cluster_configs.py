@@ -351,6 +351,64 @@ def test_launcher_configs_pass_rays_own_validation(name):
     assert prepared["head_node_type"] == "head_cpu"
 
 
+# Every file under cluster/, and the checks of this module that read it: a file added there
+# fails the test below until a check reads it.
+CHECKED = {
+    "aws.yaml": "Ray's prepare_config/validate_config; the lock, image and driver checks",
+    "gcp.yaml": "Ray's prepare_config/validate_config; the lock, image and driver checks",
+    "fake_multinode.yaml": "Ray's schema; tests/test_cluster.py runs it",
+    "requirements.lock": "the lock's pins against pyproject.toml, the images and the drivers",
+    "kuberay/Dockerfile": "its base image, Python and the lock it installs",
+    "kuberay/Dockerfile.dockerignore": "what the image build leaves out",
+    "kuberay/raycluster.yaml": "the RayCluster schema, /dev/shm, the MLflow sidecar",
+    "kuberay/rayjob.yaml": "the RayJob schema, the same cluster as raycluster.yaml",
+    "kuberay/shared-pvc.yaml": "Kubernetes' PersistentVolumeClaim schema",
+    "kuberay/mlflow-pvc.yaml": "Kubernetes' PersistentVolumeClaim schema",
+}
+
+
+def test_every_file_under_cluster_is_one_ci_checks():
+    files = {str(f.relative_to(CLUSTER)) for f in CLUSTER.rglob("*") if f.is_file()}
+    assert files == set(CHECKED), (files - set(CHECKED), set(CHECKED) - files)
+
+
+def test_the_image_build_sends_what_the_dockerfile_copies_and_no_outputs():
+    """The build context's filter (Dockerfile.dockerignore, top-level patterns as Docker reads
+    them) keeps every path the Dockerfile copies and leaves out the outputs and stores a
+    checkout grows, which would otherwise be sent to the builder."""
+    import fnmatch
+
+    ignore = [
+        ln.strip()
+        for ln in (CLUSTER / "kuberay" / "Dockerfile.dockerignore").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
+    copied = [
+        src
+        for ln in DOCKERFILE.read_text().splitlines()
+        if ln.startswith("COPY")
+        for src in [w for w in ln.split()[1:] if not w.startswith("--")][:-1]
+    ]
+    assert {"abaw_ray", "jobs", "search_spaces", "cluster/requirements.lock"} <= set(copied)
+    for src in copied:
+        assert not any(fnmatch.fnmatch(src, pat) for pat in ignore), src
+    for grown in ("outputs", ".venv", "feature_store", "mlruns", ".git"):
+        assert any(fnmatch.fnmatch(grown, pat) for pat in ignore), grown
+
+
+def test_the_fake_cluster_config_passes_rays_schema():
+    """cluster/fake_multinode.yaml, the local autoscaling test's cluster, against Ray's schema
+    (not prepare_config: the fake provider's defaults file is not in Ray's wheel); a
+    misspelt key fails."""
+    from ray.autoscaler._private.util import validate_config
+
+    validate_config(_launcher("fake_multinode.yaml"))
+    misspelt = _launcher("fake_multinode.yaml")
+    misspelt["max_worker"] = misspelt.pop("max_workers")
+    with pytest.raises(jsonschema.ValidationError, match="'max_worker' was unexpected"):
+        validate_config(misspelt)
+
+
 @pytest.mark.parametrize("name", LAUNCHER_CONFIGS)
 def test_rays_validation_rejects_a_misspelt_key_and_a_wrong_type(name):
     misspelt = _launcher(name)

@@ -3,6 +3,7 @@ defaults (each default lives once, in the dataclass)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,19 @@ def test_resume_takes_the_latest_restorable_search_never_a_control(tmp_path):
 def test_default_names_sort_by_start_time():
     a, b = search_name("va", 1_700_000_000), search_name("va", 1_700_000_061)
     assert a.startswith("search_va-") and a < b
+
+
+def test_searches_started_in_the_same_second_take_folders_of_their_own(tmp_path):
+    names = {search_name("va", 1_700_000_000) for _ in range(50)}
+    assert len(names) >= 45  # 4 random hex digits: 50 draws rarely collide more than once
+    assert len({n[: -len("-xxxx")] for n in names}) == 1  # one second, one time part
+    # Resume finds the newest of them, and an older name without the random part still counts.
+    _search(tmp_path, "search_va-20260102-000000")
+    _search(tmp_path, "search_va-20260102-000001-0a1b")
+    _search(tmp_path, "search_va-20260102-000001-ff00", restorable=False)
+    assert latest_search(str(tmp_path), "va") == "search_va-20260102-000001-0a1b"
+    _search(tmp_path, "search_va-20260102-000001-zzzz")  # not a name a search takes
+    assert latest_search(str(tmp_path), "va") == "search_va-20260102-000001-0a1b"
 
 
 def test_flags_override_the_config_defaults_and_only_those(monkeypatch):
@@ -175,3 +189,100 @@ def test_a_slow_stop_flag_is_not_a_stop_but_a_dead_one_is(raised, stopped, monke
     monkeypatch.setattr(ray, "get", get)
     assert stop_requested({"stop_flag": [Flag()]}) is stopped
     assert stop_requested({"stop_flag": None}) is False
+
+
+def _launcher_shape(name: str):
+    import yaml
+
+    from abaw_ray.tune.capacity import shape_from_launcher
+
+    path = REPO / "cluster" / name
+    return shape_from_launcher(yaml.safe_load(path.read_text()), str(path))
+
+
+@pytest.mark.parametrize(
+    "config, gpus, expected",
+    [
+        # 8 workers of 16 CPUs and 1 GPU, a 0-CPU head: 15 one-CPU trials a node (with the
+        # drivers' share, 16 // 1.01), 4 a node at 0.25 GPU a trial
+        ("aws.yaml", 0.0, 8 * 15),
+        ("gcp.yaml", 0.25, 8 * 4),
+        ("fake_multinode.yaml", 0.0, 3),  # 3 workers of 2 CPUs: one trial each
+    ],
+)
+def test_the_largest_cluster_is_read_from_the_autoscalers_config(config, gpus, expected):
+    from abaw_ray.tune.search import trials_at_most
+
+    cfg = SearchConfig(load_search_space(SPACE), "/t", "s", resources=TrialResources(gpus=gpus))
+    assert trials_at_most(replace(cfg, largest=_launcher_shape(config))) == expected
+
+
+def test_trials_in_flight_never_wait_for_nodes_the_autoscaler_cannot_add():
+    from abaw_ray.tune.search import trials_at_once
+
+    cfg = SearchConfig(load_search_space(SPACE), "/t", "s", num_samples=200)
+    cfg = replace(cfg, largest=_launcher_shape("fake_multinode.yaml"))  # 3 trials at most
+    assert [trials_at_once(cfg, fit) for fit in (0, 1, 2, 3)] == [2, 3, 3, 3]
+    aws = replace(cfg, largest=_launcher_shape("aws.yaml"))  # 120 at most
+    assert [trials_at_once(aws, fit) for fit in (0, 15, 60, 105, 120)] == [2, 30, 120, 120, 120]
+
+
+def test_the_global_max_workers_takes_the_nodes_that_hold_the_most():
+    from abaw_ray.tune.capacity import ClusterShape
+
+    small, big = (("CPU", 4.0),), (("CPU", 16.0),)
+    shape = ClusterShape((("CPU", 2.0),), ((small, 5), (big, 2)), 3, "test")
+    fit = lambda r: int(r.get("CPU", 0) // 2)  # noqa: E731
+    assert shape.most(fit) == 1 + 8 + 8 + 2  # the head, both big nodes, one small
+    assert replace(shape, max_workers=None).most(fit) == 1 + 16 + 5 * 2
+
+
+def test_a_config_without_declared_worker_cpus_or_unbounded_groups_is_unknown():
+    from ray.core.generated import autoscaler_pb2
+
+    from abaw_ray.tune.capacity import shape_from_gcs_config, shape_from_launcher
+
+    config = {
+        "max_workers": 4,
+        "head_node_type": "head",
+        "available_node_types": {"head": {"resources": {}}, "w": {"max_workers": 4}},
+    }
+    assert shape_from_launcher(config, "x") is None  # CPUs come from the instance type
+    gcs = autoscaler_pb2.ClusterConfig()
+    group = gcs.node_group_configs.add()
+    group.resources["CPU"], group.resources["GPU"], group.max_count = 8, 1, 5
+    assert shape_from_gcs_config(gcs).workers == (((("CPU", 8.0), ("GPU", 1.0)), 5),)
+    group.max_count = -1  # no bound
+    assert shape_from_gcs_config(gcs) is None
+    assert shape_from_gcs_config(autoscaler_pb2.ClusterConfig()) is None
+
+
+def test_the_private_ray_call_behind_the_cluster_config_still_exists():
+    """capacity.gcs_cluster_config is the project's one private Ray call: an upgrade that
+    moves it fails here, not silently on a cluster (where the search would fall back to
+    sizing by the nodes that are up)."""
+    from ray._private.state import state
+
+    assert callable(state.get_cluster_config)
+
+
+def test_a_named_cluster_config_that_is_missing_or_not_one_is_an_error(tmp_path, monkeypatch):
+    from abaw_ray.errors import InputFormatError
+    from abaw_ray.tune.capacity import CLUSTER_CONFIG_ENV, cluster_shape
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv(CLUSTER_CONFIG_ENV, str(tmp_path / "nope.yaml"))
+    with pytest.raises(InputFormatError, match="nope.yaml: \\$ABAW_RAY_CLUSTER_CONFIG names no"):
+        cluster_shape()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("max_workers: 2\n")
+    monkeypatch.setenv(CLUSTER_CONFIG_ENV, str(bad))
+    with pytest.raises(InputFormatError, match="bad.yaml: not a cluster launcher config"):
+        cluster_shape()
+    # What `ray up` leaves on a launcher cluster's head is found without the variable.
+    monkeypatch.delenv(CLUSTER_CONFIG_ENV)
+    (tmp_path / "ray_bootstrap_config.yaml").write_text(
+        (REPO / "cluster" / "fake_multinode.yaml").read_text()
+    )
+    shape = cluster_shape()
+    assert shape.max_workers == 3 and shape.source.endswith("ray_bootstrap_config.yaml")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import get_args
@@ -18,7 +17,7 @@ from abaw_ray.data.corpus import load_corpus, preflight
 from abaw_ray.errors import CorpusNotFoundError
 from abaw_ray.features.align import ALIGNMENTS
 from abaw_ray.features.store import store_key
-from abaw_ray.fsutil import ensure_results_dir
+from abaw_ray.fsutil import ensure_results_dir, run_stamp
 from abaw_ray.metrics import score_split
 from abaw_ray.models import list_models
 from abaw_ray.report import count_of
@@ -156,7 +155,7 @@ def run_train_job(args: argparse.Namespace, task: Task) -> int:
     if name is None and args.resume:
         runs = sorted(storage.glob(f"train_{task}-*/"), key=lambda d: d.stat().st_mtime)
         name = runs[-1].name if runs else None
-    name = name or f"train_{task}-{args.model}-{control}{time.strftime('%Y%m%d-%H%M%S')}"
+    name = name or f"train_{task}-{args.model}-{control}{run_stamp()}"
     if args.resume != (storage / name).is_dir():
         print(name_refusal(str(storage / name), "run", args.resume), file=sys.stderr)
         return 2

@@ -6,7 +6,6 @@ so a control is never taken for a search."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -14,6 +13,7 @@ import numpy as np
 import ray
 
 from abaw_ray import tracking
+from abaw_ray.fsutil import run_stamp
 from abaw_ray.tasks import PRIMARY_METRIC
 from abaw_ray.train.loop import TrialConfig
 from abaw_ray.train.prepare import Prepared
@@ -57,7 +57,7 @@ def train_control(
                 asdict(trial),
                 [prepared.bank_ref],
                 f"{cfg.experiment_uri()}/{CONTROLS_DIR}",
-                f"{kind}-{best.trial_id}-{time.strftime('%Y%m%d-%H%M%S')}",
+                f"{kind}-{best.trial_id}-{run_stamp()}",
                 [prepared.pseudo_ref] if prepared.pseudo_ref is not None else None,
                 epoch_relay=relay,
                 **cfg.trial_resources(),

@@ -31,7 +31,7 @@ import ray
 
 from abaw_ray.affwild2 import raw_video
 from abaw_ray.ensemble import Member, Recipe, apply_recipe, make_recipe
-from abaw_ray.fsutil import atomic_write_text
+from abaw_ray.fsutil import atomic_write_text, run_stamp
 from abaw_ray.metrics import score_split
 from abaw_ray.smoothing import NO_SMOOTHING
 from abaw_ray.tasks import OFFICIAL_SCORE, Task
@@ -220,7 +220,7 @@ def run_folds(
     annotated = {v: int(np.count_nonzero(bank.valid[v])) for v in pooled_videos(bank)}
     fold_videos = assign_folds(annotated, k, seed)
     storage = f"{cfg.experiment_uri()}/{FOLDS_DIR}"
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = run_stamp()
     settings = cfg.trial_resources()
     at_once = trials_at_once(cfg, trials_fitting(ray.nodes(), cfg))
     names = [f"fold{i}-{trial_id}-{stamp}" for i in range(1, k + 1)]

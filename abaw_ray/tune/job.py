@@ -17,7 +17,7 @@ import traceback
 import typing
 import zipfile
 from collections.abc import Callable
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,7 @@ from abaw_ray.tasks import PRIMARY_METRIC, Task
 from abaw_ray.train.bank import FeatureBank
 from abaw_ray.train.loop import TrialConfig, load_predictions
 from abaw_ray.train.prepare import Prepared, prepare
+from abaw_ray.tune.capacity import cluster_shape
 from abaw_ray.tune.controls import run_controls
 from abaw_ray.tune.cost import trial_costs
 from abaw_ray.tune.folds import (
@@ -80,6 +81,7 @@ from abaw_ray.tune.search import (
     latest_search,
     search_name,
     trial_params,
+    trials_at_most,
 )
 from abaw_ray.tune.space import SearchSpace, SearchSpaceError, load_search_space
 
@@ -337,6 +339,7 @@ def search_on_ray(
                 prepared = prepare_search(
                     args, space, cfg, output, pseudo.holdout_videos if pseudo else None
                 )
+                cfg = sized_by_cluster(cfg, console)
             except INPUT_ERRORS as err:
                 print(f"error: {err}", file=console.err)
                 return 2
@@ -410,6 +413,24 @@ def search_on_ray(
             file=console.err,
         )
         return 1
+
+
+def sized_by_cluster(cfg: SearchConfig, console: Console) -> SearchConfig:
+    """``cfg`` with what the cluster can grow to (``capacity.cluster_shape``; nothing on a
+    job's own local instance), said in a line."""
+    if cfg.local_instance:
+        return cfg
+    cfg = replace(cfg, largest=cluster_shape())
+    most = trials_at_most(cfg)
+    if most is None:
+        line = (
+            "no autoscaler configuration found: trials in flight follow the nodes that are up, "
+            "plus as many waiting for new ones"
+        )
+    else:
+        line = f"the cluster grows to {most} trials at once ({cfg.largest.source}): no more wait"
+    print(f"concurrency: {line}", file=console.out)
+    return cfg
 
 
 def prepare_search(

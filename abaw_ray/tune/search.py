@@ -24,11 +24,13 @@ from ray import tune
 from ray.tune.search import ConcurrencyLimiter
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from abaw_ray.fsutil import STAMP, run_stamp
 from abaw_ray.pause import pause_point
 from abaw_ray.runtime import TrialResources
 from abaw_ray.tasks import PRIMARY_METRIC, TRIAL_ERROR, TRIAL_FINISHED
 from abaw_ray.train.loop import TRIAL_JSON, TrialConfig
 from abaw_ray.train.trainer import TRIAL_DRIVER_CPU, error_tail, fit_trial, lost_worker
+from abaw_ray.tune.capacity import ClusterShape
 from abaw_ray.tune.space import SearchSpace
 
 TRAINERS_DIR = "trainers"
@@ -58,6 +60,8 @@ class SearchConfig:
     ensemble: str = "greedy"  # how the ensemble weighs them (ensemble.list_ensemble_methods)
     holdout: float = 1 / 3  # validation videos nothing selects on: a fraction, a count, or 0
     seed: int = 0
+    # what an autoscaler can grow the cluster to (capacity.cluster_shape); None: unknown
+    largest: ClusterShape | None = None
 
     @property
     def metric(self) -> str:
@@ -216,32 +220,45 @@ def _max_epochs(space: SearchSpace) -> int:
     return TrialConfig().epochs
 
 
-def trials_fitting(nodes: list[dict[str, Any]], cfg: SearchConfig) -> int:
-    """How many trials the alive ``nodes`` (``ray.nodes()``) hold at once, node by node (a
-    Train worker does not span nodes): CPUs for the workers and their share of the driver's,
-    GPUs at each worker's share of the trial's."""
+def workers_on(resources: dict[str, float], cfg: SearchConfig) -> int:
+    """How many of a trial's Train workers a node with ``resources`` holds: CPUs for each and
+    its share of the driver's, GPUs at each worker's share of the trial's."""
     res = cfg.resources
     cpus = res.cpus_per_worker + cfg.driver_cpus / res.workers
     gpus = res.gpus / res.workers
-    workers = 0
-    for node in nodes:
-        if not node.get("Alive"):
-            continue
-        have = node.get("Resources", {})
-        fit = int(have.get("CPU", 0) // max(cpus, 1e-6))
-        if gpus:
-            fit = min(fit, int(have.get("GPU", 0) // gpus))
-        workers += fit
-    return workers // res.workers
+    fit = int(resources.get("CPU", 0) // max(cpus, 1e-6))
+    if gpus:
+        fit = min(fit, int(resources.get("GPU", 0) // gpus))
+    return fit
+
+
+def trials_fitting(nodes: list[dict[str, Any]], cfg: SearchConfig) -> int:
+    """How many trials the alive ``nodes`` (``ray.nodes()``) hold at once, node by node (a
+    Train worker does not span nodes)."""
+    workers = sum(workers_on(n.get("Resources", {}), cfg) for n in nodes if n.get("Alive"))
+    return workers // cfg.resources.workers
+
+
+def trials_at_most(cfg: SearchConfig) -> int | None:
+    """How many trials the cluster holds at once at its largest (None: its size is unknown)."""
+    if cfg.largest is None:
+        return None
+    return cfg.largest.most(lambda r: workers_on(r, cfg)) // cfg.resources.workers
 
 
 def trials_at_once(cfg: SearchConfig, fit: int) -> int:
     """Trials to have in flight when the cluster holds ``fit`` of them now: those, plus as
     many waiting for resources (at least ``PENDING_MIN``): what makes an autoscaler launch
-    nodes, doubling the cluster a round as its own ``upscaling_speed`` 1 does. None wait on a
-    job's own local instance, which nothing grows. Never more than ``--concurrency``."""
+    nodes, doubling the cluster a round as its own ``upscaling_speed`` 1 does. Never more than
+    the cluster holds at its largest (``cfg.largest``), so that no trial waits for nodes the
+    autoscaler cannot add and the searcher learns from every result it could have. None wait
+    on a job's own local instance, which nothing grows. Never more than ``--concurrency``."""
     waiting = 0 if cfg.local_instance else max(PENDING_MIN, fit)
-    at_once = max(1, fit + waiting)
+    at_once = fit + waiting
+    most = trials_at_most(cfg)
+    if most is not None:
+        at_once = min(at_once, max(most, fit))
+    at_once = max(1, at_once)
     return min(at_once, cfg.max_concurrent) if cfg.max_concurrent else at_once
 
 
@@ -363,8 +380,9 @@ def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
 
 
 def search_name(task: str, started: float) -> str:
-    """The default name of a search: its task and start time (sorts by time)."""
-    return f"search_{task}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(started))}"
+    """The default name of a search: its task and ``run_stamp`` (sorts by start time; unique
+    among jobs started in the same second)."""
+    return f"search_{task}-{run_stamp(started)}"
 
 
 def latest_search(storage_path: str, task: str) -> str | None:
@@ -375,7 +393,8 @@ def latest_search(storage_path: str, task: str) -> str | None:
         infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
     except OSError:
         return None
-    pattern = re.compile(rf"search_{task}-\d{{8}}-\d{{6}}")
+    # Names before run_stamp had no random part.
+    pattern = re.compile(rf"search_{task}-({STAMP}|\d{{8}}-\d{{6}})")
     names = sorted(
         i.base_name
         for i in infos
