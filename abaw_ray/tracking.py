@@ -207,36 +207,6 @@ def child_run(
     return run.info.run_id
 
 
-def log_ensemble(
-    uri: str,
-    experiment: str,
-    parent_id: str,
-    metrics: dict[str, float],
-    params: dict[str, Any],
-    artifacts: list[Path],
-) -> str:
-    rid = child_run(uri, experiment, parent_id, "ensemble", params)
-    client = _client(uri)
-    for k, v in metrics.items():
-        client.log_metric(rid, k, float(v))
-    for path in artifacts:
-        client.log_artifact(rid, str(path))
-    client.set_terminated(rid)
-    return rid
-
-
-def log_trial_metrics(
-    uri: str, experiment: str, parent_id: str, metrics: dict[str, dict[str, float]]
-) -> None:
-    """Adds ``metrics[trial_id]`` to each trial's run (found by its ``trial_id`` tag)."""
-    client = _client(uri)
-    exp_id = experiment_id(client, uri, experiment)
-    for run in client.search_runs([exp_id], f"tags.`{PARENT_TAG}` = '{parent_id}'"):
-        trial_id = run.data.tags.get(TRIAL_TAG)
-        for k, v in metrics.get(trial_id, {}).items():
-            client.log_metric(run.info.run_id, k, float(v))
-
-
 def log_finished_search(
     uri: str,
     experiment: str,
@@ -247,9 +217,19 @@ def log_finished_search(
     trial_metrics: dict[str, dict[str, float]],
 ) -> None:
     """A finished search's last records: the ensemble's run (``summary``, ``params``,
-    ``artifacts``), each trial's ``trial_metrics``, and the search's run, finished."""
-    log_ensemble(uri, experiment, parent_id, summary, params, artifacts)
-    log_trial_metrics(uri, experiment, parent_id, trial_metrics)
+    ``artifacts``), ``trial_metrics[trial_id]`` added to each trial's run (found by its
+    ``trial_id`` tag), and the search's run, finished."""
+    client = _client(uri)
+    ensemble = child_run(uri, experiment, parent_id, "ensemble", params)
+    for k, v in summary.items():
+        client.log_metric(ensemble, k, float(v))
+    for path in artifacts:
+        client.log_artifact(ensemble, str(path))
+    client.set_terminated(ensemble)
+    exp_id = experiment_id(client, uri, experiment)
+    for run in client.search_runs([exp_id], f"tags.`{PARENT_TAG}` = '{parent_id}'"):
+        for k, v in trial_metrics.get(run.data.tags.get(TRIAL_TAG), {}).items():
+            client.log_metric(run.info.run_id, k, float(v))
     finish_run(uri, parent_id, summary)
 
 

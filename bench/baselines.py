@@ -1,4 +1,5 @@
-"""The floor of a corpus: per-frame linear models on face pixels, scored like the jobs.
+"""The floor of a corpus: linear models on face pixels, per frame and over a temporal window
+with the audio, scored like the jobs.
 
 VA: ridge regression; EXPR: multinomial logistic regression (L2, class-balanced or not); AU:
 one logistic regression per unit (L2), deciding at 0.5, or at each unit's threshold chosen on
@@ -12,7 +13,13 @@ videos and the chosen model is scored once on the held-out ones: the figures sta
 search's selection and held-out columns. The score on all validation videos with the penalty
 chosen there (optimistic) is printed too.
 
-    python bench/baselines.py [CORPUS] [--task va|expr|au|all] [--size 24]
+The temporal + audio floor is what a user's own first script would add: each frame's pixels
+(projected on the training frames' first ``PCA_DIMS`` principal components) and its audio's
+log-mel features (``logmel``, interpolated onto the frames; zeros without audio), averaged in
+``BINS`` consecutive bins spanning a window centred on the frame, stacked. The window
+(``SPANS_S`` seconds) is chosen on the selection videos with the penalty.
+
+    python bench/baselines.py [CORPUS] [--task va|expr|au|all] [--size 24] [--no-temporal]
 
 CORPUS defaults to the embedded corpus.
 """
@@ -30,13 +37,19 @@ from PIL import Image
 from abaw_ray.data.corpus import Corpus, load_corpus
 from abaw_ray.data.synthetic import ensure_default_corpus
 from abaw_ray.data.timeline import fill_from_nearest
+from abaw_ray.features.align import align_to_frames
+from abaw_ray.features.audio import NoAudioError, decode_audio
+from abaw_ray.features.descriptors import logmel
 from abaw_ray.metrics import calibrate_thresholds, score_split, tuned_au_f1
 from abaw_ray.tasks import AU_NAMES, EXPR_CLASSES, NUM_AUS, NUM_EXPR_CLASSES, OFFICIAL_SCORE, TASKS
 from abaw_ray.train.bank import split_holdout
 from abaw_ray.tune.search import SearchConfig
 
-RIDGE = (1e-2, 1e-1, 1e0, 1e1, 1e2, 1e3, 1e4)  # ridge penalties tried (VA)
+RIDGE = (1e-2, 1e-1, 1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6)  # ridge penalties tried (VA)
 L2 = (0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2)  # logistic regression weight penalties (EXPR)
+SPANS_S = (0.5, 1.0, 2.0, 4.0, 8.0)  # temporal windows tried, seconds centred on the frame
+BINS = 4  # a window's consecutive bins, each the mean of its frames
+PCA_DIMS = 48  # pixel principal components kept for the temporal floor
 
 
 def face_pixels(corpus: Corpus, video: str, size: int) -> np.ndarray:
@@ -63,6 +76,51 @@ def design(corpus, task, videos, size) -> tuple[dict, dict, dict]:
         lab = corpus.labels_on_timeline(task, v)
         labels[v], valid[v] = lab.values, lab.valid
     return x, labels, valid
+
+
+def audio_on_frames(corpus: Corpus, video: str) -> np.ndarray:
+    """float32 [T, 67]: the video's log-mel features on its frames (zeros without audio)."""
+    n, v = corpus.num_frames(video), corpus.videos[video]
+    if not v.has_audio:
+        return np.zeros((n, 67), np.float32)
+    try:
+        feats, times = logmel(decode_audio(v.audio_source))
+    except NoAudioError:
+        return np.zeros((n, 67), np.float32)
+    return align_to_frames(feats, times, corpus.frame_times(video))
+
+
+def windowed(x: np.ndarray, frames: int) -> np.ndarray:
+    """[T, BINS * D]: around each frame, the means of ``BINS`` consecutive bins of about
+    ``frames / BINS`` frames spanning ``frames`` frames centred on it (cut at the ends)."""
+    t = len(x)
+    width = max(1, round(frames / BINS))
+    csum = np.vstack([np.zeros((1, x.shape[1])), np.cumsum(x, 0, dtype=np.float64)])
+    start = np.arange(t) - (width * BINS) // 2
+    out = []
+    for b in range(BINS):
+        lo = np.clip(start + b * width, 0, t - 1)
+        hi = np.clip(start + (b + 1) * width, lo + 1, t)
+        out.append((csum[hi] - csum[lo]) / (hi - lo)[:, None])
+    return np.hstack(out).astype(np.float32)
+
+
+def temporal_design(corpus, train, val, fps_of) -> list[tuple[float, tuple, tuple]]:
+    """(span, train design, val design) for each span of ``SPANS_S``: pixel principal
+    components (fit on the training frames) and log-mel, windowed."""
+    (xt, yt, mt), (xv, yv, mv) = train, val
+    pix = np.concatenate([xt[v][mt[v]] for v in xt])
+    mu = pix.mean(0)
+    _, _, vt = np.linalg.svd(pix[:: max(1, len(pix) // 20000)] - mu, full_matrices=False)
+    basis = vt[:PCA_DIMS].T
+    frame = {
+        v: np.hstack([(x[v] - mu) @ basis, audio_on_frames(corpus, v)]) for x in (xt, xv) for v in x
+    }
+    out = []
+    for span in SPANS_S:
+        w = {v: windowed(f, max(1, round(span * fps_of(v)))) for v, f in frame.items()}
+        out.append((span, ({v: w[v] for v in xt}, yt, mt), ({v: w[v] for v in xv}, yv, mv)))
+    return out
 
 
 def ridge_va(train, val) -> list[tuple[float, dict[str, np.ndarray]]]:
@@ -165,6 +223,38 @@ def tuned_on(fits, select, labels, valid) -> list[tuple[float, dict[str, np.ndar
     return out
 
 
+def temporal_runs(corpus, task, train, val, select, labels, valid) -> list[tuple[str, list]]:
+    """The temporal + audio floor's runs: each span's fits, their (span, penalty) pairs
+    flattened so that ``choose`` picks both on the selection videos."""
+    fps_of = lambda v: corpus.videos[v].fps or 30.0  # noqa: E731
+    fits: dict[str, list] = {}
+    for span, tr, va in temporal_design(corpus, train, val, fps_of):
+        if task == "va":
+            found = {"VA   ridge, temporal + audio": ridge_va(tr, va)}
+        elif task == "au":
+            plain = logistic_au(tr, va)
+            found = {
+                "AU   logistic per unit, temporal + audio, threshold 0.5": plain,
+                "AU   logistic per unit, temporal + audio, thresholds chosen on the selection "
+                "videos": tuned_on(plain, select, labels, valid),
+            }
+        else:
+            found = {"EXPR logistic, class-balanced, temporal + audio": logistic_expr(tr, va, True)}
+        for name, runs in found.items():
+            fits.setdefault(name, []).extend((SpanPenalty(span, lam), p) for lam, p in runs)
+    return list(fits.items())
+
+
+class SpanPenalty(tuple):
+    """(window seconds, penalty), printed as ``2 s, 10``."""
+
+    def __new__(cls, span: float, penalty: float):
+        return super().__new__(cls, (span, penalty))
+
+    def __format__(self, spec: str) -> str:
+        return f"{self[1]:g} in a {self[0]:g} s window"
+
+
 def choose(task: str, fits, videos, labels, valid) -> tuple[float, dict[str, np.ndarray]]:
     """The (penalty, predictions) that score best on ``videos``."""
     key = OFFICIAL_SCORE[task]
@@ -176,6 +266,7 @@ def main() -> None:
     p.add_argument("corpus", type=Path, nargs="?", help="Aff-Wild2 root (default: embedded)")
     p.add_argument("--task", choices=(*TASKS, "all"), default="all")
     p.add_argument("--size", type=int, default=24, help="face side in pixels")
+    p.add_argument("--no-temporal", action="store_true", help="per-frame floors only")
     args = p.parse_args()
     root = args.corpus or ensure_default_corpus()
     corpus = load_corpus(root)
@@ -214,6 +305,8 @@ def main() -> None:
                 (f"EXPR logistic, {kind}", logistic_expr(train, val, kind == "class-balanced"))
                 for kind in ("plain", "class-balanced")
             ]
+        if not args.no_temporal:
+            runs += temporal_runs(corpus, task, train, val, select, labels, valid)
         for name, fits in runs:
             penalty, preds = choose(task, fits, select, labels, valid)
             all_penalty, all_preds = choose(task, fits, val_videos, labels, valid)

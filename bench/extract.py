@@ -32,6 +32,7 @@ from abaw_ray.data.synthetic import generate
 from abaw_ray.features import create_extractor
 from abaw_ray.features.pipeline import ExtractionConfig, decode_faces, extract_features
 from abaw_ray.features.store import FeatureStore
+from abaw_ray.runtime import init_ray
 
 # ViT-L/14 vision tower (openai/clip-vit-large-patch14), as data: no config download needed.
 CLIP_LARGE = dict(
@@ -142,7 +143,7 @@ def main() -> None:
         loops = plain_loop(paths, args.model, tmp / "weights", args.batch_size, args.repeats)
         loop_fps = statistics.median(loops)
 
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+        init_ray(num_cpus=cpus)
         ray.data.DataContext.get_current().enable_progress_bars = False
         config = ExtractionConfig(
             extractors=(args.model,), weights_dir=tmp / "weights", batch_size=args.batch_size

@@ -22,6 +22,7 @@ from abaw_ray.data.synthetic import ensure_default_corpus
 from abaw_ray.features.pipeline import ExtractionConfig, extract_features
 from abaw_ray.features.probe import probe_va
 from abaw_ray.features.store import FeatureStore, store_key
+from abaw_ray.runtime import init_ray
 
 
 def main() -> None:
@@ -39,7 +40,7 @@ def main() -> None:
     corpus = load_corpus(ensure_default_corpus())
     with tempfile.TemporaryDirectory() as tmp:
         store = FeatureStore(args.store or Path(tmp))
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        init_ray(num_cpus=2)
         ray.data.DataContext.get_current().enable_progress_bars = False
         extract_features(corpus, store, ExtractionConfig(extractors=tuple(names), tiny=True))
         ray.shutdown()

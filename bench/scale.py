@@ -34,6 +34,7 @@ from abaw_ray.data.labels import FrameLabels
 from abaw_ray.data.media import MediaInfo
 from abaw_ray.features.registry import get_spec
 from abaw_ray.features.store import FeatureStore
+from abaw_ray.runtime import init_ray
 from abaw_ray.train.bank import SHARD_BYTES, FeatureBank, FeatureShard, build_bank, build_shards
 from abaw_ray.tune.space import load_search_space
 
@@ -148,7 +149,7 @@ def main() -> None:
     space = load_search_space(REPO / "search_spaces" / "va.yaml")
     alignments = space.alignments()
     names = list(space.extractors)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    init_ray(num_cpus=2)
     baseline = peak_rss()  # the process with Ray and the project imported, before any data
     try:
         with tempfile.TemporaryDirectory() as tmp:

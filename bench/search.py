@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from abaw_ray.runtime import TrialResources
+from abaw_ray.runtime import TrialResources, init_ray
 from abaw_ray.train.prepare import prepare
 from abaw_ray.tune.search import SearchConfig, build_tuner, collect_outcomes
 from abaw_ray.tune.space import load_search_space
@@ -90,7 +90,7 @@ def main() -> None:
             for scheduler in rows:
                 # A fresh Ray instance per search: nothing the previous one left running
                 # (trials cut by the time budget) may hold resources the next one needs.
-                ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+                init_ray(num_cpus=args.num_cpus)
                 if args.gpus_per_trial and not ray.cluster_resources().get("GPU"):
                     p.error("--gpus-per-trial needs a GPU, and this machine has none")
                 prepared = prepare(

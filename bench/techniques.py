@@ -33,6 +33,7 @@ import ray
 
 from abaw_ray.metrics import calibrate_thresholds, score_split, tuned_au_f1
 from abaw_ray.pseudo import make_pseudo_labels
+from abaw_ray.runtime import init_ray
 from abaw_ray.smoothing import choose_smoothing, smooth_predictions
 from abaw_ray.tasks import OFFICIAL_SCORE, TASKS
 from abaw_ray.train.loop import TrialConfig, load_predictions
@@ -206,7 +207,7 @@ def main() -> None:
     task = args.task
     base_config = {**BASE[task], **({"epochs": args.epochs} if args.epochs else {})}
     started = time.time()
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    init_ray(num_cpus=args.num_cpus)
     with tempfile.TemporaryDirectory(prefix="techniques-") as tmp:
         prepared = prepare(
             None,

@@ -6,6 +6,7 @@ function on Ray Train workers."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,32 @@ def test_one_trial_learns_reports_every_epoch_and_checkpoints_its_predictions():
     assert best["val_ccc"] == pytest.approx(scored["ccc"], abs=1e-6)
     assert set(preds["holdout"]) == {"h"} and set(preds["test"]) == {"t"}
     assert all(p.shape == (120, 2) for split in preds.values() for p in split.values())
+
+
+class SlowReports(Reports):
+    """Reports that take ``seconds`` each: what checkpointing costs, made measurable."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def __call__(self, metrics: dict[str, float], folder: Path | None) -> None:
+        super().__call__(metrics, folder)
+        time.sleep(self.seconds)
+
+
+def test_each_report_holds_the_seconds_spent_training_and_reporting_so_far():
+    reports = SlowReports(0.2)
+    timing = {"worker_started_at": 1.0e9, "time_fetch_s": 3.5}
+    train_epochs(TrialConfig.from_dict(TRIAL), _bank(), _context(reports), timing=timing)
+    m = reports.metrics
+    assert all(r["worker_started_at"] == 1.0e9 and r["time_fetch_s"] == 3.5 for r in m)
+    epochs = [r["time_epochs_s"] for r in m]
+    assert all(0 < a < b for a, b in zip(epochs, epochs[1:]))  # cumulative, every epoch
+    # An epoch's report counts the reports before it (its own is still running): 0.2 s each.
+    reported = [r["time_checkpoint_s"] for r in m]
+    assert reported[0] == 0.0
+    assert all(b - a >= 0.2 for a, b in zip(reported, reported[1:])), reported
 
 
 def test_the_control_learns_nothing_and_a_stopped_trial_stops():

@@ -15,6 +15,7 @@ import json
 import math
 import random
 import tempfile
+import time
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -451,9 +452,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
 
     pause_point("worker_start", ray.train.get_context().get_experiment_name())
+    started = time.time()
     trial = TrialConfig.from_dict(config)
     index: FeatureBank = ray.get(config["bank"][0])
     bank = index.fetch(index.variants_for(trial.feature_keys, trial.alignment))
+    timing = {"worker_started_at": started, "time_fetch_s": time.time() - started}
     pseudo: PseudoLabels | None = None
     if trial.pseudo_labels:
         if not config.get("pseudo"):
@@ -468,6 +471,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         pseudo,
         epoch_relay=config.get("epoch_relay"),
         predict_unlabelled=bool(config.get("predict_unlabelled")),
+        timing=timing,
     )
 
 
@@ -478,10 +482,14 @@ def train_epochs(
     pseudo: PseudoLabels | None = None,
     epoch_relay: list[Any] | None = None,
     predict_unlabelled: bool = False,
+    timing: dict[str, float] | None = None,
 ) -> None:
     """The trial's epochs on ``bank`` (its arrays fetched): train, score the selection videos,
     report every epoch (``ctx.report``), checkpoint the improving ones with their predictions
-    of every non-training split, stop early."""
+    of every non-training split, stop early. Each report also holds ``timing`` (when the
+    worker started, its bank fetch) and the seconds spent so far in the epochs (training and
+    scoring) and in checkpointing and reporting (the previous epochs'): what
+    ``bench/trial_overhead.py`` decomposes a trial's wall time with."""
     rank, world, device = ctx.rank, ctx.world, ctx.device
     seed_everything(trial.seed)
     train_videos, labels, valid, frame_weights, others = trial_targets(trial, bank, pseudo)
@@ -528,9 +536,11 @@ def train_epochs(
         )
     val_videos = list(bank.splits["selection"])
     tf_epochs = trial.teacher_forcing_epochs or max(1, trial.epochs // 2)
+    spent = {**(timing or {}), "time_epochs_s": 0.0, "time_checkpoint_s": 0.0}
     for epoch in range(start_epoch, trial.epochs):
         if ctx.stopped():
             break
+        epoch_started = time.perf_counter()
         if hasattr(core, "teacher_forcing"):
             core.teacher_forcing = max(0.0, 1.0 - epoch / tf_epochs)
         rng = np.random.default_rng([trial.seed, epoch])
@@ -573,6 +583,9 @@ def train_epochs(
             best, best_epoch = metrics[metric], epoch
         metrics[f"best_{metric}"] = best
         metrics[TRIAL_FINISHED] = last_epoch(trial, epoch, best_epoch)
+        spent["time_epochs_s"] += time.perf_counter() - epoch_started
+        metrics.update(spent)
+        reporting = time.perf_counter()
         if epoch_relay and rank == 0:  # a single trial's own MLflow run
             tracking.log_epoch(epoch_relay, metrics, epoch + 1)
         if ctx.stopped():  # stopped while this epoch ran: report nothing of it
@@ -601,5 +614,6 @@ def train_epochs(
                 ctx.report(metrics, Path(tmp))
         else:
             ctx.report(metrics, None)
+        spent["time_checkpoint_s"] += time.perf_counter() - reporting
         if metrics[TRIAL_FINISHED]:
             break
