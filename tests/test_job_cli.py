@@ -256,3 +256,25 @@ def test_results_inside_the_repository_stay_out_of_a_job_submission(tmp_path):
     assert not [n for n in names if n.startswith((runs.name, ".git/", "outputs/", ".venv/"))]
     assert "jobs/search_va.py" in names and "abaw_ray/tune/search.py" in names
     assert size < 10e6
+
+
+@pytest.mark.parametrize("preset", [None, "3.0"])
+def test_every_process_of_a_job_has_train_poll_its_workers_often_unless_the_job_says(
+    preset, monkeypatch
+):
+    """Ray Train's controller takes a report when it polls (2 s by default) and a worker's
+    next report waits for it: the jobs ask for 0.5 s for all of a job's processes, through
+    ray.init's runtime_env, and leave a value the job was submitted with alone (Ray refuses
+    to merge a job's env var with the driver's same one)."""
+    fake = _FakeRay()
+    monkeypatch.setattr(runtime, "ray", fake)
+    monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "unset-by-the-test")
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    if preset is None:
+        monkeypatch.delenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", raising=False)
+    else:
+        monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", preset)
+    runtime.init_ray(show_logs=True)
+    (call,) = fake.calls
+    expected = None if preset else {"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}}
+    assert call["runtime_env"] == expected
