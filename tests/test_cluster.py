@@ -202,9 +202,14 @@ def _victim(output: Path, head_sid: int) -> tuple[str, str, int, list[Proc]] | N
     Train worker runs on a worker node; None while there is none. The node may hold other
     trials' drivers too: Tune then runs those trials again, from their checkpoints."""
     procs = [p for p in _procs() if p.sid == head_sid and not p.zombie]
+    statuses = _statuses(output) or {}
     for trial_id, rows in _tune_results(output).items():
         checkpointed = [r for r in rows if r.get("checkpoint_path")]
         if not checkpointed or rows[-1]["epoch"] > EPOCHS - 2:
+            continue
+        # Still running: ASHA may have stopped it at its grace period, while another trial's
+        # Train worker keeps its node busy (a run under load picked such a trial once).
+        if statuses.get(trial_id) != "RUNNING":
             continue
         saved = Path(checkpointed[-1]["checkpoint_path"]) / TRIAL_JSON
         try:
@@ -389,17 +394,25 @@ def _workers_gone(cluster: FakeCluster) -> float:
     raise AssertionError([(p.pid, p.node, p.cmdline[:80]) for p in workers])
 
 
-def _in_flight(output: Path) -> int | None:
-    """Trials Tune holds PENDING or RUNNING, from its experiment state (saved every step);
-    None while there is none to read."""
+def _statuses(output: Path) -> dict[str, str] | None:
+    """Each trial's status in Tune's experiment state (saved every step); None while there is
+    none to read."""
     states = sorted(output.glob("ray_results/search_va-*/experiment_state-*.json"))
     if not states:
         return None
     try:
         trials = [json.loads(t) for t, _ in json.loads(states[-1].read_text())["trial_data"]]
+        return {t["trial_id"]: t["status"] for t in trials}
     except (OSError, ValueError, KeyError):
         return None  # being replaced
-    return sum(t["status"] in ("PENDING", "RUNNING") for t in trials)
+
+
+def _in_flight(output: Path) -> int | None:
+    """Trials Tune holds PENDING or RUNNING; None while there is no state to read."""
+    statuses = _statuses(output)
+    if statuses is None:
+        return None
+    return sum(s in ("PENDING", "RUNNING") for s in statuses.values())
 
 
 def _pss_kb(pid: int) -> int:

@@ -98,7 +98,8 @@ def test_killed_extraction_resumes_without_recomputing(corpus_root, tmp_path):
 def ray_local():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False)
+    # "local": a new instance even where another runs on the host (ray.init alone joins it)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     yield ray
     ray.shutdown()
 

@@ -176,7 +176,8 @@ def test_finetune_trial_runs_end_to_end_on_ray_data(held_index, tmp_path):
     from abaw_ray.train.trainer import build_trainer
 
     index = held_index
-    ray.init(num_cpus=2, include_dashboard=False)
+    # "local": a new instance even where another runs on the host (ray.init alone joins it)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
         ref = ray.put(index)
         # Ray Data decodes the epoch's rows in their order, with the same pixels as in-process.

@@ -47,7 +47,8 @@ def _corpus(root: Path) -> Corpus:
 def ray_local():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False)
+    # "local": a new instance even where another runs on the host (ray.init alone joins it)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     yield ray
     ray.shutdown()
 

@@ -22,7 +22,8 @@ def prepared(corpus_root, tmp_path_factory):
 
     from abaw_ray.train.prepare import prepare
 
-    ray.init(num_cpus=2, include_dashboard=False)
+    # "local": a new instance even where another runs on the host (ray.init alone joins it)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     yield prepare(
         corpus_root,
         tmp_path_factory.mktemp("store"),
