@@ -16,8 +16,10 @@ sets them in a real run.
 
 Points in this code base: ``trial_start`` (a trial's Tune function, keyed by trial id, before
 its trainer starts), ``worker_start`` (a Train worker, keyed by its Train run's name, before
-it trains), ``before_ensemble`` (the search driver, after its trials table),
-``video_recorded`` (the extraction driver, after a video enters a manifest; keyed by video).
+it trains), ``checkpoint_reported`` (a Train worker, keyed the same, after it reported a
+checkpoint: a test can lose a node whose trial is known to be mid-run), ``before_ensemble``
+(the search driver, after its trials table), ``video_recorded`` (the extraction driver, after
+a video enters a manifest; keyed by video).
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ from abaw_ray.runtime import free_port
 from abaw_ray.submission import validate_submission
 from abaw_ray.train.loop import TRIAL_JSON
 from abaw_ray.tune.capacity import CLUSTER_CONFIG_ENV
-from tests.raytools import console_script, kill_session, ray_token_env
+from tests.raytools import Pauses, console_script, kill_session, ray_token_env
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -260,11 +260,15 @@ class FakeCluster:
 
 @contextlib.contextmanager
 def fake_cluster(
-    tmp_path: Path, max_workers: int | None = None, worker_cpus: int | None = None
+    tmp_path: Path,
+    max_workers: int | None = None,
+    worker_cpus: int | None = None,
+    pauses: Pauses | None = None,
 ) -> Iterator[FakeCluster]:
     """cluster/fake_multinode.yaml pointed at a head of this test's own, started the way the
     cloud configs start theirs (no CPU, no memory for Ray, token authentication with a token
-    the test makes); stopped, with every fake node, by the process ids it started."""
+    the test makes); stopped, with every fake node, by the process ids it started. ``pauses``
+    reach every process of every node."""
     port, dash, agent, client = free_port(), free_port(), free_port(), free_port()
     address = f"127.0.0.1:{port}"
     config = yaml.safe_load(CONFIG.read_text())
@@ -295,6 +299,7 @@ def fake_cluster(
     # Every process of this cluster, the fake nodes included, finds it by its own dashboard.
     env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dash}"
     head_env = {**env, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
+    head_env.update(pauses.env if pauses else {})
     sessions: list[int] = []
     watch = None
     try:
@@ -432,13 +437,17 @@ def test_the_default_search_scales_out_survives_a_lost_node_and_scales_back(corp
     plus as many waiting, trials' drivers and Train workers run on workers and the head stays
     small. Mid-search a worker node is killed (every process of it, SIGKILL): its trials go on
     from their last checkpoints (Train refits a lost worker; Tune reruns a trial whose driver
-    was lost), the search completes with every trial, and the workers go after the search."""
+    was lost), the search completes with every trial, and the workers go after the search.
+
+    Every Train worker pauses after its first checkpoint until a node has been killed, so the
+    cluster fills and a trial is mid-run on a worker node however slow the machine."""
     space_file = _small_space(tmp_path, EPOCHS)
     output = tmp_path / "out"
     seen: list[dict] = []
     driver_nodes: set[str | None] = set()
     victim, killed_at = None, None
-    with fake_cluster(tmp_path) as cluster:
+    pauses = Pauses(tmp_path / "pauses", "checkpoint_reported")
+    with fake_cluster(tmp_path, pauses=pauses) as cluster:
         job_log = tmp_path / "job.log"
         job = cluster.start_job(
             ["--data", str(corpus_root), "--output", str(output), "--space", str(space_file)]
@@ -476,8 +485,10 @@ def test_the_default_search_scales_out_survives_a_lost_node_and_scales_back(corp
                 if victim is not None:
                     _kill(p.pid for p in victim[3])
                     killed_at = time.time()
+                    pauses.release("checkpoint_reported")
             time.sleep(0.5)
-        job.wait(timeout=60)
+        pauses.release("checkpoint_reported")  # no victim by the deadline: fail, never hang
+        job.wait(timeout=900)
         assert job.returncode == 0, job_log.read_text()[-5000:]
         assert victim is not None, "no trial was ever mid-run on a worker node to kill"
         flight = [s["in_flight"] for s in seen if s["in_flight"] is not None]

@@ -428,11 +428,14 @@ def ray_train_context(config: dict[str, Any]) -> WorkerContext:
     import ray.train
     import ray.train.torch
 
+    ctx = ray.train.get_context()
+
     def report(metrics: dict[str, float], folder: Path | None) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(folder) if folder else None
         ray.train.report(metrics, checkpoint=checkpoint)
+        if folder is not None:
+            pause_point("checkpoint_reported", ctx.get_experiment_name())
 
-    ctx = ray.train.get_context()
     return WorkerContext(
         ctx.get_world_rank(),
         ctx.get_world_size(),
