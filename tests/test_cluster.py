@@ -4,7 +4,7 @@ own YAML (cluster/fake_multinode.yaml) with ``RAY_FAKE_CLUSTER=1 ray start --hea
 wheel). The head offers no CPUs and no memory, as the cloud configs' head does, so the search's
 tasks and trials make the autoscaler launch worker nodes.
 
-One search on the default path (no --concurrency): nodes rise from the head alone to
+One search on the default path (no --concurrency): nodes rise from the head alone toward
 max_workers in rounds as trials start, the trials in flight stay within what the workers hold
 plus as many waiting, trials' drivers and Train workers run on workers, the head (and the job's
 driver) stay under a stated memory bound; a worker node killed mid-trial (every process of it,
@@ -433,14 +433,16 @@ def _pss_kb(pid: int) -> int:
 def test_the_default_search_scales_out_survives_a_lost_node_and_scales_back(corpus_root, tmp_path):
     """The default path as the docs give it for a cluster: no --concurrency, a 0-CPU head,
     workers declaring a GPU, more of them allowed than the first trials need. Nodes rise from
-    the head alone to max_workers in rounds, trials in flight stay within what the workers hold
-    plus as many waiting, trials' drivers and Train workers run on workers and the head stays
-    small. Mid-search a worker node is killed (every process of it, SIGKILL): its trials go on
-    from their last checkpoints (Train refits a lost worker; Tune reruns a trial whose driver
-    was lost), the search completes with every trial, and the workers go after the search.
+    the head alone toward max_workers in rounds (never past it), trials in flight stay within
+    what the workers hold plus as many waiting, trials' drivers and Train workers run on
+    workers and the head stays small. Mid-search a worker node is killed (every process of
+    it, SIGKILL): its trials go on from their last checkpoints (Train refits a lost worker;
+    Tune reruns a trial whose driver was lost), the search completes with every trial, and the
+    workers go after the search.
 
-    Every Train worker pauses after its first checkpoint until a node has been killed, so the
-    cluster fills and a trial is mid-run on a worker node however slow the machine."""
+    Every Train worker pauses after its first checkpoint until a node has been killed: the
+    victim is chosen once as many trials as the cluster holds at its largest wait there, so a
+    trial is mid-run on a worker node however slow the machine."""
     space_file = _small_space(tmp_path, EPOCHS)
     output = tmp_path / "out"
     seen: list[dict] = []
@@ -479,8 +481,9 @@ def test_the_default_search_scales_out_survives_a_lost_node_and_scales_back(corp
                     "head_gb": sum(_pss_kb(p.pid) for p in head) / 1e6,
                 }
             )
-            # Once the cluster is at its largest, a worker node goes: all of its processes.
-            if victim is None and seen[-1]["nodes"] == 1 + MAX_WORKERS:
+            # Once the search holds all the trials it may, a worker node goes: all of its
+            # processes.
+            if victim is None and len(pauses.reached("checkpoint_reported")) >= MAX_WORKERS:
                 victim = _victim(output, cluster.head_sid)
                 if victim is not None:
                     _kill(p.pid for p in victim[3])
@@ -504,8 +507,10 @@ def test_the_default_search_scales_out_survives_a_lost_node_and_scales_back(corp
         counts = [len(s["nodes"]) for s in cluster.watch.samples]
         print(f"workers gone {down:.0f} s after the search ended")
 
-    # Nodes rose from the head alone to the YAML's max_workers and fell back after.
-    assert counts[0] == 1 and max(counts) == 1 + MAX_WORKERS and counts[-1] == 1, counts
+    # Nodes rose from the head alone, never past the YAML's max_workers, and fell back after.
+    # Three trials' Train workers and drivers fit on two of the 2-CPU workers, so whether the
+    # third comes up depends on how Ray packs them: two at least.
+    assert counts[0] == 1 and 3 <= max(counts) <= 1 + MAX_WORKERS and counts[-1] == 1, counts
     # Never every sample at once: at every moment at most what the workers up so far hold
     # (one trial a 2-CPU node, with the drivers' sliver) plus as many waiting, at least 2,
     # and never more than the cluster holds at its largest, read from the autoscaler's config.
