@@ -183,16 +183,17 @@ def print_trials(task: Task, outcomes: Sequence, shown: int = 10) -> None:
     head = "".join(f"{h:>9}" for h in extra)
     pseudo = any("pseudo_labels" in o.config for o in outcomes)  # a search given pseudo-labels
     column = f"{'pseudo':<8}" if pseudo else ""
-    print(f"  {'trial':<14}{metric:>9}{head}{'epoch':>6}  {column}{'model':<17}features")
+    # trials by number, as proposed: Tune's trial ids are random, a rerun's numbers are not
+    print(f"  {'trial':<7}{metric:>9}{head}{'epoch':>6}  {column}{'model':<17}features")
     for o in outcomes[:shown]:
         if o.best is None:
             why = f"failed: {o.error}" if o.error else f"{o.status}, no checkpoint"
-            print(f"  {o.trial_id:<14}{'-':>9}  ({why})")
+            print(f"  {f'#{o.number}':<7}{'-':>9}  ({why})")
             continue
         cols = "".join(f"{o.best[f'{metric}_{h}']:>9.3f}" for h in extra)
         used = f"{'yes' if o.config.get('pseudo_labels') else 'no':<8}" if pseudo else ""
         print(
-            f"  {o.trial_id:<14}{o.best[metric]:>9.4f}{cols}{o.best['epoch']:>6}  {used}"
+            f"  {f'#{o.number}':<7}{o.best[metric]:>9.4f}{cols}{o.best['epoch']:>6}  {used}"
             f"{o.config.get('model', '?'):<17}{o.config.get('features', '?')}"
         )
     if pseudo:

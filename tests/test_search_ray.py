@@ -192,11 +192,13 @@ def test_killed_and_interrupted_search_resumes_exactly(corpus_root, tmp_path):
 
     # The table, Tune and MLflow agree on every trial's best epoch and score (ASHA stopped
     # some trials: nothing after Tune's last epoch of a trial counts).
-    table = {
-        m.group(1): (float(m.group(2)), int(m.group(3)))
-        for m in re.finditer(r"^\s+([0-9a-f]{8})\s+(-?[\d.]+)\s+\S+\s+\S+\s+(\d+)\s", out, re.M)
-    }
+    # The table numbers trials as Tune's own counter does (the experiment tag's "N_").
     tune_results = _tune_results(search)
+    trial_of = {int(rows[0]["experiment_tag"].split("_")[0]): t for t, rows in tune_results.items()}
+    table = {
+        trial_of[int(m.group(1))]: (float(m.group(2)), int(m.group(3)))
+        for m in re.finditer(r"^\s+#(\d+)\s+(-?[\d.]+)\s+\S+\s+\S+\s+(\d+)\s", out, re.M)
+    }
     assert sorted(table) == sorted(tune_results) and len(table) == 4
     with sqlite3.connect(output / "mlflow.db") as db:
         for trial_id, (score, epoch) in table.items():
@@ -441,7 +443,9 @@ def test_job_runs_under_ray_job_submit_and_stops_cleanly_under_ray_job_stop(corp
             marker.unlink()
 
 
-def _expr_search(corpus_root: Path, output: Path, name: str, samples: int) -> str:
+def _expr_search(
+    corpus_root: Path, output: Path, name: str, samples: int, scheduler: str = "none"
+) -> str:
     proc = subprocess.run(
         [
             sys.executable,
@@ -457,7 +461,7 @@ def _expr_search(corpus_root: Path, output: Path, name: str, samples: int) -> st
             "--num-cpus",
             "2",
             "--scheduler",
-            "none",
+            scheduler,
             "--name",
             name,
         ],
@@ -474,7 +478,9 @@ def _expr_search(corpus_root: Path, output: Path, name: str, samples: int) -> st
 
 def test_expression_searches_end_with_their_own_validated_submissions(corpus_root, tmp_path):
     output = tmp_path / "out"
-    out = _expr_search(corpus_root, output, "search_expr-first", 2)
+    # In rounds (tune/rounds.py): Tune's controller hands the scheduler the search's limiter.
+    out = _expr_search(corpus_root, output, "search_expr-first", 2, scheduler="rounds")
+    assert "(in rounds: " in out and re.search(r"^  #[12] ", out, re.M), out[-3000:]
     corpus = load_corpus(corpus_root)
     template = corpus.templates["expr"]
     first = output / "search_expr-first" / "EXPR_submission.txt"

@@ -99,7 +99,12 @@ INPUT_ERRORS = (
 CONFIG_FLAGS = {
     "--num-samples": ("num_samples", int, "trials to run"),
     "--searcher": ("searcher", str, "tpe (Optuna TPE) or random"),
-    "--scheduler": ("scheduler", str, "asha (stop weak trials early) or none"),
+    "--scheduler": (
+        "scheduler",
+        str,
+        "asha (stop weak trials early), rounds (ASHA and TPE in rounds of trials at once: the "
+        "same seed gives the same trials, slots idle at each round's end) or none",
+    ),
     "--concurrency": (
         "max_concurrent",
         int,
@@ -545,12 +550,21 @@ def finish_search(
 
 
 def print_asha_note(cfg: SearchConfig) -> None:
-    """Why a rerun with the same seed may stop a trial at another epoch."""
-    if cfg.scheduler == "asha" and cfg.max_concurrent != 1:
+    """Whether a rerun with the same seed prints the same table, and why not."""
+    if cfg.scheduler == "rounds":
         print(
-            "  (ASHA stops a trial against the results that reached it first: with trials "
-            "running side by side, a rerun with the same seed can stop one at another "
-            "epoch; --scheduler none stops none early)"
+            "  (in rounds: the searcher and ASHA saw only ended rounds, so a rerun with the "
+            "same seed prints this table)"
+        )
+    elif cfg.max_concurrent != 1:
+        print(
+            "  (trials ran side by side: TPE proposed from the results in at the time"
+            + (
+                ", and ASHA stopped each against the results that reached it first"
+                if cfg.scheduler == "asha"
+                else ""
+            )
+            + "; a rerun with the same seed may differ, --scheduler rounds does not)"
         )
 
 

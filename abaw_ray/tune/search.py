@@ -31,10 +31,12 @@ from abaw_ray.tasks import PRIMARY_METRIC, TRIAL_ERROR, TRIAL_FINISHED
 from abaw_ray.train.loop import TRIAL_JSON, TrialConfig
 from abaw_ray.train.trainer import TRIAL_DRIVER_CPU, error_tail, fit_trial, lost_worker
 from abaw_ray.tune.capacity import ClusterShape
+from abaw_ray.tune.rounds import RoundLimiter, RoundRungs, rung_epochs
 from abaw_ray.tune.space import SearchSpace
 
 TRAINERS_DIR = "trainers"
 PENDING_MIN = 2  # trials that may wait for resources even when none run yet
+REDUCTION_FACTOR = 2  # ASHA keeps the better half of the trials at each rung
 TUNE_STOP_WAIT_S = 300  # how long a trial whose training ended waits for Tune to stop it
 
 
@@ -47,7 +49,9 @@ class SearchConfig:
     name: str
     num_samples: int = 8  # trials to run
     searcher: Literal["tpe", "random"] = "tpe"  # Optuna TPE, or random sampling
-    scheduler: Literal["asha", "none"] = "asha"  # ASHA stops weak trials early
+    # asha: stops weak trials early; rounds: ASHA and the searcher in rounds of trials at
+    # once, so the same seed gives the same trials (tune/rounds.py); none: no early stop
+    scheduler: Literal["asha", "rounds", "none"] = "asha"
     max_concurrent: int | None = None  # trials at once at most (None: no cap but the pacing)
     # the job started its own Ray: no autoscaler grows it (no trial waits for one) and no
     # head is to be spared (trial drivers ask for no CPU)
@@ -99,6 +103,7 @@ class TrialOutcome:
     checkpoint: str | None = None  # URI of that checkpoint
     last: dict[str, Any] = field(default_factory=dict)
     error: str | None = None  # the last lines of the error it ended with, if one
+    number: int = 0  # its place among the trials, in the order the searcher proposed them
 
     @property
     def score(self) -> float:
@@ -262,6 +267,13 @@ def trials_at_once(cfg: SearchConfig, fit: int) -> int:
     return min(at_once, cfg.max_concurrent) if cfg.max_concurrent else at_once
 
 
+def round_size(cfg: SearchConfig, fit: int) -> int:
+    """Trials in a round of a search in rounds: ``--concurrency``, else what the cluster holds
+    at its largest, else what it holds now (``fit``; a job's own instance, which nothing
+    grows). Fixed for the whole search, so the same seed gives the same rounds."""
+    return max(1, cfg.max_concurrent or trials_at_most(cfg) or fit)
+
+
 class PacedLimiter(ConcurrencyLimiter):
     """Tune's ``ConcurrencyLimiter`` with a limit read from the cluster each time Tune asks
     for a trial (``trials_at_once`` of what the cluster holds now): it grows as an autoscaler
@@ -329,23 +341,32 @@ def build_tuner(
         if cfg.searcher == "tpe"
         else optuna.samplers.RandomSampler(seed=cfg.seed)
     )
-    searcher = PacedLimiter(
-        OptunaSearch(
-            space=cfg.space.define_by_run(combos), metric=cfg.metric, mode="max", sampler=sampler
-        ),
-        cfg,
+    optuna_search = OptunaSearch(
+        space=cfg.space.define_by_run(combos), metric=cfg.metric, mode="max", sampler=sampler
     )
     max_t = _max_epochs(cfg.space)
-    scheduler = (
-        ASHAScheduler(
-            time_attr="epoch",
-            max_t=max_t,
-            grace_period=min(cfg.grace_period, max_t),  # a short search (smoke): all it has
-            reduction_factor=2,
+    grace_period = min(cfg.grace_period, max_t)  # a short search (smoke): all it has
+    if cfg.scheduler == "rounds":
+        fit = trials_fitting(ray.nodes(), cfg)
+        searcher = RoundLimiter(
+            optuna_search,
+            round_size(cfg, fit),
+            rung_epochs(grace_period, max_t, REDUCTION_FACTOR),
+            REDUCTION_FACTOR,
         )
-        if cfg.scheduler == "asha"
-        else FIFOScheduler()
-    )
+        scheduler = RoundRungs(metric=cfg.metric)
+    else:
+        searcher = PacedLimiter(optuna_search, cfg)
+        scheduler = (
+            ASHAScheduler(
+                time_attr="epoch",
+                max_t=max_t,
+                grace_period=grace_period,
+                reduction_factor=REDUCTION_FACTOR,
+            )
+            if cfg.scheduler == "asha"
+            else FIFOScheduler()
+        )
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -447,7 +468,7 @@ def collect_outcomes(
     """Every trial's settings, status (its error, if one) and best checkpoint, best first;
     ``warn``: where a corrupt checkpoint is named."""
     outcomes = []
-    for r in results:
+    for number, r in enumerate(results, start=1):  # Tune's trial order: as proposed
         trial_id = (r.metrics or {}).get("trial_id") or Path(r.path).name.split("_")[-2]
         error = (r.metrics or {}).get(TRIAL_ERROR) or (str(r.error).strip() if r.error else None)
         status = "error" if error else "done"
@@ -457,7 +478,12 @@ def collect_outcomes(
         )
         config = {k: v for k, v in (r.config or {}).items()}
         outcome = TrialOutcome(
-            trial_id, config, status, last=dict(r.metrics or {}), error=error and error[-500:]
+            trial_id,
+            config,
+            status,
+            last=dict(r.metrics or {}),
+            error=error and error[-500:],
+            number=number,
         )
         if found:
             outcome.best = {**found[0], "_score": found[0][cfg.metric]}
