@@ -17,7 +17,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.search_generator import SearchGenerator
 
 from abaw_ray.tune.rounds import RoundLimiter, RoundRungs, rung_epochs
-from abaw_ray.tune.search import SearchConfig, round_size
+from abaw_ray.tune.search import SearchConfig, round_size, trial_folder_name
 from abaw_ray.tune.space import load_search_space
 
 REPO = Path(__file__).resolve().parents[1]
@@ -229,3 +229,18 @@ def test_the_scheduler_flag_takes_rounds_and_names_the_valid_values_when_misspel
     assert re.search(
         r"--scheduler: invalid choice: '?round'? \(choose from .*asha.*rounds.*none", err
     )
+
+
+def test_the_table_numbers_a_trial_as_tunes_counter_in_its_folder_name():
+    folders = {
+        "run_trial_ca5af492_2_class_weights=True,epochs=3,model=expr_transfo_2026-12-04_14-56-01": (
+            "ca5af492",
+            2,
+        ),
+        "/r/s/run_trial_bd61f99d_14_epochs=4,hidden=32,lr=0.0041_2026-12-04_14-52-26": (
+            "bd61f99d",
+            14,
+        ),
+        "trainers/train-bd61f99d": ("", 0),
+    }
+    assert {f: trial_folder_name(f) for f in folders} == folders

@@ -192,9 +192,13 @@ def test_killed_and_interrupted_search_resumes_exactly(corpus_root, tmp_path):
 
     # The table, Tune and MLflow agree on every trial's best epoch and score (ASHA stopped
     # some trials: nothing after Tune's last epoch of a trial counts).
-    # The table numbers trials as Tune's own counter does (the experiment tag's "N_").
+    # The table numbers trials as Tune's own counter does: run_trial_<id>_<N>_<settings>...
     tune_results = _tune_results(search)
-    trial_of = {int(rows[0]["experiment_tag"].split("_")[0]): t for t, rows in tune_results.items()}
+    trial_of = {
+        int(d.name.split(f"_{t}_")[1].split("_")[0]): t
+        for t in tune_results
+        for d in search.glob(f"run_trial_{t}_*")
+    }
     table = {
         trial_of[int(m.group(1))]: (float(m.group(2)), int(m.group(3)))
         for m in re.finditer(r"^\s+#(\d+)\s+(-?[\d.]+)\s+\S+\s+\S+\s+(\d+)\s", out, re.M)

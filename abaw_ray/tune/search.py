@@ -103,7 +103,7 @@ class TrialOutcome:
     checkpoint: str | None = None  # URI of that checkpoint
     last: dict[str, Any] = field(default_factory=dict)
     error: str | None = None  # the last lines of the error it ended with, if one
-    number: int = 0  # its place among the trials, in the order the searcher proposed them
+    number: int = 0  # Tune's number for it, in the order the searcher proposed (0: unknown)
 
     @property
     def score(self) -> float:
@@ -462,14 +462,23 @@ def best_checkpoint(
     return best
 
 
+def trial_folder_name(path: str) -> tuple[str, int]:
+    """A trial's id and Tune's number for it (its counter: the order the searcher proposed
+    trials in, kept by a resumed search) from the name of its folder, which Tune writes as
+    ``run_trial_<id>_<number>_<settings>_<date>``; ("", 0) for another name."""
+    found = re.match(rf"{run_trial.__name__}_([0-9a-f]+)_(\d+)_", Path(path).name)
+    return (found.group(1), int(found.group(2))) if found else ("", 0)
+
+
 def collect_outcomes(
     cfg: SearchConfig, results: tune.ResultGrid, warn: Callable[[str], None] = print
 ) -> list[TrialOutcome]:
     """Every trial's settings, status (its error, if one) and best checkpoint, best first;
     ``warn``: where a corrupt checkpoint is named."""
     outcomes = []
-    for number, r in enumerate(results, start=1):  # Tune's trial order: as proposed
-        trial_id = (r.metrics or {}).get("trial_id") or Path(r.path).name.split("_")[-2]
+    for r in results:
+        folder_id, number = trial_folder_name(r.path)
+        trial_id = (r.metrics or {}).get("trial_id") or folder_id
         error = (r.metrics or {}).get(TRIAL_ERROR) or (str(r.error).strip() if r.error else None)
         status = "error" if error else "done"
         last_epoch = (r.metrics or {}).get("epoch")
