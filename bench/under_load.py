@@ -49,7 +49,12 @@ def run_suite(marker: str, extra: list[str], home: Path | None, log: Path) -> tu
     cmd = [sys.executable, "-m", "pytest", "-m", marker, "-p", "no:cacheprovider"]
     with log.open("w") as out:
         proc = subprocess.run(
-            [*cmd, "--fail-on-skip", *extra], cwd=REPO, env=env, stdout=out, stderr=out
+            # -rP: the log keeps what passing tests print (the cluster test's figures)
+            [*cmd, "--fail-on-skip", "-rP", *extra],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=out,
         )
     lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
     summary = next((ln for ln in reversed(lines) if re.search(r"\d+ (passed|failed)", ln)), "")
