@@ -212,16 +212,16 @@ def test_a_round_is_concurrency_else_the_largest_cluster_else_what_holds_now():
 def test_the_scheduler_flag_takes_rounds_and_names_the_valid_values_when_misspelt(
     monkeypatch, capsys
 ):
-    from abaw_ray.tune.job import print_asha_note, search_config, search_parser
+    from abaw_ray.tune.job import print_rerun_note, search_config, search_parser
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     space = load_search_space(REPO / "search_spaces" / "embedded_expr.yaml")
     parser = search_parser("expr", None)
     cfg = search_config(parser.parse_args(["--scheduler", "rounds"]), space, "/s")
     assert cfg.scheduler == "rounds"
-    print_asha_note(cfg)
+    print_rerun_note(cfg)
     assert "prints this table" in capsys.readouterr().out
-    print_asha_note(replace(cfg, scheduler="asha"))
+    print_rerun_note(replace(cfg, scheduler="asha"))
     assert "may differ, --scheduler rounds does not" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         parser.parse_args(["--scheduler", "round"])

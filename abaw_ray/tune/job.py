@@ -480,7 +480,7 @@ def finish_search(
     costs = trial_costs(cfg, outcomes)
     with contextlib.redirect_stdout(console.out):
         report.print_trials(task, outcomes)
-        print_asha_note(cfg)
+        print_rerun_note(cfg)
     pause_point("before_ensemble")
 
     members = load_members(outcomes, cfg.top_k, warn)
@@ -549,7 +549,7 @@ def finish_search(
     return 0
 
 
-def print_asha_note(cfg: SearchConfig) -> None:
+def print_rerun_note(cfg: SearchConfig) -> None:
     """Whether a rerun with the same seed prints the same table, and why not."""
     if cfg.scheduler == "rounds":
         print(
