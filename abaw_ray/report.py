@@ -4,7 +4,7 @@ to MLflow)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -213,13 +213,19 @@ def _scores(task: Task, scores: dict[str, float]) -> str:
     return f"{scores[key]:.4f}"
 
 
+def trial_names(outcomes: Sequence) -> dict[str, str]:
+    """Each trial's id -> ``#N``, its number in the trials table (the same in a rerun)."""
+    return {o.trial_id: f"#{o.number}" for o in outcomes if o.number}
+
+
 def print_summary(
-    task, ens, members, bank, summary, submission, control_of=None, folds=None
+    task, ens, members, bank, summary, submission, control_of=None, folds=None, names=None
 ) -> None:
     """The end of a search: selection and held-out scores of the best single trial and the
     ensemble; what was submitted (the trial ensemble refit on every validation video, or
     with ``folds`` the fold ensemble, announced before the file); baselines; the controls;
-    the submission file, last."""
+    the submission file, last. ``names``: trial id -> its name in the table (``#N``)."""
+    names = names or {}
     key = OFFICIAL_SCORE[task]
     metric = PRIMARY_METRIC[task]
     sel, n_sel, n_held = ens.selection, len(bank.splits["selection"]), len(bank.splits["holdout"])
@@ -232,12 +238,12 @@ def print_summary(
         f" (of {len(members)} offered)" if len(used) != len(members) else ""
     )
     for label, chosen, hkey in (
-        (f"best single trial {best_id}", sel.best_single[1], "best_single"),
+        (f"best single trial {names.get(best_id, best_id)}", sel.best_single[1], "best_single"),
         (ensemble, sel.scores, "ensemble"),
     ):
         h = f"{held[hkey][key]:.4f}" if held else "-"
         print(f"  {label:<32}{chosen[key]:>26.4f}{h:>26}")
-    print(f"  its members and weights: {recipe_text(ens.selection.recipe)}")
+    print(f"  its members and weights: {recipe_text(ens.selection.recipe, names)}")
     if held:
         print(
             f"  held-out videos: {', '.join(bank.splits['holdout'])} (nothing was selected on "
@@ -250,7 +256,7 @@ def print_summary(
         f"{key} {_scores(task, ens.submitted.scores)} (optimistic: fit there)"
     )
     if ens.submitted.recipe != ens.selection.recipe:
-        refit += f"; members and weights {recipe_text(ens.submitted.recipe)}"
+        refit += f"; members and weights {recipe_text(ens.submitted.recipe, names)}"
     if not ens.refit:
         refit = "as fitted on the selection videos" + (
             " (AU: its thresholds are chosen there, never on the held-out videos)"
@@ -270,7 +276,7 @@ def print_summary(
         best = next(m for m in members if m.trial_id == best_id)
         for name, preds in (
             ("ensemble", ens.validation),
-            (f"best trial {best_id}", best.validation),
+            (f"best trial {names.get(best_id, best_id)}", best.validation),
         ):
             s = score_split(task, preds, videos, bank.labels, bank.valid)
             print(
@@ -283,8 +289,9 @@ def print_summary(
         print_au_units(ens, bank)
     if control_of is not None:
         pseudo = bool(control_of.config.get("pseudo_labels"))
+        controlled = names.get(control_of.trial_id, control_of.trial_id)
         print(
-            f"shifted-label control (trial {control_of.trial_id}'s settings, labels and masks "
+            f"shifted-label control (trial {controlled}'s settings, labels and masks "
             f"shifted within each training video"
             + (", its pseudo-labels with their confidences too" if pseudo else "")
             + f"): {metric} {summary[f'control_{metric}']:.4f} "
@@ -292,7 +299,7 @@ def print_summary(
         )
         if f"no_pseudo_{metric}" in summary:
             print(
-                f"pseudo-labels: trial {control_of.trial_id}'s settings {metric} "
+                f"pseudo-labels: trial {controlled}'s settings {metric} "
                 f"{control_of.best[metric]:.4f} with them, {summary[f'no_pseudo_{metric}']:.4f} "
                 f"without, {summary[f'pseudo_shifted_{metric}']:.4f} with them shifted within "
                 f"each video (their control), on the same selection videos"
@@ -337,12 +344,14 @@ def count_of(n: int, what: str = "video") -> str:
     return f"{n} {what}{'s' * (n != 1)}"
 
 
-def recipe_text(recipe) -> str:
-    """``valence: 3a2b1c00 x2, 9f8e7d00 x1, box(15); arousal: ...``: each target's members
-    with their weights and its smoothing."""
+def recipe_text(recipe, names: dict[str, str] | None = None) -> str:
+    """``valence: #2 x2, #5 x1, box(15); arousal: ...``: each target's members (``names`` of
+    their trial ids, else the ids) with their weights, and its smoothing."""
+    names = names or {}
     parts = []
     for target, weights in recipe.weights.items():
-        members = ", ".join(f"{t} x{w:g}" for t, w in sorted(weights.items(), key=lambda x: -x[1]))
+        ranked = sorted(weights.items(), key=lambda x: -x[1])
+        members = ", ".join(f"{names.get(t, t)} x{w:g}" for t, w in ranked)
         parts.append(f"{target}: {members}, {recipe.smoothing[target]}")
     return "; ".join(parts)
 
@@ -417,11 +426,15 @@ def print_cost(costs: Sequence, summary: dict[str, float], metric: str) -> None:
     )
 
 
-def trial_progress(metric: str, total: int) -> Any:
+def trial_progress(
+    metric: str, total: int, folder_name: Callable[[str], tuple[str, int]] | None = None
+) -> Any:
     """A Tune callback writing one line per finished trial to the job's console (the
     descriptor ``CONSOLE_FD_ENV`` names, so that a resumed search's unpickled callback writes
-    to this process's console): its number, settings, best selection score and its epoch,
-    and whether it was stopped early or failed, with its error's last lines."""
+    to this process's console): how many have ended, the trial's ``#N`` (its number in the
+    trials table, read by ``folder_name`` from its folder; else its id), settings, best
+    selection score and its epoch, and whether it was stopped early or failed, with its
+    error's last lines."""
     from ray.tune import Callback
 
     class TrialProgress(Callback):
@@ -440,16 +453,18 @@ def trial_progress(metric: str, total: int) -> Any:
             finished = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
             done = len(finished | {trial.trial_id})  # a resumed search counts earlier ones
             cfg = trial.config
+            number = folder_name(trial.path or "")[1] if folder_name else 0
+            name = f"#{number}" if number else trial.trial_id
             error = (trial.last_result or {}).get(TRIAL_ERROR)
             if error:
-                line = f"trial {done}/{total} {trial.trial_id} failed: {error}"
+                line = f"trial {done}/{total} {name} failed: {error}"
             else:
                 score, epoch = self.best.get(trial.trial_id, (np.nan, 0))
                 ran = self.last_epoch.get(trial.trial_id, 0)
                 if outcome == "done" and ran < int(cfg.get("epochs", ran)):
                     outcome = f"ended after epoch {ran} of {cfg['epochs']}: ASHA or patience"
                 line = (
-                    f"trial {done}/{total} {trial.trial_id} {cfg.get('model')} "
+                    f"trial {done}/{total} {name} {cfg.get('model')} "
                     f"{cfg.get('features')}: best {metric} {score:.4f} at epoch {epoch}"
                     + ("" if outcome == "done" else f" ({outcome})")
                 )

@@ -6,9 +6,10 @@ full-size architecture with random weights saved to a local weights folder, so t
 offline loading path is used and nothing is downloaded. With a GPU it also reports the
 fraction of the bf16 FLOP roofline the pipeline reaches.
 
-Each throughput is the median of ``--repeats`` timed runs (at least 3), with [min, max]; one
-warm-up run of each is excluded. Every pipeline run writes to a fresh store (the pipeline
-skips what a store already holds) in the same Ray instance.
+The two run interleaved (loop, pipeline, loop, pipeline ...) so that load shifts both; each
+throughput is the median of ``--repeats`` (at least 3) such pairs, with [min, max], and the
+ratio is the median of the pairs' ratios. One warm-up run of each is excluded. Every pipeline
+run writes to a fresh store in the same Ray instance.
 
     python bench/extract.py [--model resnet50] [--frames 768] [--batch-size 64] [--repeats 3]
 """
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import ray
 import torch
+from pairs import interleaved, pair_ratios, spread
 
 from abaw_ray.affwild2 import FACE_SIZE
 from abaw_ray.data import load_corpus
@@ -66,10 +68,8 @@ def save_random_weights(model: str, folder: Path) -> None:
     save_file(net.state_dict(), folder / model / "model.safetensors")
 
 
-def plain_loop(
-    paths: list[str], model: str, weights: Path, batch_size: int, repeats: int
-) -> list[float]:
-    """Frames per second of ``repeats`` timed passes over every path, after one untimed one."""
+def plain_loop(paths: list[str], model: str, weights: Path, batch_size: int):
+    """A pass of a single-process PyTorch loop over every path: returns its frames per second."""
     extractor = create_extractor(model, weights_dir=weights)
     extractor.to("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -82,26 +82,21 @@ def plain_loop(
             torch.cuda.synchronize()
         return len(paths) / (time.perf_counter() - start)
 
-    one_pass()  # warm-up, excluded
-    return [one_pass() for _ in range(repeats)]
+    return one_pass
 
 
-def pipeline_runs(corpus, config: ExtractionConfig, stores: Path, repeats: int) -> list[float]:
-    """Frames per second of ``repeats`` end-to-end pipeline runs, each into a fresh store,
-    after one untimed one. Ray must be initialised."""
+def pipeline_run(corpus, config: ExtractionConfig, stores: Path):
+    """An end-to-end pipeline run into a fresh store (the pipeline skips what a store already
+    holds): returns its frames per second. Ray must be initialised."""
+    runs = iter(range(1_000_000))
 
-    def one_run(i: int) -> float:
-        report = extract_features(corpus, FeatureStore(stores / f"run{i}"), config)
+    def one_run() -> float:
+        report = extract_features(corpus, FeatureStore(stores / f"run{next(runs)}"), config)
         if not report.frames:
             raise RuntimeError("the pipeline extracted nothing (a store was not fresh?)")
         return report.frames / report.seconds
 
-    one_run(0)  # warm-up, excluded
-    return [one_run(i + 1) for i in range(repeats)]
-
-
-def spread(xs: list[float]) -> str:
-    return f"{statistics.median(xs):8.1f} frames/s  [{min(xs):.1f}, {max(xs):.1f}]"
+    return one_run
 
 
 def flops_per_frame(model: str, weights: Path) -> float:
@@ -140,37 +135,39 @@ def main() -> None:
         cpus = args.num_cpus or torch.get_num_threads()
         torch.set_num_threads(cpus)
 
-        loops = plain_loop(paths, args.model, tmp / "weights", args.batch_size, args.repeats)
-        loop_fps = statistics.median(loops)
-
         init_ray(num_cpus=cpus)
         ray.data.DataContext.get_current().enable_progress_bars = False
         config = ExtractionConfig(
             extractors=(args.model,), weights_dir=tmp / "weights", batch_size=args.batch_size
         )
-        rays = pipeline_runs(corpus, config, tmp / "stores", args.repeats)
-        ray.shutdown()
-        ray_fps = statistics.median(rays)
+        try:
+            loops, rays = interleaved(
+                plain_loop(paths, args.model, tmp / "weights", args.batch_size),
+                pipeline_run(corpus, config, tmp / "stores"),
+                args.repeats,
+            )
+        finally:
+            ray.shutdown()
 
         device = (
             torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU x{cpus} threads"
         )
         print(
             f"model {args.model} (random init, full size), batch {args.batch_size}, "
-            f"{len(paths)} face frames, {device}; median of {args.repeats} runs [min, max], "
-            f"one warm-up run excluded"
+            f"{len(paths)} face frames, {device}; median [min, max] of {args.repeats} interleaved "
+            f"pairs, one warm-up run of each excluded"
         )
-        print(f"  plain PyTorch loop : {spread(loops)}")
+        print(f"  plain PyTorch loop : {spread(loops)} frames/s")
         print(
-            f"  Ray Data pipeline  : {spread(rays)}  (end to end, actor start and store "
-            f"writes included)"
+            f"  Ray Data pipeline  : {spread(rays)} frames/s  (end to end, actor start and "
+            f"store writes included)"
         )
-        print(f"  ratio ray/loop     : {ray_fps / loop_fps:8.2f}  (of the medians)")
+        print(f"  ratio ray/loop     : {spread(pair_ratios(rays, loops), '.2f')}  (of the pairs)")
         if torch.cuda.is_available():
             flops = flops_per_frame(args.model, tmp / "weights")
             name = torch.cuda.get_device_name()
             peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), math.nan)
-            achieved = ray_fps * flops / 1e12  # at the median pipeline throughput
+            achieved = statistics.median(rays) * flops / 1e12  # at the median pipeline throughput
             print(
                 f"  {flops / 1e9:.1f} GFLOP/frame -> {achieved:.1f} TFLOP/s = "
                 f"{achieved / peak:.1%} of the {peak:.0f} TFLOP/s bf16 roofline"

@@ -3,7 +3,9 @@ per-frame reference implementation (same weights), in one run.
 
     python bench/models.py [--batch 32] [--frames 256] [--hidden 256] [--repeats 3] [--threads 2]
 
-Each time is the median of ``--repeats`` (at least 3) timed steps after one warm-up step.
+Each time is the median of ``--repeats`` (at least 3) timed steps after one warm-up step. MFN
+and its reference run interleaved (fast, reference, fast, reference ...) so that load shifts
+both; its speed-up is the median [min, max] of the pairs' ratios.
 
 Inputs: three modalities of 768 / 1024 / 768 dims (CLIP-large, WavLM-large, a third).
 """
@@ -15,6 +17,7 @@ import statistics
 import time
 
 import torch
+from pairs import interleaved, pair_ratios, spread
 
 from abaw_ray.models import create_model, list_models
 from abaw_ray.models.mfn import mfn_reference_forward
@@ -22,8 +25,8 @@ from abaw_ray.models.mfn import mfn_reference_forward
 DIMS = [768, 1024, 768]
 
 
-def time_step(fn, params, repeats: int, device: torch.device) -> float:
-    """Median seconds of one forward + backward step over ``repeats`` timed steps."""
+def one_step(fn, params, device: torch.device):
+    """A timed forward + backward step: returns its seconds."""
 
     def once() -> float:
         for p in params:
@@ -34,6 +37,12 @@ def time_step(fn, params, repeats: int, device: torch.device) -> float:
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
+    return once
+
+
+def time_step(fn, params, repeats: int, device: torch.device) -> float:
+    """Median seconds of one forward + backward step over ``repeats`` timed steps."""
+    once = one_step(fn, params, device)
     once()  # warm-up, excluded
     return statistics.median(once() for _ in range(repeats))
 
@@ -61,21 +70,19 @@ def main() -> None:
         f"forward+backward per batch: B={args.batch}, T={args.frames}, hidden={args.hidden}, "
         f"inputs {'/'.join(map(str, DIMS))}, {where}; median of {args.repeats} steps"
     )
-    results = {}
     for gates in ("paper", "reference"):
         model = create_model("mfn", DIMS, "va", hidden=args.hidden, gates=gates).to(device)
         params = list(model.parameters())
-        fast = time_step(lambda m=model: m(xs)["pred"].pow(2).mean(), params, args.repeats, device)
-        ref = time_step(
-            lambda m=model: mfn_reference_forward(m.core, xs).pow(2).mean(),
-            params,
+        fast, ref = interleaved(
+            one_step(lambda m=model: m(xs)["pred"].pow(2).mean(), params, device),
+            one_step(
+                lambda m=model: mfn_reference_forward(m.core, xs).pow(2).mean(), params, device
+            ),
             args.repeats,
-            device,
         )
-        results[gates] = (fast, ref)
         print(
-            f"  mfn (gates={gates:<9}): {fast:7.3f} s   per-frame reference: {ref:7.3f} s   "
-            f"speed-up {ref / fast:5.2f}x"
+            f"  mfn (gates={gates:<9}): {statistics.median(fast):7.3f} s   per-frame reference: "
+            f"{statistics.median(ref):7.3f} s   speed-up {spread(pair_ratios(ref, fast), '.2f')}x"
         )
     for name in list_models():
         if name == "mfn":

@@ -1,13 +1,14 @@
-"""Search efficiency: ASHA early stopping against none, at the same wall-clock budget.
+"""Search efficiency: schedulers at the same wall-clock budget (``--schedulers``: ASHA early
+stopping against none by default; ``rounds`` is what a job's own instance runs).
 
-Both searches run on the embedded corpus with the same space, seed and resources, one after
-the other, once per seed (``--repeats`` seeds, at least 3). Printed per scheduler: the median
-over seeds, with [min, max], of trials finished per hour, the best val CCC, and the wall time
-until the best trial so far first reached the target (a seed that never reaches it counts as
-never).
+Each scheduler's search runs on the embedded corpus with the same space, seed and resources,
+one after the other, once per seed (``--repeats`` seeds, at least 3). Printed per scheduler:
+the median over seeds, with [min, max], of trials finished per hour, the best val CCC, and the
+wall time until the best trial so far first reached the target (a seed that never reaches it
+counts as never).
 
     python bench/search.py [--budget 180] [--target 0.6] [--repeats 3] [--space FILE]
-                           [--gpus-per-trial 0.25]
+                           [--gpus-per-trial 0.25] [--schedulers asha,rounds,none]
 
 ``--gpus-per-trial`` packs trials on the machine's GPUs (0.25: four trials a GPU), so the
 trials-per-hour column is the packing's throughput.
@@ -31,6 +32,7 @@ from abaw_ray.tune.search import SearchConfig, build_tuner, collect_outcomes
 from abaw_ray.tune.space import load_search_space
 
 REPO = Path(__file__).resolve().parents[1]
+SCHEDULERS = ("asha", "rounds", "none")  # SearchConfig.scheduler's, but auto
 
 
 def run(scheduler: str, seed: int, args, prepared, space, storage: Path) -> dict:
@@ -79,12 +81,20 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="seeds 0, 1, ... (at least 3)")
     p.add_argument("--num-cpus", type=int, default=2)
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="0.25: four trials a GPU")
+    p.add_argument(
+        "--schedulers",
+        default="asha,none",
+        help="comma-separated, of asha, rounds, none (each a search per seed, interleaved)",
+    )
     args = p.parse_args()
     if args.repeats < 3:
         p.error("--repeats must be at least 3 (the figure printed is a median)")
+    schedulers = args.schedulers.split(",")
+    if bad := [x for x in schedulers if x not in SCHEDULERS]:
+        p.error(f"--schedulers: unknown {bad}; valid: {', '.join(SCHEDULERS)}")
     space = load_search_space(args.space)
     alignments = space.alignments()
-    rows: dict[str, list[dict]] = {"asha": [], "none": []}
+    rows: dict[str, list[dict]] = {name: [] for name in schedulers}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.repeats):
             for scheduler in rows:

@@ -27,7 +27,6 @@ runs one thread in each variant (Ray sets it from the one CPU each asks for).
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any
 
 import ray
 import torch
+from pairs import spread
 from ray import tune
 
 from abaw_ray.runtime import init_ray
@@ -101,10 +101,6 @@ def run_plain(config: dict, prepared, storage: Path, name: str) -> dict:
     if result.error:
         raise RuntimeError(f"the plain variant failed: {result.error}")
     return parts(result.metrics, started, ended)
-
-
-def spread(xs: list[float], fmt: str = ".1f") -> str:
-    return f"{statistics.median(xs):{fmt}} [{min(xs):{fmt}}, {max(xs):{fmt}}]"
 
 
 def main() -> None:

@@ -209,7 +209,7 @@ def test_a_round_is_concurrency_else_the_largest_cluster_else_what_holds_now():
     assert round_size(cfg, fit=0) == 1  # a cluster with no worker up yet: one at a time
 
 
-def test_the_scheduler_flag_takes_rounds_and_names_the_valid_values_when_misspelt(
+def test_the_scheduler_is_rounds_on_a_jobs_own_instance_and_a_misspelt_one_names_the_valid(
     monkeypatch, capsys
 ):
     from abaw_ray.tune.job import print_rerun_note, search_config, search_parser
@@ -223,6 +223,18 @@ def test_the_scheduler_flag_takes_rounds_and_names_the_valid_values_when_misspel
     assert "prints this table" in capsys.readouterr().out
     print_rerun_note(replace(cfg, scheduler="asha"))
     assert "may differ, --scheduler rounds does not" in capsys.readouterr().out
+    # By default a job's own instance searches in rounds; a cluster's search, with ASHA.
+    default = search_config(parser.parse_args([]), space, "/s")
+    assert (default.scheduler, default.scheduler_used) == ("auto", "rounds")
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    on_cluster = search_config(parser.parse_args([]), space, "/s")
+    assert (on_cluster.local_instance, on_cluster.scheduler_used) == (False, "asha")
+    assert (
+        search_config(parser.parse_args(["--scheduler", "none"]), space, "/s").scheduler_used
+        == "none"
+    )
+    print_rerun_note(on_cluster)
+    assert "--scheduler rounds does not" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         parser.parse_args(["--scheduler", "round"])
     err = capsys.readouterr().err  # argparse quotes the choices on some Pythons
@@ -244,3 +256,39 @@ def test_the_table_numbers_a_trial_as_tunes_counter_in_its_folder_name():
         "trainers/train-bd61f99d": ("", 0),
     }
     assert {f: trial_folder_name(f) for f in folders} == folders
+
+
+def test_the_summary_and_progress_name_trials_by_their_table_number():
+    from abaw_ray import report
+    from abaw_ray.ensemble import Recipe
+    from abaw_ray.smoothing import Smoothing
+
+    outcomes = [
+        SimpleNamespace(trial_id="ca5af492", number=2),
+        SimpleNamespace(trial_id="bd61f99d", number=14),
+        SimpleNamespace(trial_id="0a0b0c0d", number=0),  # unknown: its id stays
+    ]
+    names = report.trial_names(outcomes)
+    assert names == {"ca5af492": "#2", "bd61f99d": "#14"}
+    recipe = Recipe(
+        weights={"classes": {"bd61f99d": 1.0, "ca5af492": 3.0, "0a0b0c0d": 2.0}},
+        smoothing={"classes": Smoothing("mode", 15)},
+    )
+    text = report.recipe_text(recipe, names)
+    assert text.startswith("classes: #2 x3, 0a0b0c0d x2, #14 x1, "), text
+
+    lines = []
+    progress = report.trial_progress("val_f1", 8, trial_folder_name)
+    trial = SimpleNamespace(
+        trial_id="bd61f99d",
+        path="/r/s/run_trial_bd61f99d_14_epochs=4_2026-12-04_14-52-26",
+        config={"model": "tcn", "features": "face_hog", "epochs": 4},
+        last_result={},
+        status="TERMINATED",
+    )
+    progress.on_trial_result(0, [trial], trial, {"epoch": 4, "val_f1": 0.5})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(report.os, "write", lambda fd, data: lines.append(data.decode()))
+        mp.setattr(report, "console_fd", lambda: 1)
+        progress.on_trial_complete(0, [trial], trial)
+    assert lines == ["trial 1/8 #14 tcn face_hog: best val_f1 0.5000 at epoch 4\n"]

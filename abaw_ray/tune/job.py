@@ -80,6 +80,7 @@ from abaw_ray.tune.search import (
     collect_outcomes,
     latest_search,
     search_name,
+    trial_folder_name,
     trial_params,
     trials_at_most,
 )
@@ -103,7 +104,8 @@ CONFIG_FLAGS = {
         "scheduler",
         str,
         "asha (stop weak trials early), rounds (ASHA and TPE in rounds of trials at once: the "
-        "same seed gives the same trials, slots idle at each round's end) or none",
+        "same seed gives the same trials, slots idle at each round's end), none, or auto "
+        "(rounds on the job's own Ray instance, asha on a cluster)",
     ),
     "--concurrency": (
         "max_concurrent",
@@ -378,7 +380,7 @@ def search_on_ray(
                 combos,
                 callbacks=[
                     tracking.trial_callback(uri, experiment, parent, trial_params),
-                    report.trial_progress(cfg.metric, cfg.num_samples),
+                    report.trial_progress(cfg.metric, cfg.num_samples, trial_folder_name),
                 ],
                 resume=args.resume,
                 verbose=1 if args.ray_logs else 0,
@@ -539,7 +541,17 @@ def finish_search(
         print(f"\nMLflow: {tracking.ui_link(uri, experiment)}")
         print(f"Ray results: {cfg.experiment_uri()}   wall time {time.time() - started:.0f} s")
         control_of = outcomes[0] if args.control else None
-        report.print_summary(task, ens, members, bank, summary, submission, control_of, folds)
+        report.print_summary(
+            task,
+            ens,
+            members,
+            bank,
+            summary,
+            submission,
+            control_of,
+            folds,
+            report.trial_names(outcomes),
+        )
         if pseudo_path is not None:
             report.print_pseudo_labels(summary, pseudo_path)
         if folds is not None:
@@ -551,7 +563,7 @@ def finish_search(
 
 def print_rerun_note(cfg: SearchConfig) -> None:
     """Whether a rerun with the same seed prints the same table, and why not."""
-    if cfg.scheduler == "rounds":
+    if cfg.scheduler_used == "rounds":
         print(
             "  (in rounds: the searcher and ASHA saw only ended rounds, so a rerun with the "
             "same seed prints this table)"
@@ -561,7 +573,7 @@ def print_rerun_note(cfg: SearchConfig) -> None:
             "  (trials ran side by side: TPE proposed from the results in at the time"
             + (
                 ", and ASHA stopped each against the results that reached it first"
-                if cfg.scheduler == "asha"
+                if cfg.scheduler_used == "asha"
                 else ""
             )
             + "; a rerun with the same seed may differ, --scheduler rounds does not)"
@@ -571,11 +583,13 @@ def print_rerun_note(cfg: SearchConfig) -> None:
 def ensemble_params(
     ens: EnsembleResult, members: list[Member], folds: FoldResult | None
 ) -> dict[str, Any]:
-    """The ensemble's MLflow parameters: what was submitted and which trials it used."""
-    used = ens.selection.recipe.used_trials()
+    """The ensemble's MLflow parameters: what was submitted, which trials the submitted recipe
+    uses (its refit on every validation video may choose others than the selection's) and
+    which the selection recipe, scored on the held-out videos, used."""
     return {
         "submitted": "fold ensemble" if folds else "trial ensemble",
         "members_offered": len(members),
-        "members_used": ",".join(sorted(used)),
+        "members_used": ",".join(sorted(ens.submitted.recipe.used_trials())),
+        "members_selection": ",".join(sorted(ens.selection.recipe.used_trials())),
         "smoothing": ens.submitted.recipe.smoothing_names(),
     }

@@ -50,8 +50,9 @@ class SearchConfig:
     num_samples: int = 8  # trials to run
     searcher: Literal["tpe", "random"] = "tpe"  # Optuna TPE, or random sampling
     # asha: stops weak trials early; rounds: ASHA and the searcher in rounds of trials at
-    # once, so the same seed gives the same trials (tune/rounds.py); none: no early stop
-    scheduler: Literal["asha", "rounds", "none"] = "asha"
+    # once, so the same seed gives the same trials (tune/rounds.py); none: no early stop;
+    # auto: rounds on a job's own instance, asha on a cluster (trials paced to its autoscaler)
+    scheduler: Literal["auto", "asha", "rounds", "none"] = "auto"
     max_concurrent: int | None = None  # trials at once at most (None: no cap but the pacing)
     # the job started its own Ray: no autoscaler grows it (no trial waits for one) and no
     # head is to be spared (trial drivers ask for no CPU)
@@ -70,6 +71,13 @@ class SearchConfig:
     @property
     def metric(self) -> str:
         return PRIMARY_METRIC[self.space.task]
+
+    @property
+    def scheduler_used(self) -> str:
+        """The scheduler the search runs with: ``scheduler``, with auto resolved."""
+        if self.scheduler != "auto":
+            return self.scheduler
+        return "rounds" if self.local_instance else "asha"
 
     def experiment_uri(self) -> str:
         return f"{self.storage_path.rstrip('/')}/{self.name}"
@@ -346,7 +354,7 @@ def build_tuner(
     )
     max_t = _max_epochs(cfg.space)
     grace_period = min(cfg.grace_period, max_t)  # a short search (smoke): all it has
-    if cfg.scheduler == "rounds":
+    if cfg.scheduler_used == "rounds":
         fit = trials_fitting(ray.nodes(), cfg)
         searcher = RoundLimiter(
             optuna_search,
@@ -364,7 +372,7 @@ def build_tuner(
                 grace_period=grace_period,
                 reduction_factor=REDUCTION_FACTOR,
             )
-            if cfg.scheduler == "asha"
+            if cfg.scheduler_used == "asha"
             else FIFOScheduler()
         )
     return tune.Tuner(
