@@ -17,6 +17,7 @@ run writes to a fresh store in the same Ray instance.
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import statistics
 import tempfile
@@ -88,7 +89,7 @@ def plain_loop(paths: list[str], model: str, weights: Path, batch_size: int):
 def pipeline_run(corpus, config: ExtractionConfig, stores: Path):
     """An end-to-end pipeline run into a fresh store (the pipeline skips what a store already
     holds): returns its frames per second. Ray must be initialised."""
-    runs = iter(range(1_000_000))
+    runs = itertools.count()
 
     def one_run() -> float:
         report = extract_features(corpus, FeatureStore(stores / f"run{next(runs)}"), config)
