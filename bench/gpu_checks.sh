@@ -23,4 +23,4 @@ timeout 150 python3 bench/extract.py --frames 2048 --batch-size 256 --repeats 3 
 # Packing: four trials a GPU, 3 seeds of a 100 s ASHA search each (in the 30 s searches of
 # 2026-12-04 most trials had not passed their start: docs/results.md#on-a-gpu).
 timeout 380 python3 bench/search.py --gpus-per-trial 0.25 --budget 100 --repeats 3 \
-  --schedulers asha --num-cpus 16 2>&1 | tee "$out/search.txt"
+  --corpus embedded --tasks va --arms tpe-asha --num-cpus 16 2>&1 | tee "$out/search.txt"

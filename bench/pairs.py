@@ -3,13 +3,18 @@ of load on the machine shifts both, and figures printed as median [min, max]."""
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable
 
 
 def spread(xs: list[float], fmt: str = ".1f") -> str:
-    """``median [min, max]`` of ``xs``."""
-    return f"{statistics.median(xs):{fmt}} [{min(xs):{fmt}}, {max(xs):{fmt}}]"
+    """``median [min, max]`` of ``xs``; an infinite value reads ``never`` (a target not met)."""
+
+    def one(x: float) -> str:
+        return "never" if math.isinf(x) else format(x, fmt)
+
+    return f"{one(statistics.median(xs))} [{one(min(xs))}, {one(max(xs))}]"
 
 
 def interleaved(

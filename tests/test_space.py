@@ -240,3 +240,70 @@ def test_the_bank_holds_the_alignments_a_space_can_ask_for(tmp_path, line, expec
     space = tmp_path / "s.yaml"
     space.write_text(f"task: va\nfeatures: {{visual: [face_hog]}}\nparameters:\n{line}")
     assert load_search_space(space).alignments() == expected
+
+
+GRID = """task: va
+features: {visual: [face_hog], audio: [logmel, null]}
+parameters:
+  model: {choice: [mfn, mctn]}
+  lr: {loguniform: [2.0e-3, 8.0e-3]}
+  weight_decay: {loguniform: [1.0e-5, 1.0e-3]}
+  hidden: {choice: [32, 48]}
+  window: {randint: [10, 21]}
+  loss_weight: {uniform: [0.0, 1.0], when: {model: mctn}}
+  epochs: {value: 7}
+"""
+
+
+def test_the_grid_is_every_combination_x_model_with_defaults_else_the_spaces_middle(tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text(GRID)
+    space = load_search_space(path)
+    rows = space.grid(space.combinations())
+    assert [(r["features"], r["model"]) for r in rows] == [
+        ("face_hog+logmel", "mfn"),
+        ("face_hog+logmel", "mctn"),
+        ("face_hog", "mfn"),
+        ("face_hog", "mctn"),
+    ]
+    mctn = rows[1]
+    assert mctn["weight_decay"] == TrialConfig.weight_decay  # the default, inside the range
+    assert mctn["lr"] == pytest.approx(4e-3)  # 1e-3 is outside: the geometric middle
+    assert mctn["hidden"] == 32  # the model's default (64) is not offered: the first choice
+    assert mctn["window"] == 15  # TrialConfig's 64 is outside [10, 21]
+    assert mctn["loss_weight"] == 0.1  # mctn's own default
+    assert mctn["epochs"] == 7 and mctn["task"] == "va"
+    assert "loss_weight" not in rows[0]  # conditional on mctn
+    for row in rows:
+        TrialConfig.from_dict(row)  # every row is a valid trial
+
+
+def test_the_grid_searcher_repeats_the_grid_with_the_next_seed_and_resumes(tmp_path):
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.search_generator import SearchGenerator
+
+    from abaw_ray.tune.search import GridSearcher
+
+    rows = [{"model": "a"}, {"model": "b"}, {"model": "c"}]
+    first = GridSearcher(rows, "score")
+    proposed = [first.suggest(f"t{i}") for i in range(4)]
+    assert [(p["model"], p["seed"]) for p in proposed] == [("a", 0), ("b", 0), ("c", 0), ("a", 1)]
+    generator = SearchGenerator(ConcurrencyLimiter(first, 2))
+    generator.save_to_dir(str(tmp_path), session_str="s")
+    resumed = GridSearcher([], "score")
+    SearchGenerator(ConcurrencyLimiter(resumed, 2)).restore_from_dir(str(tmp_path))
+    assert (resumed.suggest("t4")["model"], resumed.suggest("t5")["seed"]) == ("b", 1)
+
+
+def test_the_job_takes_searcher_grid_and_a_misspelt_searcher_names_the_valid(capsys):
+    import re
+
+    from abaw_ray.tune.job import search_config, search_parser
+
+    space = load_search_space(REPO / "search_spaces" / "realistic_va.yaml")
+    parser = search_parser("va", None)
+    assert search_config(parser.parse_args(["--searcher", "grid"]), space, "/s").searcher == "grid"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--searcher", "grdi"])
+    err = capsys.readouterr().err
+    assert re.search(r"--searcher: invalid choice: '?grdi'? \(choose from .*tpe.*random.*grid", err)

@@ -99,7 +99,12 @@ INPUT_ERRORS = (
 # SearchConfig fields a flag overrides: flag -> (field, type, help)
 CONFIG_FLAGS = {
     "--num-samples": ("num_samples", int, "trials to run"),
-    "--searcher": ("searcher", str, "tpe (Optuna TPE) or random"),
+    "--searcher": (
+        "searcher",
+        str,
+        "tpe (Optuna TPE), random, or grid (the paper's protocol: every feature combination x "
+        "model, other settings at their defaults, then again with the next trial seed)",
+    ),
     "--scheduler": (
         "scheduler",
         str,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from typing import Any, Literal
 import pyarrow.fs as pafs
 import ray
 from ray import tune
-from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from abaw_ray.fsutil import STAMP, run_stamp
@@ -48,7 +49,8 @@ class SearchConfig:
     storage_path: str  # local folder or a URI Ray understands (s3://, gs://, a shared mount)
     name: str
     num_samples: int = 8  # trials to run
-    searcher: Literal["tpe", "random"] = "tpe"  # Optuna TPE, or random sampling
+    # Optuna TPE, random sampling, or the paper's grid (GridSearcher)
+    searcher: Literal["tpe", "random", "grid"] = "tpe"
     # asha: stops weak trials early; rounds: ASHA and the searcher in rounds of trials at
     # once, so the same seed gives the same trials (tune/rounds.py); none: no early stop;
     # auto: rounds on a job's own instance, asha on a cluster (trials paced to its autoscaler)
@@ -298,6 +300,33 @@ class PacedLimiter(ConcurrencyLimiter):
         return super().suggest(trial_id)
 
 
+class GridSearcher(Searcher):
+    """The paper's protocol: ``rows`` (``SearchSpace.grid``) in order, then again with the
+    next trial seed (seed 1, 2, ...), as a user's script loops over combinations, models and
+    seeds. Its state, the next row's number, is saved with the search (resume continues)."""
+
+    def __init__(self, rows: list[dict[str, Any]], metric: str) -> None:
+        super().__init__(metric=metric, mode="max")
+        self.rows = rows
+        self.proposed = 0
+
+    def suggest(self, trial_id: str) -> dict[str, Any]:
+        row, seed = self.rows[self.proposed % len(self.rows)], self.proposed // len(self.rows)
+        self.proposed += 1
+        return {**row, "seed": seed}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        pass
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump({"rows": self.rows, "proposed": self.proposed}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+
 def build_tuner(
     cfg: SearchConfig,
     bank_ref: ray.ObjectRef,
@@ -344,27 +373,30 @@ def build_tuner(
         return tune.Tuner.restore(
             cfg.experiment_uri(), trainable=trainable, resume_unfinished=True, resume_errored=True
         )
-    sampler = (
-        optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=min(4, cfg.num_samples))
-        if cfg.searcher == "tpe"
-        else optuna.samplers.RandomSampler(seed=cfg.seed)
-    )
-    optuna_search = OptunaSearch(
-        space=cfg.space.define_by_run(combos), metric=cfg.metric, mode="max", sampler=sampler
-    )
+    if cfg.searcher == "grid":
+        proposer: Searcher = GridSearcher(cfg.space.grid(combos), cfg.metric)
+    else:
+        sampler = (
+            optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=min(4, cfg.num_samples))
+            if cfg.searcher == "tpe"
+            else optuna.samplers.RandomSampler(seed=cfg.seed)
+        )
+        proposer = OptunaSearch(
+            space=cfg.space.define_by_run(combos), metric=cfg.metric, mode="max", sampler=sampler
+        )
     max_t = _max_epochs(cfg.space)
     grace_period = min(cfg.grace_period, max_t)  # a short search (smoke): all it has
     if cfg.scheduler_used == "rounds":
         fit = trials_fitting(ray.nodes(), cfg)
         searcher = RoundLimiter(
-            optuna_search,
+            proposer,
             round_size(cfg, fit),
             rung_epochs(grace_period, max_t, REDUCTION_FACTOR),
             REDUCTION_FACTOR,
         )
         scheduler = RoundRungs(metric=cfg.metric)
     else:
-        searcher = PacedLimiter(optuna_search, cfg)
+        searcher = PacedLimiter(proposer, cfg)
         scheduler = (
             ASHAScheduler(
                 time_attr="epoch",

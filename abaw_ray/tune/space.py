@@ -110,6 +110,20 @@ class SearchSpace:
     def define_by_run(self, combos: list[str]) -> DefineByRun:
         return DefineByRun(self.parameters, tuple(combos), self.task)
 
+    def grid(self, combos: list[str]) -> list[dict[str, Any]]:
+        """The paper's protocol as trial configs: every feature combination x every model the
+        space offers, each other searched setting at its default (``default_of``)."""
+        model = next((p for p in self.parameters if p.name == "model"), None)
+        models = model.values if model is not None and model.values else (TrialConfig.model,)
+        rows = []
+        for features, name in itertools.product(combos, models):
+            config: dict[str, Any] = {"features": features, "task": self.task, "model": name}
+            for p in self.parameters:
+                if p.name != "model" and p.active(config):
+                    config[p.name] = p.args if p.kind == "value" else default_of(p, name)
+            rows.append(config)
+        return rows
+
 
 @dataclass(frozen=True)
 class DefineByRun:
@@ -139,6 +153,23 @@ class DefineByRun:
             elif p.kind == "randint":
                 config[p.name] = trial.suggest_int(p.name, *p.args)
         return constants
+
+
+def default_of(p: Parameter, model: str) -> Any:
+    """A searched setting's default for ``model``: the trial's (``TrialConfig``) or the
+    model's own, where the space offers it; else the space's first choice, or its range's
+    middle (geometric for ``loguniform``)."""
+    trial = {f.name: f.default for f in fields(TrialConfig)}
+    settings = model_settings(model)
+    default = trial[p.name] if p.name in trial else getattr(settings.get(p.name), "default", None)
+    if p.kind == "choice":
+        return default if default in p.args else p.args[0]
+    low, high = p.args
+    if default is not None and low <= default <= high:
+        return default
+    if p.kind == "loguniform":
+        return math.sqrt(low * high)
+    return (low + high) // 2 if p.kind == "randint" else (low + high) / 2
 
 
 def _fail(path: Path, key: str, message: str) -> SearchSpaceError:
