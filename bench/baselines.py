@@ -8,9 +8,10 @@ frame is its 24x24 grey face (frames without a face image take the nearest face'
 extraction fills them), standardised with the training frames' statistics. Models fit on the
 training videos' valid frames and are scored with the official global score
 (``metrics.score_split``), every frame of the validation videos' timelines. As in a search job
-(its default ``--holdout`` and ``--seed``), the regularisation is chosen on the selection
-videos and the chosen model is scored once on the held-out ones: the figures stand beside the
-search's selection and held-out columns. The score on all validation videos with the penalty
+(its default ``--holdout``; ``--seed`` draws the held-out videos as a search of that seed
+does), the regularisation is chosen on the selection videos and the chosen model is scored
+once on the held-out ones: the figures stand beside the search's selection and held-out
+columns. The score on all validation videos with the penalty
 chosen there (optimistic) is printed too.
 
 The temporal + audio floor is what a user's own first script would add: each frame's pixels
@@ -20,6 +21,7 @@ log-mel features (``logmel``, interpolated onto the frames; zeros without audio)
 (``SPANS_S`` seconds) is chosen on the selection videos with the penalty.
 
     python bench/baselines.py [CORPUS] [--task va|expr|au|all] [--size 24] [--no-temporal]
+        [--seed 0]
 
 CORPUS defaults to the embedded corpus.
 """
@@ -267,6 +269,9 @@ def main() -> None:
     p.add_argument("--task", choices=(*TASKS, "all"), default="all")
     p.add_argument("--size", type=int, default=24, help="face side in pixels")
     p.add_argument("--no-temporal", action="store_true", help="per-frame floors only")
+    p.add_argument(
+        "--seed", type=int, default=SearchConfig.seed, help="the held-out draw, a search's --seed"
+    )
     args = p.parse_args()
     root = args.corpus or ensure_default_corpus()
     corpus = load_corpus(root)
@@ -283,8 +288,8 @@ def main() -> None:
         val = design(corpus, task, val_videos, args.size)
         frames = sum(int(m.sum()) for m in train[2].values())
         where = f"{len(train_videos)} train videos ({frames} valid frames), {len(val_videos)} val"
-        # The videos a search job selects on and holds out by default.
-        select, held = split_holdout(val_videos, SearchConfig.holdout, SearchConfig.seed)
+        # The videos a search job of this --seed selects on and holds out.
+        select, held = split_holdout(val_videos, SearchConfig.holdout, args.seed)
         key = OFFICIAL_SCORE[task]
         labels, valid = val[1], val[2]
         if task == "va":
