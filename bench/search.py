@@ -52,7 +52,6 @@ ARMS = {  # name -> (SearchConfig.searcher, SearchConfig.scheduler)
     "grid": ("grid", "none"),
 }
 CORPORA = ("realistic", "embedded")
-HOLDOUT = 1 / 3  # a job's default --holdout; the draw's seed is 0 for every arm and seed
 
 
 def held_out_score(prepared: Prepared, checkpoint: str) -> float:
@@ -141,7 +140,8 @@ def main() -> None:
                         space.extractors,
                         task,
                         alignments=space.alignments(),
-                        holdout=HOLDOUT,
+                        # a job's default --holdout, drawn with seed 0 for every arm and seed
+                        holdout=SearchConfig.holdout,
                         realistic=args.corpus == "realistic",
                     )
                     run = search(arm, seed, args, prepared, space, Path(tmp) / "runs")
