@@ -44,7 +44,7 @@ from abaw_ray.features.audio import NoAudioError, decode_audio
 from abaw_ray.features.descriptors import logmel
 from abaw_ray.metrics import calibrate_thresholds, score_split, tuned_au_f1
 from abaw_ray.tasks import AU_NAMES, EXPR_CLASSES, NUM_AUS, NUM_EXPR_CLASSES, OFFICIAL_SCORE, TASKS
-from abaw_ray.train.bank import split_holdout
+from abaw_ray.train.bank import draw_holdout
 from abaw_ray.tune.search import SearchConfig
 
 RIDGE = (1e-2, 1e-1, 1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6)  # ridge penalties tried (VA)
@@ -289,7 +289,7 @@ def main() -> None:
         frames = sum(int(m.sum()) for m in train[2].values())
         where = f"{len(train_videos)} train videos ({frames} valid frames), {len(val_videos)} val"
         # The videos a search job of this --seed selects on and holds out.
-        select, held = split_holdout(val_videos, SearchConfig.holdout, args.seed)
+        select, held = draw_holdout(corpus, task, val_videos, SearchConfig.holdout, args.seed)
         key = OFFICIAL_SCORE[task]
         labels, valid = val[1], val[2]
         if task == "va":

@@ -278,21 +278,21 @@ def test_the_grid_is_every_combination_x_model_with_defaults_else_the_spaces_mid
         TrialConfig.from_dict(row)  # every row is a valid trial
 
 
-def test_the_grid_searcher_repeats_the_grid_with_the_next_seed_and_resumes(tmp_path):
+def test_the_grid_searcher_starts_at_the_search_seed_repeats_with_the_next_and_resumes(tmp_path):
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.search_generator import SearchGenerator
 
     from abaw_ray.tune.search import GridSearcher
 
     rows = [{"model": "a"}, {"model": "b"}, {"model": "c"}]
-    first = GridSearcher(rows, "score")
+    first = GridSearcher(rows, "score", seed=7)  # the search's --seed 7: trial seeds 7, 8, ...
     proposed = [first.suggest(f"t{i}") for i in range(4)]
-    assert [(p["model"], p["seed"]) for p in proposed] == [("a", 0), ("b", 0), ("c", 0), ("a", 1)]
+    assert [(p["model"], p["seed"]) for p in proposed] == [("a", 7), ("b", 7), ("c", 7), ("a", 8)]
     generator = SearchGenerator(ConcurrencyLimiter(first, 2))
     generator.save_to_dir(str(tmp_path), session_str="s")
     resumed = GridSearcher([], "score")
     SearchGenerator(ConcurrencyLimiter(resumed, 2)).restore_from_dir(str(tmp_path))
-    assert (resumed.suggest("t4")["model"], resumed.suggest("t5")["seed"]) == ("b", 1)
+    assert (resumed.suggest("t4")["model"], resumed.suggest("t5")["seed"]) == ("b", 8)
 
 
 def test_the_job_takes_searcher_grid_and_a_misspelt_searcher_names_the_valid(capsys):

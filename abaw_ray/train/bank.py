@@ -15,7 +15,8 @@ A bank's splits (``BANK_SPLITS``) are the corpus's with its validation videos in
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -28,7 +29,7 @@ from abaw_ray.data.corpus import Corpus
 from abaw_ray.errors import BadInputError
 from abaw_ray.features.align import ALIGNMENTS, frame_features
 from abaw_ray.features.store import FeatureStore
-from abaw_ray.tasks import TASKS, Task
+from abaw_ray.tasks import KIND, TASKS, Task
 
 BANK_SPLITS = ("train", "selection", "holdout", "test")
 NATIVE = "native"  # an audio feature's variant at its own rate (what the conv alignment reads)
@@ -234,14 +235,39 @@ def _bounds(videos: Sequence[str], rows: dict[str, int]) -> dict[str, tuple[int,
     return {v: (int(e - rows[v]), int(e)) for v, e in zip(videos, ends)}
 
 
+HOLDOUT_DRAWS = 64  # seeded draws tried for held-out videos whose classes the selection holds
+
+
+def label_classes(corpus: Corpus, task: Task, videos: Sequence[str]) -> dict[str, frozenset[int]]:
+    """Per video, the expression classes (EXPR) or the action units (AU) that its valid labels
+    hold; empty for VA, whose scores have no classes."""
+    if KIND[task] == "regression":
+        return {}
+    out = {}
+    for v in videos:
+        lab = corpus.labels[task][v]
+        values = lab.values[lab.valid]
+        held = np.unique(values) if KIND[task] == "multiclass" else np.flatnonzero(values.any(0))
+        out[v] = frozenset(int(k) for k in held)
+    return out
+
+
 def split_holdout(
-    videos: Sequence[str], holdout: float, seed: int
+    videos: Sequence[str],
+    holdout: float,
+    seed: int,
+    classes: Mapping[str, frozenset[int]] | None = None,
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(selection videos, held-out videos). ``holdout`` is a fraction of the videos (0 < h < 1,
     at least one video, and at least one left to select on) or a whole number of videos;
     0 holds nothing out. Whole raw videos are drawn (a ``_left``/``_right`` pair is one,
     ``raw_video``), in a seeded order, each taken while the count allows (the first always):
-    the draw never splits a pair and does not depend on the order given."""
+    the draw never splits a pair and does not depend on the order given.
+
+    With ``classes`` (``label_classes``), the first of ``HOLDOUT_DRAWS`` seeded draws whose
+    held-out videos hold no class that the selection videos lack is taken: a held-out class
+    that nothing was selected on scores the split's luck, not the search. When no draw
+    qualifies, the first is taken with a warning naming the classes."""
     ordered = sorted(videos)
     if holdout <= 0:
         return tuple(ordered), ()
@@ -255,14 +281,47 @@ def split_holdout(
             f"{len(groups)} raw videos)"
         )
     names = sorted(groups)
-    held: list[str] = []
-    for i in np.random.default_rng(seed).permutation(len(names)):
-        size = len(groups[names[i]])
-        if not held or len(held) + size <= count:
-            held += groups[names[i]]
-        if len(held) >= count:
+    rng = np.random.default_rng(seed)
+
+    def draw() -> set[str]:
+        held: list[str] = []
+        for i in rng.permutation(len(names)):
+            size = len(groups[names[i]])
+            if not held or len(held) + size <= count:
+                held += groups[names[i]]
+            if len(held) >= count:
+                break
+        return set(held)
+
+    def unseen(held: set[str]) -> frozenset[int]:
+        """The held-out videos' classes that no selection video holds."""
+        selected = set().union(*(classes[v] for v in ordered if v not in held))
+        return frozenset().union(*(classes[v] for v in held)) - selected
+
+    first = held = draw()
+    for _ in range(HOLDOUT_DRAWS - 1 if classes else 0):
+        if not unseen(held):
             break
-    return tuple(v for v in ordered if v not in set(held)), tuple(v for v in ordered if v in held)
+        held = draw()
+    else:
+        if classes and unseen(held):
+            held = first
+            warnings.warn(
+                f"held-out videos {sorted(held)} hold classes {sorted(unseen(held))} that no "
+                f"selection video holds, in every one of {HOLDOUT_DRAWS} draws: their score "
+                "there measures the split more than the search",
+                stacklevel=2,
+            )
+    return tuple(v for v in ordered if v not in held), tuple(v for v in ordered if v in held)
+
+
+def draw_holdout(
+    corpus: Corpus, task: Task, videos: Sequence[str], holdout: float, seed: int
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``split_holdout`` of the task's ``videos`` with their label classes: how every job and
+    bench of a ``--seed`` draws its held-out videos."""
+    classes = label_classes(corpus, task, videos) if holdout > 0 else None
+    return split_holdout(videos, holdout, seed, classes)
 
 
 def hold_out(videos: Sequence[str], held: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -294,7 +353,7 @@ def build_bank(
     """The bank of ``keys`` over every video of the task's splits: one Ray task per feature
     variant builds its shard into the object store (Ray must be initialised; the store must be
     readable where the tasks run); the driver gets only the statistics. ``holdout`` and
-    ``seed`` split the validation videos (``split_holdout``), unless ``holdout_videos`` names
+    ``seed`` split the validation videos (``draw_holdout``), unless ``holdout_videos`` names
     the videos to hold out (``hold_out``)."""
     splits = {s: tuple(corpus.split_videos(task, s)) for s in ("train", "val", "test")}
     if not splits["train"] or not splits["val"]:
@@ -302,7 +361,9 @@ def build_bank(
     if holdout_videos is not None:
         splits["selection"], splits["holdout"] = hold_out(splits.pop("val"), holdout_videos)
     else:
-        splits["selection"], splits["holdout"] = split_holdout(splits.pop("val"), holdout, seed)
+        splits["selection"], splits["holdout"] = draw_holdout(
+            corpus, task, splits.pop("val"), holdout, seed
+        )
     videos = [v for s in BANK_SPLITS for v in splits[s]]
     manifests = {k: store.manifest(k) for k in keys}
     for k, m in manifests.items():

@@ -32,7 +32,7 @@ from abaw_ray.features.pipeline import decode_faces
 from abaw_ray.features.registry import create_extractor
 from abaw_ray.models import create_model
 from abaw_ray.tasks import PRIMARY_METRIC, TRIAL_FINISHED, Task
-from abaw_ray.train.bank import BANK_SPLITS, split_holdout
+from abaw_ray.train.bank import BANK_SPLITS, draw_holdout
 from abaw_ray.train.loop import (
     TrialConfig,
     last_epoch,
@@ -81,14 +81,16 @@ def build_frame_index(
     corpus: Corpus, task: Task, holdout: float = 0.0, seed: int = 0
 ) -> FrameIndex:
     """The videos with face images of the task's splits; ``holdout`` and ``seed`` split the
-    validation videos into selection (``val``) and ``holdout`` videos (``split_holdout``)."""
+    validation videos into selection (``val``) and ``holdout`` videos (``draw_holdout``)."""
     splits = {
         s: tuple(v for v in corpus.split_videos(task, s) if corpus.videos[v].face_dir is not None)
         for s in ("train", "val", "test")
     }
     if not splits["train"] or not splits["val"]:
         raise ValueError(f"the corpus has no {task.upper()} training or validation face videos")
-    splits["selection"], splits["holdout"] = split_holdout(splits.pop("val"), holdout, seed)
+    splits["selection"], splits["holdout"] = draw_holdout(
+        corpus, task, splits.pop("val"), holdout, seed
+    )
     splits = {s: splits[s] for s in BANK_SPLITS}
     out: dict[str, dict[str, Any]] = {k: {} for k in ("n", "dir", "src", "w", "lab", "val", "mask")}
     for v in (v for s in splits.values() for v in s):

@@ -55,7 +55,7 @@ def prepare(
     holdout_videos: Sequence[str] | None = None,
 ) -> Prepared:
     """Ray must be initialised. ``tiny`` defaults to True on the embedded corpus; ``holdout``
-    and ``seed`` set the validation videos that nothing selects on (``split_holdout``), or
+    and ``seed`` set the validation videos that nothing selects on (``draw_holdout``), or
     ``holdout_videos`` names them (an earlier search's, whose pseudo-labels this one uses)."""
     root, embedded = resolve_corpus(data, realistic)
     tiny = embedded if tiny is None else tiny

@@ -301,26 +301,29 @@ class PacedLimiter(ConcurrencyLimiter):
 
 
 class GridSearcher(Searcher):
-    """The paper's protocol: ``rows`` (``SearchSpace.grid``) in order, then again with the
-    next trial seed (seed 1, 2, ...), as a user's script loops over combinations, models and
-    seeds. Its state, the next row's number, is saved with the search (resume continues)."""
+    """The paper's protocol: ``rows`` (``SearchSpace.grid``) in order with trial seed
+    ``seed`` (the search's), then again with the next (``seed`` + 1, + 2, ...), as a user's
+    script loops over combinations, models and seeds. Its state, the next row's number, is
+    saved with the search (resume continues)."""
 
-    def __init__(self, rows: list[dict[str, Any]], metric: str) -> None:
+    def __init__(self, rows: list[dict[str, Any]], metric: str, seed: int = 0) -> None:
         super().__init__(metric=metric, mode="max")
         self.rows = rows
+        self.seed = seed
         self.proposed = 0
 
     def suggest(self, trial_id: str) -> dict[str, Any]:
-        row, seed = self.rows[self.proposed % len(self.rows)], self.proposed // len(self.rows)
+        row, rounds = self.rows[self.proposed % len(self.rows)], self.proposed // len(self.rows)
         self.proposed += 1
-        return {**row, "seed": seed}
+        return {**row, "seed": self.seed + rounds}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         pass
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
-            pickle.dump({"rows": self.rows, "proposed": self.proposed}, f)
+            state = {"rows": self.rows, "seed": self.seed, "proposed": self.proposed}
+            pickle.dump(state, f)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
@@ -374,7 +377,7 @@ def build_tuner(
             cfg.experiment_uri(), trainable=trainable, resume_unfinished=True, resume_errored=True
         )
     if cfg.searcher == "grid":
-        proposer: Searcher = GridSearcher(cfg.space.grid(combos), cfg.metric)
+        proposer: Searcher = GridSearcher(cfg.space.grid(combos), cfg.metric, cfg.seed)
     else:
         sampler = (
             optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=min(4, cfg.num_samples))
