@@ -9,7 +9,7 @@ Each arm searches the same space on the same CPUs (and GPUs) for the same wall-c
     tpe-asha  Optuna TPE with ASHA as on a cluster
     random    random search, every trial run to its end or patience (FIFO)
     grid      the paper's protocol: every feature combination x model at default settings,
-              then again with the next trial seed (``--searcher grid``), FIFO
+              with the seed as trial seed, then with the next (``--searcher grid``), FIFO
 
 A search's pick at any time is the trial with the best selection score among those ended;
 its score is that trial's held-out score (the videos nothing selects on, as in a job).

@@ -125,7 +125,8 @@ CONFIG_FLAGS = {
         "holdout",
         float,
         "validation videos that nothing selects on, scored once at the end: a fraction "
-        "(0.33), a number of videos (2), or 0 for none",
+        "(0.33), a number of videos (2), or 0 for none; whole raw videos, drawn so that "
+        "the selection videos hold every EXPR class and AU the held-out ones do",
     ),
     "--seed": ("seed", int, "seed of the searcher, the held-out draw and the trials"),
 }
