@@ -299,12 +299,12 @@ def split_holdout(
         return frozenset().union(*(classes[v] for v in held)) - selected
 
     first = held = draw()
-    for _ in range(HOLDOUT_DRAWS - 1 if classes else 0):
-        if not unseen(held):
-            break
-        held = draw()
-    else:
-        if classes and unseen(held):
+    if classes:
+        for _ in range(HOLDOUT_DRAWS - 1):
+            if not unseen(held):
+                break
+            held = draw()
+        if unseen(held):
             held = first
             warnings.warn(
                 f"held-out videos {sorted(held)} hold classes {sorted(unseen(held))} that no "
