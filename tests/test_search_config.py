@@ -223,6 +223,8 @@ def test_trials_in_flight_never_wait_for_nodes_the_autoscaler_cannot_add():
     cfg = SearchConfig(load_search_space(SPACE), "/t", "s", num_samples=200)
     cfg = replace(cfg, largest=_launcher_shape("fake_multinode.yaml"))  # 3 trials at most
     assert [trials_at_once(cfg, fit) for fit in (0, 1, 2, 3)] == [2, 3, 3, 3]
+    # A killed node the GCS still lists beside its replacement: 4 fit for a moment, 3 at most.
+    assert trials_at_once(cfg, 4) == 3
     aws = replace(cfg, largest=_launcher_shape("aws.yaml"))  # 120 at most
     assert [trials_at_once(aws, fit) for fit in (0, 15, 60, 105, 120)] == [2, 30, 120, 120, 120]
 

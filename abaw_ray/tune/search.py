@@ -266,13 +266,15 @@ def trials_at_once(cfg: SearchConfig, fit: int) -> int:
     many waiting for resources (at least ``PENDING_MIN``): what makes an autoscaler launch
     nodes, doubling the cluster a round as its own ``upscaling_speed`` 1 does. Never more than
     the cluster holds at its largest (``cfg.largest``), so that no trial waits for nodes the
-    autoscaler cannot add and the searcher learns from every result it could have. None wait
-    on a job's own local instance, which nothing grows. Never more than ``--concurrency``."""
+    autoscaler cannot add and the searcher learns from every result it could have; ``fit``
+    above it (a lost node the GCS still lists beside its replacement) is not believed. None
+    wait on a job's own local instance, which nothing grows. Never more than
+    ``--concurrency``."""
     waiting = 0 if cfg.local_instance else max(PENDING_MIN, fit)
     at_once = fit + waiting
     most = trials_at_most(cfg)
-    if most is not None:
-        at_once = min(at_once, max(most, fit))
+    if most:  # 0: the config holds none of these trials, so it says nothing of this cluster
+        at_once = min(at_once, most)
     at_once = max(1, at_once)
     return min(at_once, cfg.max_concurrent) if cfg.max_concurrent else at_once
 
