@@ -45,17 +45,13 @@ from typing import Any
 
 import ray
 import torch
+from embedded_search import embedded_va
 from pairs import spread
 from ray import tune
 
-from abaw_ray.runtime import init_ray
 from abaw_ray.train.loop import TrialConfig, WorkerContext, train_epochs
-from abaw_ray.train.prepare import prepare
 from abaw_ray.tune.search import SearchConfig, build_tuner, stop_flag_name
-from abaw_ray.tune.space import load_search_space
 
-REPO = Path(__file__).resolve().parents[1]
-SPACE = REPO / "search_spaces" / "embedded_va.yaml"
 PARTS = ("start", "fetch", "epochs", "checkpoint and report", "the rest")
 POLL_S = 0.05  # how often ProcessWatch reads /proc
 TARGET_SHARE = 0.20  # the goal: at most this share of a trial's wall time not training
@@ -191,27 +187,20 @@ def main() -> None:
     args = p.parse_args()
     if args.repeats < 3:
         p.error("--repeats must be at least 3 (the figures printed are medians)")
-    space = load_search_space(SPACE).with_value("epochs", args.epochs)
-    space = space.with_value("patience", args.epochs)  # every epoch runs, in both variants
     rows: dict[str, list[dict]] = {"train": [], "plain": []}
     timelines: list[dict[str, tuple[float | None, float]]] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        init_ray(num_cpus=args.num_cpus)
-        try:
-            prepared = prepare(
-                None, Path(tmp) / "features", space.extractors, "va", alignments=space.alignments()
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        embedded_va(Path(tmp), args.epochs, args.num_cpus) as (space, prepared, combos),
+    ):
+        for i in range(args.repeats):
+            cfg = SearchConfig(
+                space, str(Path(tmp) / "runs"), f"train-{i}", num_samples=1, local_instance=True
             )
-            combos = space.combinations(prepared.keys)
-            for i in range(args.repeats):
-                cfg = SearchConfig(
-                    space, str(Path(tmp) / "runs"), f"train-{i}", num_samples=1, local_instance=True
-                )
-                train, config, timeline = run_train(cfg, prepared, combos)
-                rows["train"].append(train)
-                timelines.append(timeline)
-                rows["plain"].append(run_plain(config, prepared, Path(tmp) / "runs", f"plain-{i}"))
-        finally:
-            ray.shutdown()
+            train, config, timeline = run_train(cfg, prepared, combos)
+            rows["train"].append(train)
+            timelines.append(timeline)
+            rows["plain"].append(run_plain(config, prepared, Path(tmp) / "runs", f"plain-{i}"))
     print(
         f"\na trial of the embedded VA search ({config.get('model')}, {config.get('features')}, "
         f"{args.epochs} epochs), {args.num_cpus} CPUs; seconds, median [min, max] over "
