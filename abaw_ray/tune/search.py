@@ -273,7 +273,7 @@ def trials_at_once(cfg: SearchConfig, fit: int) -> int:
     waiting = 0 if cfg.local_instance else max(PENDING_MIN, fit)
     at_once = fit + waiting
     most = trials_at_most(cfg)
-    if most:  # 0: the config holds none of these trials, so it says nothing of this cluster
+    if most is not None:
         at_once = min(at_once, most)
     at_once = max(1, at_once)
     return min(at_once, cfg.max_concurrent) if cfg.max_concurrent else at_once
