@@ -2,15 +2,18 @@
 
 Each Ray Train controller registers its workers' resources with Ray's autoscaling coordinator
 (the actor an autoscaler reads Ray Data's and Ray Train's demands from). The requests expire
-180 s after their last renewal; a controller cancels its own as it shuts down. Tune ends a
+180 s after their last renewal; a controller withdraws its own as it shuts down. Tune ends a
 trial by ending its actor, which owns the trial's controller: a controller still running then
-is stopped with it and cancels nothing. On an autoscaling cluster such a request keeps (or
-launches) nodes for a trial that has ended.
+is stopped with it and withdraws nothing, and on an autoscaling cluster its request keeps (or
+launches) nodes for a trial that has ended. The search reports a trial's last result only once
+its trainer has shut down, and withdraws the request of a trial it stops mid-run
+(``abaw_ray.tune.search.held_back_report``, ``stop_relay``).
 
-Runs searches of ``--trials`` trials (the embedded VA space, ``--epochs`` epochs, every trial
-to its end) on a local Ray instance and prints, after each, the Train requests the coordinator
-still holds and the seconds left until they expire. The coordinator's state is read through
-Ray internals (``__ray_call__``, ``_ongoing_reqs``), as no public API lists it.
+Runs searches of ``--trials`` trials (the embedded VA space, ``--epochs`` epochs, the default
+scheduler of a job's own instance: ASHA in rounds, which stops some trials mid-run) on a local
+Ray instance and prints, after each, the Train requests the coordinator still holds and the
+seconds left until they expire. The coordinator's state is read through Ray internals
+(``__ray_call__``, ``_ongoing_reqs``), as no public API lists it.
 
     python bench/autoscaler_requests.py [--repeats 3] [--trials 3] [--epochs 4]
 """
@@ -26,15 +29,17 @@ import ray
 from embedded_search import embedded_va
 from pairs import spread
 
+from abaw_ray.tasks import TRIAL_FINISHED
+from abaw_ray.train.trainer import AUTOSCALING_COORDINATOR, train_request_id
 from abaw_ray.tune.search import SearchConfig, build_tuner
-
-COORDINATOR = ("AutoscalingCoordinator", "AutoscalingCoordinator")  # its name, its namespace
 
 
 def train_requests() -> dict[str, float]:
     """Each Train request the coordinator holds: seconds until it expires."""
     try:
-        coordinator = ray.get_actor(COORDINATOR[0], namespace=COORDINATOR[1])
+        coordinator = ray.get_actor(
+            AUTOSCALING_COORDINATOR[0], namespace=AUTOSCALING_COORDINATOR[1]
+        )
     except ValueError:
         return {}  # none was ever made
 
@@ -43,7 +48,7 @@ def train_requests() -> dict[str, float]:
 
     now = time.time()
     expiring = ray.get(coordinator.__ray_call__.remote(held))
-    return {k: t - now for k, t in expiring.items() if k.startswith("train-")}
+    return {k: t - now for k, t in expiring.items() if k.startswith(train_request_id(""))}
 
 
 def main() -> None:
@@ -70,13 +75,18 @@ def main() -> None:
                 num_samples=args.trials,
                 local_instance=True,
             )
-            build_tuner(cfg, prepared.bank_ref, combos, verbose=0).fit()
+            grid = build_tuner(cfg, prepared.bank_ref, combos, verbose=0).fit()
+            finished = sum(bool(r.metrics.get(TRIAL_FINISHED)) for r in grid)
             after = {k: s for k, s in train_requests().items() if k not in before}
             left.append(len(after))
             expiry.extend(after.values())
-            print(f"search {i}: {len(after)} of {args.trials} trials' left", flush=True)
+            print(
+                f"search {i}: {len(after)} of {args.trials} trials' left ({finished} ran to "
+                f"their last epoch, stopped mid-run: {len(grid) - finished})",
+                flush=True,
+            )
     print(
-        f"\nafter a search of {args.trials} trials run to their end ({args.epochs} epochs): "
+        f"\nafter a search of {args.trials} trials ({args.epochs} epochs, ASHA in rounds): "
         f"Train requests left {spread([float(n) for n in left], '.0f')} "
         f"(median [min, max] of {args.repeats} searches)"
     )

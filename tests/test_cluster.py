@@ -143,7 +143,12 @@ def _procs() -> list[Proc]:
             stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             environ = (entry / "environ").read_bytes().split(b"\0")
+            # A process that lost its memory while being read (it is exiting: a killed node's,
+            # an ended trial's) reads as an empty or cut environment, which would name no node.
+            exiting = (entry / "statm").read_text().split()[0] == "0"
         except OSError:
+            continue
+        if exiting:
             continue
         node = next(
             (
@@ -366,10 +371,10 @@ def _ray_status(cluster: FakeCluster) -> str:
     return status.stdout[-3000:] + status.stderr[-1000:]
 
 
-# How long the idle workers may stay after a search: the idle timeout, after Ray Train's
-# autoscaling requests of trials that Tune stopped (their controllers gone before cancelling
-# them) expire, 180 s after they were made.
-SCALE_DOWN_S = 300
+# How long the idle workers may stay after a search: the YAML's idle timeout (6 s) and the
+# autoscaler's rounds, with room for a loaded machine. A Ray Train autoscaler request that a
+# trial left behind (its controller killed before withdrawing it) would hold them 180 s.
+SCALE_DOWN_S = 120
 
 
 def _workers_gone(cluster: FakeCluster) -> float:

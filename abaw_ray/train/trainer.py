@@ -18,6 +18,28 @@ from abaw_ray.train.loop import PRIMARY_METRIC, TrialConfig, train_loop_per_work
 # trial (bench/trial_drivers.py) and use little CPU. On a job's own local instance they ask
 # for none, so they take no share of a worker's CPU.
 TRIAL_DRIVER_CPU = 0.01
+# Where a Train run's controller registers its workers' resources for the autoscaler, and
+# under which name (Ray internals, ray/train/v2/.../autoscaling_coordinator_client.py).
+AUTOSCALING_COORDINATOR = ("AutoscalingCoordinator", "AutoscalingCoordinator")  # name, namespace
+
+
+def train_request_id(run_id: str) -> str:
+    """The autoscaler request a Train run (its ``TrainRunContext.run_id``) holds while it runs."""
+    return f"train-{run_id}"
+
+
+def cancel_train_request(run_id: str) -> None:
+    """Withdraw a Train run's autoscaler request (asynchronously; a no-op when it holds none).
+    Its controller does so as it shuts down, but a controller that is killed first (Tune
+    ending the trial actor that owns it) leaves the request to expire 180 s later, keeping
+    nodes for a trial that is over."""
+    try:
+        coordinator = ray.get_actor(
+            AUTOSCALING_COORDINATOR[0], namespace=AUTOSCALING_COORDINATOR[1]
+        )
+    except ValueError:
+        return  # no Train run has asked for anything yet
+    coordinator.cancel_request.remote(requester_id=train_request_id(run_id))
 
 
 def build_trainer(

@@ -30,7 +30,13 @@ from abaw_ray.pause import pause_point
 from abaw_ray.runtime import TrialResources
 from abaw_ray.tasks import PRIMARY_METRIC, TRIAL_ERROR, TRIAL_FINISHED
 from abaw_ray.train.loop import TRIAL_JSON, TrialConfig
-from abaw_ray.train.trainer import TRIAL_DRIVER_CPU, error_tail, fit_trial, lost_worker
+from abaw_ray.train.trainer import (
+    TRIAL_DRIVER_CPU,
+    cancel_train_request,
+    error_tail,
+    fit_trial,
+    lost_worker,
+)
 from abaw_ray.tune.capacity import ClusterShape
 from abaw_ray.tune.rounds import RoundLimiter, RoundRungs, rung_epochs
 from abaw_ray.tune.space import SearchSpace
@@ -39,6 +45,7 @@ TRAINERS_DIR = "trainers"
 PENDING_MIN = 2  # trials that may wait for resources even when none run yet
 REDUCTION_FACTOR = 2  # ASHA keeps the better half of the trials at each rung
 TUNE_STOP_WAIT_S = 300  # how long a trial whose training ended waits for Tune to stop it
+TRAIN_RUN = "train_run"  # a trial's result: the id of the Ray Train run that reported it
 
 
 @dataclass(frozen=True)
@@ -124,16 +131,24 @@ class TrialOutcome:
 class StopFlag:
     """Set when Tune ends the trial that owns it (``StopRelay``, a callback of the driver);
     the trial's workers read it each epoch (``stop_requested``). It dies with its trial,
-    which the workers read as a stop too."""
+    which the workers read as a stop too. It also keeps the trial's last result until the
+    trial's trainer has shut down (``held_back_report``)."""
 
     def __init__(self) -> None:
         self.stopped = False
+        self.last_result: dict[str, Any] | None = None
 
     def set(self) -> None:
         self.stopped = True
 
     def is_set(self) -> bool:
         return self.stopped
+
+    def hold(self, result: dict[str, Any]) -> None:
+        self.last_result = result
+
+    def held(self) -> dict[str, Any] | None:
+        return self.last_result
 
 
 def trial_params(config: dict[str, Any]) -> dict[str, Any]:
@@ -148,7 +163,10 @@ def stop_flag_name(trial_id: str) -> str:
 
 def stop_relay() -> Any:
     """A Tune callback (it runs in the search's driver) that sets a trial's ``StopFlag`` when
-    Tune ends the trial: ASHA, the time budget, its last result, an error."""
+    Tune ends the trial: ASHA, the time budget, its last result, an error. It also withdraws
+    the trial's Train autoscaler request: Tune's ending the trial actor kills the Train
+    controller it owns before that controller withdraws it (a trial stopped mid-run; a trial
+    that reached its last result has withdrawn it already, ``held_back_report``)."""
     from ray.tune import Callback
 
     class StopRelay(Callback):
@@ -157,6 +175,12 @@ def stop_relay() -> Any:
                 ray.get_actor(stop_flag_name(trial.trial_id)).set.remote()
             except ValueError:
                 pass  # the trial's flag is gone with it
+            self._withdraw(trial)
+
+        def _withdraw(self, trial: Any) -> None:
+            run_id = (trial.last_result or {}).get(TRAIN_RUN)
+            if run_id:
+                cancel_train_request(run_id)
 
         def on_trial_complete(self, iteration, trials, trial, **info) -> None:
             self._stop(trial)
@@ -164,7 +188,33 @@ def stop_relay() -> Any:
         def on_trial_error(self, iteration, trials, trial, **info) -> None:
             self._stop(trial)
 
+        def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+            self._withdraw(trial)  # its node was lost: the rerun's controller asks anew
+
     return StopRelay()
+
+
+def held_back_report(stop_flag: Any) -> Any:
+    """Ray Train's ``TuneReportCallback`` (rank 0's results reach Tune as they come, each
+    with its Train run's id, ``TRAIN_RUN``) except for a trial's last result
+    (``TRIAL_FINISHED``): that one waits in the trial's ``StopFlag`` and ``run_trial``
+    reports it once the trainer has returned. Tune ends a trial on its last result by ending
+    the trial's actor, and with it the Train controller that actor owns: a controller still
+    shutting down would leave its autoscaler request behind, holding nodes for 180 s after
+    the trial (bench/autoscaler_requests.py)."""
+    from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
+
+    class HeldBackReport(TuneReportCallback):
+        def after_report(self, run_context, metrics, checkpoint) -> None:
+            result = {**metrics[0], TRAIN_RUN: run_context.run_id}
+            if checkpoint:
+                result[CHECKPOINT_PATH_KEY] = checkpoint.path
+            if result.get(TRIAL_FINISHED):
+                ray.get(stop_flag.hold.remote(result))
+            else:
+                self._training_actor_item_queue.put(result)
+
+    return HeldBackReport()
 
 
 def run_trial(
@@ -179,13 +229,12 @@ def run_trial(
     predict_unlabelled: bool = False,
 ) -> None:
     """The Tune function trainable: one TorchTrainer whose rank-0 reports reach Tune through
-    ``TuneReportCallback``. The trainer's name is the Tune trial id, so a restored search
-    finds and resumes the same Train run. When Tune ends the trial (ASHA, the time budget,
-    an interrupt) its workers stop before their next epoch or checkpoint (its ``StopFlag``).
+    ``held_back_report``, the last once the trainer has shut down. The trainer's name is the
+    Tune trial id, so a restored search finds and resumes the same Train run. When Tune ends
+    the trial (ASHA, the time budget, an interrupt) its workers stop before their next epoch
+    or checkpoint (its ``StopFlag``).
     A lost worker is retried (``fit_trial``), an error of the training code is not: the trial
     reports it (``TRIAL_ERROR``) and ends."""
-    from ray.tune.integration.ray_train import TuneReportCallback
-
     trial_id = tune.get_context().get_trial_id()
     # Beside this trial's driver, never wherever a 0-CPU actor happens to land (the head);
     # named, so the driver's StopRelay finds it.
@@ -209,7 +258,7 @@ def run_trial(
             workers=workers,
             gpus_per_worker=gpus_per_worker,
             cpus_per_worker=cpus_per_worker,
-            callbacks=[TuneReportCallback()],
+            callbacks=[held_back_report(stop_flag)],
             stop_flag=stop_flag,
             keep_checkpoints=None,  # a stopped trial's last epochs must not evict what Tune saw
             pseudo_ref=pseudo_ref[0] if pseudo_ref else None,
@@ -219,6 +268,10 @@ def run_trial(
         if lost_worker(err):
             raise  # Tune runs the trial again (its FailureConfig): it resumes from a checkpoint
         tune.report({TRIAL_ERROR: error_tail(err), TRIAL_FINISHED: 1})
+    else:
+        last = ray.get(stop_flag.held.remote())
+        if last is not None:  # None: Tune stopped the trial before its last epoch
+            tune.report(last)
     # Tune ends the trial on its last result (TRIAL_FINISHED): return once it has read it,
     # never with a result in flight (Tune's function session then waits forever).
     deadline = time.time() + TUNE_STOP_WAIT_S
