@@ -7,7 +7,7 @@ trial by ending its actor, which owns the trial's controller: a controller still
 is stopped with it and withdraws nothing, and on an autoscaling cluster its request keeps (or
 launches) nodes for a trial that has ended. The search reports a trial's last result only once
 its trainer has shut down, and withdraws the request of a trial it stops mid-run
-(``abaw_ray.tune.search.held_back_report``, ``stop_relay``).
+(``abaw_ray.tune.search.run_trial``, ``stop_relay``).
 
 Runs searches of ``--trials`` trials (the embedded VA space, ``--epochs`` epochs, the default
 scheduler of a job's own instance: ASHA in rounds, which stops some trials mid-run) on a local

@@ -9,8 +9,14 @@ from pathlib import Path
 import pytest
 
 from abaw_ray.runtime import TrialResources
+from abaw_ray.tasks import TRIAL_FINISHED
 from abaw_ray.tune.job import search_config, search_parser
-from abaw_ray.tune.search import SearchConfig, latest_search, search_name
+from abaw_ray.tune.search import (
+    SearchConfig,
+    latest_search,
+    report_while_fitting,
+    search_name,
+)
 from abaw_ray.tune.space import load_search_space
 
 REPO = Path(__file__).resolve().parents[1]
@@ -288,3 +294,35 @@ def test_a_named_cluster_config_that_is_missing_or_not_one_is_an_error(tmp_path,
     )
     shape = cluster_shape()
     assert shape.max_workers == 3 and shape.source.endswith("ray_bootstrap_config.yaml")
+
+
+def test_results_are_reported_in_order_and_the_last_one_is_held_for_after_the_fit():
+    """``run_trial`` reports its trainer's results as they come; one posted just as the
+    trainer ends is not lost, and the last (``TRIAL_FINISHED``) is handed back, unreported,
+    for after the trainer has shut down."""
+    epochs = [{"epoch": e, TRIAL_FINISHED: 0.0} for e in (1, 2, 3)]
+    final = {"epoch": 4, TRIAL_FINISHED: 1.0}
+    mailbox = [epochs[0]]
+    state = {"ended": False, "collects": 0}
+
+    class Fitting:  # the trainer's thread: it ends once it has posted its last results
+        def join(self, timeout: float) -> None:
+            pass
+
+        def is_alive(self) -> bool:
+            return not state["ended"]
+
+    def collect() -> list[dict]:
+        taken = mailbox[:]
+        mailbox.clear()
+        state["collects"] += 1
+        if state["collects"] == 1:
+            mailbox.append(epochs[1])
+        elif state["collects"] == 2:  # posted after this look, then the trainer ends
+            mailbox.extend([epochs[2], final])
+            state["ended"] = True
+        return taken
+
+    reported: list[dict] = []
+    last = report_while_fitting(Fitting(), collect, reported.append)
+    assert reported == epochs and last == final

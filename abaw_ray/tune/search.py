@@ -13,6 +13,7 @@ import json
 import os
 import pickle
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ TRAINERS_DIR = "trainers"
 PENDING_MIN = 2  # trials that may wait for resources even when none run yet
 REDUCTION_FACTOR = 2  # ASHA keeps the better half of the trials at each rung
 TUNE_STOP_WAIT_S = 300  # how long a trial whose training ended waits for Tune to stop it
+RESULT_POLL_S = 0.2  # how often a trial's function looks for its trainer's results
 TRAIN_RUN = "train_run"  # a trial's result: the id of the Ray Train run that reported it
 
 
@@ -131,12 +133,13 @@ class TrialOutcome:
 class StopFlag:
     """Set when Tune ends the trial that owns it (``StopRelay``, a callback of the driver);
     the trial's workers read it each epoch (``stop_requested``). It dies with its trial,
-    which the workers read as a stop too. It also keeps the trial's last result until the
-    trial's trainer has shut down (``held_back_report``)."""
+    which the workers read as a stop too. It also carries the trial's results from its Train
+    controller (``results_to_trial``) to the trial's function (``run_trial``), which alone
+    reports them to Tune."""
 
     def __init__(self) -> None:
         self.stopped = False
-        self.last_result: dict[str, Any] | None = None
+        self.results: list[dict[str, Any]] = []
 
     def set(self) -> None:
         self.stopped = True
@@ -144,11 +147,13 @@ class StopFlag:
     def is_set(self) -> bool:
         return self.stopped
 
-    def hold(self, result: dict[str, Any]) -> None:
-        self.last_result = result
+    def post(self, result: dict[str, Any]) -> None:
+        self.results.append(result)
 
-    def held(self) -> dict[str, Any] | None:
-        return self.last_result
+    def collect(self) -> list[dict[str, Any]]:
+        """The results posted since the last call, oldest first."""
+        results, self.results = self.results, []
+        return results
 
 
 def trial_params(config: dict[str, Any]) -> dict[str, Any]:
@@ -166,7 +171,7 @@ def stop_relay() -> Any:
     Tune ends the trial: ASHA, the time budget, its last result, an error. It also withdraws
     the trial's Train autoscaler request: Tune's ending the trial actor kills the Train
     controller it owns before that controller withdraws it (a trial stopped mid-run; a trial
-    that reached its last result has withdrawn it already, ``held_back_report``)."""
+    that reached its last result has withdrawn it already, ``run_trial``)."""
     from ray.tune import Callback
 
     class StopRelay(Callback):
@@ -194,27 +199,42 @@ def stop_relay() -> Any:
     return StopRelay()
 
 
-def held_back_report(stop_flag: Any) -> Any:
-    """Ray Train's ``TuneReportCallback`` (rank 0's results reach Tune as they come, each
-    with its Train run's id, ``TRAIN_RUN``) except for a trial's last result
-    (``TRIAL_FINISHED``): that one waits in the trial's ``StopFlag`` and ``run_trial``
-    reports it once the trainer has returned. Tune ends a trial on its last result by ending
-    the trial's actor, and with it the Train controller that actor owns: a controller still
-    shutting down would leave its autoscaler request behind, holding nodes for 180 s after
-    the trial (bench/autoscaler_requests.py)."""
-    from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
+def results_to_trial(stop_flag: Any) -> Any:
+    """A Ray Train callback (it runs in the trial's Train controller) that posts rank 0's
+    results, each with its Train run's id (``TRAIN_RUN``), to the trial's ``StopFlag``.
+    Defined in here, the controller unpickles it without importing this module."""
+    from ray.train import UserCallback
+    from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
-    class HeldBackReport(TuneReportCallback):
+    class ResultsToTrial(UserCallback):
         def after_report(self, run_context, metrics, checkpoint) -> None:
             result = {**metrics[0], TRAIN_RUN: run_context.run_id}
             if checkpoint:
                 result[CHECKPOINT_PATH_KEY] = checkpoint.path
-            if result.get(TRIAL_FINISHED):
-                ray.get(stop_flag.hold.remote(result))
-            else:
-                self._training_actor_item_queue.put(result)
+            ray.get(stop_flag.post.remote(result))
 
-    return HeldBackReport()
+    return ResultsToTrial()
+
+
+def report_while_fitting(
+    fitting: threading.Thread,
+    collect: Callable[[], list[dict[str, Any]]],
+    report: Callable[[dict[str, Any]], Any],
+) -> dict[str, Any] | None:
+    """``report`` each result that ``collect`` returns (oldest first) until ``fitting`` has
+    ended and every result it posted is collected, except the last (``TRIAL_FINISHED``),
+    which is returned (None when there was none) for the caller to report afterwards."""
+    last = None
+    while True:
+        fitting.join(timeout=RESULT_POLL_S)
+        done = not fitting.is_alive()  # read first: nothing posted before it is missed
+        for result in collect():
+            if result.get(TRIAL_FINISHED):
+                last = result
+            else:
+                report(result)  # Tune's: returns when Tune asks for the next result
+        if done:
+            return last
 
 
 def run_trial(
@@ -228,13 +248,20 @@ def run_trial(
     pseudo_ref: list[ray.ObjectRef] | None = None,
     predict_unlabelled: bool = False,
 ) -> None:
-    """The Tune function trainable: one TorchTrainer whose rank-0 reports reach Tune through
-    ``held_back_report``, the last once the trainer has shut down. The trainer's name is the
-    Tune trial id, so a restored search finds and resumes the same Train run. When Tune ends
-    the trial (ASHA, the time budget, an interrupt) its workers stop before their next epoch
-    or checkpoint (its ``StopFlag``).
-    A lost worker is retried (``fit_trial``), an error of the training code is not: the trial
-    reports it (``TRIAL_ERROR``) and ends."""
+    """The Tune function trainable: one TorchTrainer, fitted in a thread of its own, whose
+    rank-0 results this function reports to Tune as they come (``results_to_trial``), the
+    last (``TRIAL_FINISHED``) once the trainer has returned. The trainer's name is the Tune
+    trial id, so a restored search finds and resumes the same Train run. When Tune ends the
+    trial (ASHA, the time budget, an interrupt) its workers stop before their next epoch or
+    checkpoint (its ``StopFlag``). A lost worker is retried (``fit_trial``), an error of the
+    training code is not: the trial reports it (``TRIAL_ERROR``) and ends.
+
+    Only this function's thread reports: Ray's own relay (``TuneReportCallback``) hands Tune
+    the controller's results from the actor's main thread, and a result it relays while this
+    thread's return is reported deadlocks the trial. The last result waits for the trainer:
+    Tune ends a trial on it by ending the trial's actor, and with it the Train controller
+    that actor owns; a controller still shutting down would leave its autoscaler request
+    behind, holding nodes for 180 s (bench/autoscaler_requests.py)."""
     trial_id = tune.get_context().get_trial_id()
     # Beside this trial's driver, never wherever a 0-CPU actor happens to land (the head);
     # named, so the driver's StopRelay finds it.
@@ -248,30 +275,38 @@ def run_trial(
 
     if pause_point("trial_start", trial_id, stopped) and stopped():
         return
-    try:
-        fit_trial(
-            max_failures=max_failures,
-            trial=TrialConfig.from_dict(config),
-            data_ref=bank_ref[0],
-            storage_path=trainers_uri,
-            name=f"train-{trial_id}",
-            workers=workers,
-            gpus_per_worker=gpus_per_worker,
-            cpus_per_worker=cpus_per_worker,
-            callbacks=[held_back_report(stop_flag)],
-            stop_flag=stop_flag,
-            keep_checkpoints=None,  # a stopped trial's last epochs must not evict what Tune saw
-            pseudo_ref=pseudo_ref[0] if pseudo_ref else None,
-            predict_unlabelled=predict_unlabelled,
-        )
-    except ray.train.TrainingFailedError as err:
-        if lost_worker(err):
-            raise  # Tune runs the trial again (its FailureConfig): it resumes from a checkpoint
-        tune.report({TRIAL_ERROR: error_tail(err), TRIAL_FINISHED: 1})
-    else:
-        last = ray.get(stop_flag.held.remote())
-        if last is not None:  # None: Tune stopped the trial before its last epoch
-            tune.report(last)
+    outcome: dict[str, BaseException] = {}
+
+    def fit() -> None:
+        try:
+            fit_trial(
+                max_failures=max_failures,
+                trial=TrialConfig.from_dict(config),
+                data_ref=bank_ref[0],
+                storage_path=trainers_uri,
+                name=f"train-{trial_id}",
+                workers=workers,
+                gpus_per_worker=gpus_per_worker,
+                cpus_per_worker=cpus_per_worker,
+                callbacks=[results_to_trial(stop_flag)],
+                stop_flag=stop_flag,
+                keep_checkpoints=None,  # a stopped trial's last epochs must not evict what Tune saw
+                pseudo_ref=pseudo_ref[0] if pseudo_ref else None,
+                predict_unlabelled=predict_unlabelled,
+            )
+        except BaseException as err:  # raised in this function's thread, below
+            outcome["error"] = err
+
+    fitting = threading.Thread(target=fit, name=f"fit-{trial_id}", daemon=True)
+    fitting.start()
+    last = report_while_fitting(fitting, lambda: ray.get(stop_flag.collect.remote()), tune.report)
+    err = outcome.get("error")
+    if isinstance(err, ray.train.TrainingFailedError) and not lost_worker(err):
+        last = {TRIAL_ERROR: error_tail(err), TRIAL_FINISHED: 1}
+    elif err is not None:
+        raise err  # a lost worker: Tune runs the trial again (it resumes from a checkpoint)
+    if last is not None:  # None: Tune stopped the trial before its last epoch
+        tune.report(last)
     # Tune ends the trial on its last result (TRIAL_FINISHED): return once it has read it,
     # never with a result in flight (Tune's function session then waits forever).
     deadline = time.time() + TUNE_STOP_WAIT_S
